@@ -1,0 +1,377 @@
+"""jobs.yaml: loading, environment expansion and validation.
+
+Every problem is collected and reported at once, each naming its job and field; nothing here ever
+repeats the webhook URL or a database password back, because error messages end up in logs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from sync.errors import ConfigError
+from sync.keys import snake_case
+
+DEFAULT_CONFIG = "jobs.yaml"
+CONFIG_ENV = "AUDIENCE_SYNC_CONFIG"
+STATE_URL_ENV = "AUDIENCE_SYNC_STATE_URL"
+
+# ChartMogul API: 40 requests per second and 20 parallel connections per account (503 beyond that).
+CHARTMOGUL_REQUESTS_PER_SECOND = 40.0
+CHARTMOGUL_MAX_CONNECTIONS = 20
+# Segment's action runtime gives a destination request 10 seconds.
+DEFAULT_TIMEOUT_S = 10.0
+
+# Keys the identify call already uses for the contact's standard traits.
+RESERVED_KEYS = frozenset(
+    {
+        "email",
+        "first_name",
+        "last_name",
+        "name",
+        "title",
+        "phone",
+        "linked_in",
+        "twitter",
+        "company",
+        "user_id",
+        "anonymous_id",
+    }
+)
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def parse_duration(value: object) -> timedelta:
+    """``45s``, ``15m``, ``2h``, ``1d`` (or a number of seconds) as a timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=float(value))
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError("expected a duration such as 45s, 15m, 2h or 1d")
+    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SourceConfig(_Frozen):
+    url: str | None = None
+    profiles: str | None = None
+
+    def redacted_url(self) -> str:
+        return redact_url(self.url) if self.url else "(none)"
+
+
+class ComputationConfig(_Frozen):
+    """An audience (``query``/``file`` yields member ``user_id`` rows) or a trait (``user_id, value`` rows)."""
+
+    name: str = Field(min_length=1)
+    key: str | None = None
+    query: str | None = None
+    file: str | None = None
+
+    @field_validator("key")
+    @classmethod
+    def _key_shape(cls, key: str | None) -> str | None:
+        if key is not None and not re.fullmatch(r"[a-z0-9][a-z0-9_]*", key):
+            raise ValueError("a key is lower-case letters, digits and underscores, e.g. vip_customers")
+        return key
+
+    @property
+    def resolved_key(self) -> str:
+        return self.key or snake_case(self.name)
+
+
+class DestinationConfig(_Frozen):
+    type: Literal["chartmogul"] = "chartmogul"
+    webhook_url: SecretStr
+    requests_per_second: float = Field(default=CHARTMOGUL_REQUESTS_PER_SECOND, gt=0)
+    max_connections: int = Field(default=CHARTMOGUL_MAX_CONNECTIONS, ge=1, le=1000)
+    timeout: Duration = timedelta(seconds=DEFAULT_TIMEOUT_S)
+    # Attempts per update within one run; what is still failing waits for the next run.
+    max_attempts: int = Field(default=5, ge=1, le=50)
+    backoff_initial: Duration = timedelta(seconds=1)
+    backoff_max: Duration = timedelta(seconds=60)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _https_or_loopback(cls, url: SecretStr) -> SecretStr:
+        check_webhook_url(url.get_secret_value())
+        return url
+
+
+class ScheduleConfig(_Frozen):
+    every: Duration = timedelta(hours=2)
+    jitter: Duration = timedelta(hours=1)
+    cron: str | None = None
+    timezone: str = "UTC"
+    enabled: bool = True
+
+
+class JobConfig(_Frozen):
+    name: str = Field(pattern=r"^[a-z0-9_-]+$")
+    space_id: str | None = None
+    source: SourceConfig = SourceConfig()
+    audiences: tuple[ComputationConfig, ...] = ()
+    traits: tuple[ComputationConfig, ...] = ()
+    destination: DestinationConfig
+    schedule: ScheduleConfig = ScheduleConfig()
+
+    def audience_keys(self) -> list[str]:
+        return [audience.resolved_key for audience in self.audiences]
+
+    def trait_keys(self) -> list[str]:
+        return [trait.resolved_key for trait in self.traits]
+
+
+class Config(_Frozen):
+    state_url: str = "sqlite:///audience-sync.db"
+    jobs: tuple[JobConfig, ...] = ()
+    base_dir: Path = Path(".")
+
+    def job(self, name: str) -> JobConfig:
+        for job in self.jobs:
+            if job.name == name:
+                return job
+        known = ", ".join(job.name for job in self.jobs) or "none"
+        raise ConfigError([f"no job named {name!r} in the configuration (jobs: {known})"])
+
+
+def check_webhook_url(url: str) -> None:
+    """Raise ValueError unless ``url`` is an https URL, or http to a loopback address. Never echoes the URL."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        raise ValueError("the webhook URL is malformed") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise ValueError("the webhook URL must be an absolute https:// URL")
+    if parts.scheme == "http" and not _is_loopback(host):
+        raise ValueError("the webhook URL must use https:// (plain http is allowed only to loopback addresses)")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def redact_url(url: str) -> str:
+    """A SQLAlchemy URL with its password hidden, for messages and listings."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(unparseable URL)"
+
+
+def expand_env(value: Any, env: Mapping[str, str], path: str, problems: list[str]) -> Any:
+    """Expand ``${VAR}`` and ``${VAR:-default}`` in every string of a parsed YAML tree; ``$$`` is a ``$``."""
+    if isinstance(value, dict):
+        return {
+            key: expand_env(item, env, f"{path}.{key}" if path else str(key), problems) for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [expand_env(item, env, f"{path}[{index}]", problems) for index, item in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        problems.append(f"{path}: environment variable {name} is not set (use ${{{name}:-default}} for a default)")
+        return ""
+
+    return _ENV_REF.sub(substitute, value)
+
+
+def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read, expand and validate a jobs.yaml; raise ConfigError listing every problem."""
+    env = os.environ if env is None else env
+    config_path = Path(path or env.get(CONFIG_ENV) or DEFAULT_CONFIG)
+    try:
+        raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError([f"{config_path}: cannot read the configuration ({exc.strerror})"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{config_path}: not valid YAML: {_yaml_problem(exc)}"]) from None
+    return parse_config(raw, env, base_dir=config_path.resolve().parent)
+
+
+def parse_config(raw: object, env: Mapping[str, str], base_dir: Path) -> Config:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(["the configuration must be a mapping with state_url and jobs"])
+    problems: list[str] = []
+    expanded = expand_env(raw, env, "", problems)
+    if env.get(STATE_URL_ENV):
+        expanded["state_url"] = env[STATE_URL_ENV]
+    jobs_raw = expanded.pop("jobs", None) or []
+    if not isinstance(jobs_raw, list):
+        problems.append("jobs: must be a list of jobs")
+        jobs_raw = []
+    jobs = [job for index, item in enumerate(jobs_raw) if (job := _parse_job(index, item, base_dir, problems))]
+    top = _parse_top(expanded, problems)
+    problems += _duplicate_job_names(jobs_raw)
+    if problems:
+        raise ConfigError(problems)
+    state_url = resolve_sqlite_url(top.get("state_url", "sqlite:///audience-sync.db"), base_dir)
+    return Config(state_url=state_url, jobs=tuple(jobs), base_dir=base_dir)
+
+
+def _parse_top(expanded: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    unknown = sorted(set(expanded) - {"state_url"})
+    problems += [f"{key}: unknown setting (allowed at the top level: state_url, jobs)" for key in unknown]
+    state_url = expanded.get("state_url", "sqlite:///audience-sync.db")
+    if not isinstance(state_url, str):
+        problems.append("state_url: must be a SQLAlchemy URL string")
+        return {}
+    try:
+        make_url(state_url)
+    except ArgumentError:
+        problems.append("state_url: not a valid SQLAlchemy URL (e.g. sqlite:///audience-sync.db)")
+    return {"state_url": state_url}
+
+
+def _parse_job(index: int, raw: object, base_dir: Path, problems: list[str]) -> JobConfig | None:
+    label = _job_label(index, raw)
+    if not isinstance(raw, dict):
+        problems.append(f"{label}: must be a mapping")
+        return None
+    try:
+        job = JobConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems += [
+            f"{label}: {_loc(error['loc'])}: {_message(error['type'], error['msg'])}" for error in exc.errors()
+        ]
+        return None
+    job_problems = _check_job(job, base_dir)
+    problems += [f"{label}: {problem}" for problem in job_problems]
+    return None if job_problems else _resolve_paths(job, base_dir)
+
+
+def _check_job(job: JobConfig, base_dir: Path) -> list[str]:
+    problems: list[str] = []
+    seen: dict[str, str] = {}
+    for section, items in (("audiences", job.audiences), ("traits", job.traits)):
+        for index, item in enumerate(items):
+            field = f"{section}[{index}]"
+            key = item.resolved_key
+            if (item.query is None) == (item.file is None):
+                problems.append(f"{field}: give exactly one of query or file")
+            if item.query is not None and not job.source.url:
+                problems.append(f"{field}.query: needs source.url, the warehouse to run it against")
+            if item.file is not None and not (base_dir / item.file).is_file():
+                problems.append(f"{field}.file: no such file: {item.file}")
+            if not key:
+                problems.append(f"{field}.name: {item.name!r} gives an empty key; set key explicitly")
+            elif key in RESERVED_KEYS:
+                problems.append(f"{field}: key {key!r} is a standard contact field; set another key")
+            elif key in seen:
+                problems.append(f"{field}: key {key!r} is already used by {seen[key]}")
+            else:
+                seen[key] = field
+    if job.source.profiles is not None and not job.source.url:
+        problems.append("source.profiles: needs source.url, the warehouse to run it against")
+    if job.source.url:
+        try:
+            make_url(job.source.url)
+        except ArgumentError:
+            problems.append("source.url: not a valid SQLAlchemy URL (e.g. sqlite:///warehouse.db)")
+    if not seen:
+        problems.append("audiences/traits: a job needs at least one audience or trait")
+    return problems
+
+
+def _resolve_paths(job: JobConfig, base_dir: Path) -> JobConfig:
+    def resolve(item: ComputationConfig) -> ComputationConfig:
+        if item.file is None:
+            return item
+        return item.model_copy(update={"file": str((base_dir / item.file).resolve())})
+
+    source = job.source
+    if source.url:
+        source = source.model_copy(update={"url": resolve_sqlite_url(source.url, base_dir)})
+    return job.model_copy(
+        update={
+            "source": source,
+            "audiences": tuple(resolve(a) for a in job.audiences),
+            "traits": tuple(resolve(t) for t in job.traits),
+        }
+    )
+
+
+def resolve_sqlite_url(url: str, base_dir: Path) -> str:
+    """Make a relative SQLite path in a URL relative to the configuration file's folder."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return url
+    if Path(parsed.database).is_absolute() or parsed.database.startswith("file:"):
+        return url
+    return parsed.set(database=str((base_dir / parsed.database).resolve())).render_as_string(hide_password=False)
+
+
+def _duplicate_job_names(jobs_raw: list[Any]) -> list[str]:
+    names = [item.get("name") for item in jobs_raw if isinstance(item, dict)]
+    duplicates = sorted({name for name in names if isinstance(name, str) and names.count(name) > 1})
+    return [f"job {name!r}: the job name is used more than once" for name in duplicates]
+
+
+def _job_label(index: int, raw: object) -> str:
+    name = raw.get("name") if isinstance(raw, dict) else None
+    return f"job {name!r}" if isinstance(name, str) and name else f"jobs[{index}]"
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(job)"
+
+
+def _message(kind: str, message: str) -> str:
+    if kind == "extra_forbidden":
+        return "unknown setting"
+    return message.removeprefix("Value error, ")
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or "syntax error"
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else str(problem)

@@ -1,0 +1,249 @@
+"""The demo: a small SQLite shop warehouse, synced twice to a loopback receiver, with the results shown.
+
+Day 0 is the initial sync; then a day of activity happens (orders, sign-ups, plan changes, deletions)
+and an incremental sync sends only what changed.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+from rich.console import Console
+
+from sync.audit import CHANGE_FIELDS, change_records, run_record
+from sync.config import Config, JobConfig, load_config
+from sync.display import print_table
+from sync.errors import ConfigError, SyncError
+from sync.receiver import Receiver
+from sync.runner import EXIT_FAILED, EXIT_USAGE, Runner, RunOptions, RunReport
+from sync.store import Store
+
+DEMO_JOB = "contacts"
+DEMO_USERS = 3000
+# Loopback only; against ChartMogul the job's own limit (40 requests/s by default) applies.
+DEMO_REQUESTS_PER_SECOND = 1000.0
+START = date(2026, 1, 1)
+FIRST_NAMES = (
+    "Ada",
+    "Grace",
+    "Alan",
+    "Edsger",
+    "Barbara",
+    "Ken",
+    "Margaret",
+    "Linus",
+    "Frances",
+    "Dennis",
+    "Radia",
+    "Guido",
+    "Hedy",
+    "Tim",
+    "Katherine",
+    "Niklaus",
+    "Sophie",
+    "Donald",
+    "Anita",
+    "John",
+)
+LAST_NAMES = (
+    "Lovelace",
+    "Hopper",
+    "Turing",
+    "Dijkstra",
+    "Liskov",
+    "Thompson",
+    "Hamilton",
+    "Torvalds",
+    "Allen",
+    "Ritchie",
+    "Perlman",
+    "van Rossum",
+    "Lamarr",
+    "Berners-Lee",
+    "Johnson",
+    "Wirth",
+    "Wilson",
+    "Knuth",
+    "Borg",
+    "McCarthy",
+)
+PLANS = ("free", "starter", "growth", "enterprise")
+
+
+@dataclass
+class Shop:
+    """A handle on the demo warehouse with a seeded random source, so every demo run is the same."""
+
+    path: Path
+    rng: random.Random
+
+    def connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path)
+
+
+def build_warehouse(path: Path, users: int = DEMO_USERS, seed: int = 7) -> Shop:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    shop = Shop(path, random.Random(seed))
+    with shop.connect() as db:
+        db.executescript("""
+            CREATE TABLE meta (as_of TEXT NOT NULL);
+            CREATE TABLE users (user_id TEXT PRIMARY KEY, anonymous_id TEXT, email TEXT, first_name TEXT,
+                                last_name TEXT, company_id TEXT, company_name TEXT, plan TEXT, signed_up TEXT);
+            CREATE TABLE orders (order_id INTEGER PRIMARY KEY, user_id TEXT NOT NULL, amount REAL NOT NULL,
+                                 ordered_at TEXT NOT NULL);
+            CREATE INDEX orders_by_time ON orders (ordered_at, user_id);
+        """)
+        today = START + timedelta(days=200)
+        db.execute("INSERT INTO meta VALUES (?)", (today.isoformat(),))
+        for number in range(1, users + 1):
+            _add_user(db, shop.rng, number, START + timedelta(days=shop.rng.randrange(200)))
+        for day in range(200):
+            _add_orders(db, shop.rng, START + timedelta(days=day), orders=shop.rng.randrange(40, 80))
+    return shop
+
+
+def advance_one_day(shop: Shop) -> None:
+    """A day of activity: new orders and sign-ups, a few plan changes, a few users deleted."""
+    rng = shop.rng
+    with shop.connect() as db:
+        (as_of,) = db.execute("SELECT as_of FROM meta").fetchone()
+        today = date.fromisoformat(as_of) + timedelta(days=1)
+        db.execute("UPDATE meta SET as_of = ?", (today.isoformat(),))
+        (last,) = db.execute("SELECT COUNT(*) FROM users").fetchone()
+        for number in range(last + 1, last + 26):
+            _add_user(db, rng, number, today)
+        _add_orders(db, rng, today, orders=160)
+        ids = [row[0] for row in db.execute("SELECT user_id FROM users ORDER BY user_id")]
+        for user_id in rng.sample(ids, 40):
+            db.execute("UPDATE users SET plan = ? WHERE user_id = ?", (rng.choice(PLANS), user_id))
+        for user_id in rng.sample(ids, 5):
+            db.execute("DELETE FROM orders WHERE user_id = ?", (user_id,))
+            db.execute("DELETE FROM users WHERE user_id = ?", (user_id,))
+
+
+def _add_user(db: sqlite3.Connection, rng: random.Random, number: int, signed_up: date) -> None:
+    first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
+    company = rng.randrange(1, 400) if rng.random() < 0.7 else None
+    email = f"{first}.{last}{number}@example.com".lower().replace(" ", "")
+    db.execute(
+        "INSERT INTO users VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            f"u{number:05d}",
+            f"anon-{number:05d}",
+            email,
+            first,
+            last,
+            f"c{company:04d}" if company else None,
+            f"Company {company}" if company else None,
+            rng.choice(PLANS),
+            signed_up.isoformat(),
+        ),
+    )
+
+
+def _add_orders(db: sqlite3.Connection, rng: random.Random, day: date, orders: int) -> None:
+    ids = [row[0] for row in db.execute("SELECT user_id FROM users WHERE signed_up <= ?", (day.isoformat(),))]
+    if not ids:
+        return
+    rows = [(rng.choice(ids), round(rng.lognormvariate(3.5, 0.9), 2), day.isoformat()) for _ in range(orders)]
+    db.executemany("INSERT INTO orders (user_id, amount, ordered_at) VALUES (?, ?, ?)", rows)
+
+
+def run_demo(workdir: Path, console: Console, config_path: Path | None = None) -> int:
+    """The README's first command: build, sync, change, sync again, and show both runs and the diff."""
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "state.db").unlink(missing_ok=True)
+    console.print(f"[bold]1. Building the demo warehouse[/bold] ({DEMO_USERS} users, 200 days of orders) in {workdir}")
+    shop = build_warehouse(workdir / "warehouse.db")
+    with Receiver(out=_fresh(workdir / "received.jsonl")) as receiver:
+        try:
+            config = load_config(config_path, env={**os.environ, **_demo_env(workdir, receiver.url)})
+            job = _for_loopback(config.job(DEMO_JOB))
+        except ConfigError as exc:
+            console.print("\n".join(f"config error: {p}" for p in exc.problems))
+            return EXIT_USAGE
+        console.print(
+            f"   receiver listening on 127.0.0.1 (bodies recorded in {workdir / 'received.jsonl'}); "
+            f"the demo allows {DEMO_REQUESTS_PER_SECOND:g} requests/s to it"
+        )
+        store = Store.open(config.state_url)
+        try:
+            runner = Runner(store)
+            console.print("[bold]2. Initial sync[/bold]: every current member of every audience, every trait")
+            first = _show(console, runner.run(job, RunOptions()))
+            console.print("[bold]3. A day passes[/bold]: 160 orders, 25 sign-ups, 40 plan changes, 5 deletions")
+            advance_one_day(shop)
+            console.print("[bold]4. Incremental sync[/bold]: only users whose membership or traits changed")
+            second = _show(console, runner.run(job, RunOptions()))
+            _explain(console, config, store, second, len(receiver.accepted()))
+        except SyncError as exc:
+            console.print(f"error: {exc}")
+            return EXIT_FAILED
+        finally:
+            store.close()
+    return max(first.exit_code, second.exit_code)
+
+
+def _for_loopback(job: JobConfig) -> JobConfig:
+    """The demo's receiver is on this machine: lift ChartMogul's 40 requests/s so the demo takes seconds."""
+    faster = job.destination.model_copy(update={"requests_per_second": DEMO_REQUESTS_PER_SECOND})
+    return job.model_copy(update={"destination": faster})
+
+
+def _demo_env(workdir: Path, webhook_url: str) -> dict[str, str]:
+    return {
+        "AUDIENCE_SYNC_STATE_URL": f"sqlite:///{workdir / 'state.db'}",
+        "WAREHOUSE_URL": f"sqlite:///{workdir / 'warehouse.db'}",
+        "CHARTMOGUL_WEBHOOK_URL": webhook_url,
+    }
+
+
+def _fresh(path: Path) -> Path:
+    path.unlink(missing_ok=True)
+    return path
+
+
+def _show(console: Console, report: RunReport) -> RunReport:
+    console.print(
+        f"   run {report.run_id}: {report.kind}, {report.status} — {report.users} users, "
+        f"{report.entered} entered, {report.exited} exited, {report.traits_changed} trait changes "
+        f"→ {report.updates} updates, {report.delivered} delivered, {report.failed} failed"
+    )
+    return report
+
+
+def _explain(console: Console, config: Config, store: Store, second: RunReport, received: int) -> None:
+    console.print(f"[bold]5. The two runs[/bold] (`audience-sync runs`) — the receiver accepted {received} bodies")
+    print_table(
+        console,
+        [run_record(r) for r in store.runs(DEMO_JOB, 2)],
+        (
+            "run_id",
+            "kind",
+            "status",
+            "users",
+            "entered",
+            "exited",
+            "traits_changed",
+            "updates",
+            "delivered",
+            "failed",
+        ),
+    )
+    rows = list(change_records(store, second.run_id))
+    shown = 25
+    console.print(
+        f"[bold]6. What run {second.run_id} changed[/bold] (`audience-sync diff {second.run_id}`), "
+        f"first {min(shown, len(rows))} of {len(rows)} rows"
+    )
+    print_table(console, rows[:shown], CHANGE_FIELDS)
+    console.print(
+        f"See every identify call with `audience-sync messages {second.run_id}`; the state store is {store.label}."
+    )

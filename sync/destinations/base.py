@@ -1,0 +1,34 @@
+"""The destination seam: ``send(batch)`` yields one ``DeliveryResult`` per ``Outgoing`` message."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One identify call to deliver; ``sentAt`` is filled in when it is first sent."""
+
+    user_id: str
+    message_id: str
+    call: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    user_id: str
+    message_id: str
+    delivered: bool
+    attempts: int
+    sent_at: datetime | None
+    finished_at: datetime
+    http_status: int | None = None
+    error: str | None = None
+    retriable: bool = False
+
+
+class Destination(Protocol):
+    def send(self, batch: Iterable[Outgoing]) -> AsyncIterator[DeliveryResult]: ...

@@ -1,0 +1,216 @@
+"""The ChartMogul (Actions) destination: identify calls become "Send Contact" bodies, one POST each.
+
+The body is field for field what Segment's ChartMogul action posts for the same identify call, with
+one addition, ``custom_attributes``: the audience and trait keys of the update with their new values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from aiolimiter import AsyncLimiter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+from tenacity.stop import stop_base
+
+from sync.config import DestinationConfig
+from sync.destinations.base import DeliveryResult, Outgoing
+from sync.destinations.outcomes import Outcome, classify, retry_after_seconds
+from sync.errors import DeliveryError, PermanentDeliveryError, RetriableDeliveryError
+from sync.messages import iso
+
+# Segment: one call may be at most 32 KB.
+MAX_BODY_BYTES = 32 * 1024
+# The longest Retry-After honoured within a run; a longer wait leaves the update for the next run.
+MAX_RETRY_AFTER_S = 300.0
+# How much of an error response body is kept as the reason.
+_REASON_CHARS = 300
+
+Sleep = Callable[[float], Awaitable[None]]
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def send_contact_body(call: Mapping[str, Any]) -> dict[str, Any]:
+    """The "Send Contact" body for an identify call; absent values are left out, never sent as null."""
+    traits: Mapping[str, Any] = call.get("traits") or {}
+    body: dict[str, Any] = {
+        "type": "Send Contact",
+        "message_id": call.get("messageId"),
+        "timestamp": call.get("timestamp"),
+        "sent_at": call.get("sentAt"),
+    }
+    fields = {
+        "user_id": call.get("userId"),
+        "anonymous_id": call.get("anonymousId"),
+        "email": traits.get("email"),
+        "first_name": traits.get("firstName"),
+        "last_name": traits.get("lastName"),
+        "name": traits.get("name"),
+        "title": traits.get("title"),
+        "phone": traits.get("phone"),
+        "linked_in": traits.get("linkedIn"),
+        "twitter": traits.get("twitter"),
+    }
+    body.update({k: v for k, v in fields.items() if v is not None and v != ""})
+    company = traits.get("company")
+    if isinstance(company, Mapping) and company.get("id"):
+        body["company"] = {k: company[k] for k in ("id", "name") if company.get(k) is not None}
+    computations = (call.get("context") or {}).get("personas", {}).get("computations", [])
+    attributes = {c["computation_key"]: traits.get(c["computation_key"]) for c in computations}
+    if attributes:
+        body["custom_attributes"] = attributes
+    return body
+
+
+def encode_body(call: Mapping[str, Any]) -> bytes:
+    """The JSON request body; raises PermanentDeliveryError when the upstream action would reject it."""
+    body = send_contact_body(call)
+    if not body.get("user_id") and not body.get("anonymous_id"):
+        raise PermanentDeliveryError("rejected before sending: user_id or anonymous_id must be present")
+    if set(body) <= {"type", "message_id", "timestamp", "sent_at", "user_id", "anonymous_id"}:
+        raise PermanentDeliveryError("rejected before sending: the body carries nothing but identifiers")
+    encoded = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(encoded) > MAX_BODY_BYTES:
+        raise PermanentDeliveryError(
+            f"rejected before sending: body is {len(encoded)} bytes, over the {MAX_BODY_BYTES}-byte limit"
+        )
+    return encoded
+
+
+class _WaitsTooLong(stop_base):
+    """Stop when the destination asks for a longer pause than a run waits; the next run retries."""
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        error = retry_state.outcome.exception() if retry_state.outcome else None
+        return isinstance(error, RetriableDeliveryError) and (error.retry_after or 0.0) > MAX_RETRY_AFTER_S
+
+
+class ChartMogulDestination:
+    """Delivers identify calls to a ChartMogul webhook with bounded concurrency, a rate limit and retries.
+
+    The ``client`` is any ``httpx.AsyncClient``; ``sleep`` and ``clock`` are injectable so that tests
+    control backoff time.
+    """
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        settings: DestinationConfig,
+        *,
+        sleep: Sleep = asyncio.sleep,
+        clock: Clock = utc_now,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._client = client
+        self._url = settings.webhook_url.get_secret_value()
+        self._settings = settings
+        self._sleep = sleep
+        self._clock = clock
+        self._rng = rng or random.Random()
+        # One request per 1/rate seconds, no bursts: a burst could trip a per-second limit on the other side.
+        self._limiter = AsyncLimiter(1, 1.0 / settings.requests_per_second)
+
+    async def send(self, batch: Iterable[Outgoing]) -> AsyncIterator[DeliveryResult]:
+        """Deliver every message of ``batch``; yield one result per message as each finishes."""
+        messages = iter(batch)
+        results: asyncio.Queue[DeliveryResult | None] = asyncio.Queue(maxsize=4 * self._settings.max_connections)
+        workers = [asyncio.create_task(self._worker(messages, results)) for _ in range(self._settings.max_connections)]
+        running = len(workers)
+        try:
+            while running:
+                result = await results.get()
+                if result is None:
+                    running -= 1
+                else:
+                    yield result
+        finally:
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    async def _worker(self, messages: Iterable[Outgoing], results: asyncio.Queue[DeliveryResult | None]) -> None:
+        try:
+            for message in messages:
+                await results.put(await self.deliver(message))
+        finally:
+            await results.put(None)
+
+    async def deliver(self, message: Outgoing) -> DeliveryResult:
+        """One message, retried as its failures allow; never raises for a delivery failure."""
+        sent_at = self._clock()
+        call = {**message.call, "sentAt": iso(sent_at)}
+        attempts = 0
+        try:
+            body = encode_body(call)
+            retrying = AsyncRetrying(
+                retry=retry_if_exception_type(RetriableDeliveryError),
+                stop=stop_after_attempt(self._settings.max_attempts) | _WaitsTooLong(),
+                wait=self._wait,
+                sleep=self._sleep,
+                reraise=True,
+            )
+            async for attempt in retrying:
+                with attempt:
+                    attempts = attempt.retry_state.attempt_number
+                    status = await self._post(body)
+        except DeliveryError as exc:
+            return DeliveryResult(
+                message.user_id,
+                message.message_id,
+                False,
+                attempts,
+                sent_at if attempts else None,
+                self._clock(),
+                exc.http_status,
+                exc.reason,
+                isinstance(exc, RetriableDeliveryError),
+            )
+        return DeliveryResult(message.user_id, message.message_id, True, attempts, sent_at, self._clock(), status)
+
+    async def _post(self, body: bytes) -> int:
+        async with self._limiter:
+            pass
+        try:
+            response = await self._client.post(
+                self._url,
+                content=body,
+                headers={"Content-Type": "application/json"},
+                timeout=self._settings.timeout.total_seconds(),
+            )
+        except httpx.TimeoutException as exc:
+            raise RetriableDeliveryError(f"timed out ({type(exc).__name__})") from exc
+        except httpx.HTTPError as exc:
+            raise RetriableDeliveryError(f"connection error ({type(exc).__name__})") from exc
+        outcome = classify(response.status_code)
+        if outcome is Outcome.OK:
+            return response.status_code
+        reason = self._reason(response)
+        if outcome is Outcome.RETRY:
+            raise RetriableDeliveryError(
+                reason,
+                http_status=response.status_code,
+                retry_after=retry_after_seconds(response.headers.get("Retry-After"), self._clock()),
+            )
+        raise PermanentDeliveryError(reason, http_status=response.status_code)
+
+    def _reason(self, response: httpx.Response) -> str:
+        text = response.text.strip().replace(self._url, "<webhook>")[:_REASON_CHARS]
+        return f"HTTP {response.status_code}" + (f": {text}" if text else "")
+
+    def _wait(self, state: RetryCallState) -> float:
+        """Retry-After when the destination gave one, else exponential backoff with full jitter."""
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, RetriableDeliveryError) and error.retry_after is not None:
+            return error.retry_after
+        initial = self._settings.backoff_initial.total_seconds()
+        ceiling = min(self._settings.backoff_max.total_seconds(), initial * 2 ** (state.attempt_number - 1))
+        return self._rng.uniform(initial / 2, ceiling) if ceiling > initial / 2 else ceiling

@@ -1,0 +1,40 @@
+"""How an HTTP answer is classified: delivered, worth retrying, or a permanent failure."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+
+
+class Outcome(enum.Enum):
+    OK = "ok"
+    RETRY = "retry"
+    FAIL = "fail"
+
+
+# 408 Request Timeout, 423 Locked, 429 Too Many Requests: the same request may succeed later.
+_RETRIABLE_4XX = frozenset({408, 423, 429})
+
+
+def classify(status: int) -> Outcome:
+    """2xx delivered; 408, 423, 429 and 5xx but 501 (Not Implemented) retried; anything else fails."""
+    if 200 <= status < 300:
+        return Outcome.OK
+    if status in _RETRIABLE_4XX or (500 <= status < 600 and status != 501):
+        return Outcome.RETRY
+    return Outcome.FAIL
+
+
+def retry_after_seconds(value: str | None, now: datetime) -> float | None:
+    """A ``Retry-After`` header (seconds or an HTTP date) as seconds from ``now``; None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (moment - now).total_seconds())

@@ -1,0 +1,231 @@
+"""A job's snapshot: who is in which audience, each computed trait's value, and each user's profile.
+
+Pure: raw query results in, a validated ``Snapshot`` out. Rows that cannot be used (a null ``user_id``,
+a value JSON cannot carry) are skipped and reported as ``RowIssue``; results that make the whole snapshot
+untrustworthy (conflicting duplicate profiles, unknown columns) raise ``SourceError``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, time
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sync.errors import SourceError
+
+PROFILE_COLUMNS = (
+    "user_id",
+    "anonymous_id",
+    "email",
+    "first_name",
+    "last_name",
+    "name",
+    "title",
+    "phone",
+    "linked_in",
+    "twitter",
+    "company_id",
+    "company_name",
+)
+# How many offending user ids an error message lists before it says "and N more".
+_SHOWN_IDS = 10
+
+
+@dataclass(frozen=True)
+class RowIssue:
+    """A row that was skipped: where it came from, which user (when known) and why."""
+
+    source: str
+    problem: str
+    user_id: str | None = None
+    count: int = 1
+
+
+@dataclass(frozen=True)
+class Computation:
+    key: str
+    kind: str  # "audience" or "trait"
+    name: str
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """``state``: one row per user, a bool column per audience and an object column per trait (None = null).
+
+    ``profiles`` maps user id → profile fields (only the non-null ones) for users the profiles query returned.
+    """
+
+    computations: tuple[Computation, ...]
+    state: pd.DataFrame
+    profiles: Mapping[str, Mapping[str, str]]
+    issues: tuple[RowIssue, ...] = field(default=())
+
+
+def build_snapshot(
+    computations: Sequence[Computation], profiles: pd.DataFrame | None, results: Mapping[str, pd.DataFrame]
+) -> Snapshot:
+    """Assemble a snapshot from the profiles query and one raw result per computation key."""
+    issues: list[RowIssue] = []
+    profile_map = normalise_profiles(profiles, issues) if profiles is not None else {}
+    members: dict[str, pd.Index] = {}
+    values: dict[str, pd.Series] = {}
+    for computation in computations:
+        frame = results[computation.key]
+        label = f"{computation.kind} {computation.key}"
+        if computation.kind == "audience":
+            members[computation.key] = normalise_members(frame, label, issues)
+        else:
+            values[computation.key] = normalise_trait(frame, label, issues)
+    users = _universe(profile_map, members, values)
+    state = pd.DataFrame(index=users)
+    for computation in computations:
+        if computation.kind == "audience":
+            state[computation.key] = users.isin(members[computation.key])
+        else:
+            state[computation.key] = values[computation.key].reindex(users).astype(object)
+    state = state.astype({c.key: object for c in computations if c.kind == "trait"})
+    state = state.where(state.notna(), None) if len(values) else state
+    return Snapshot(tuple(computations), state, profile_map, tuple(issues))
+
+
+def _universe(
+    profiles: Mapping[str, Any], members: Mapping[str, pd.Index], values: Mapping[str, pd.Series]
+) -> pd.Index:
+    parts = [pd.Index(list(profiles), dtype=object)] + list(members.values()) + [v.index for v in values.values()]
+    users = parts[0]
+    for part in parts[1:]:
+        users = users.union(part, sort=False)
+    universe: pd.Index = pd.Index(users, dtype=object, name="user_id")
+    return universe
+
+
+def normalise_profiles(frame: pd.DataFrame, issues: list[RowIssue]) -> dict[str, dict[str, str]]:
+    unknown = [str(c) for c in frame.columns if c not in PROFILE_COLUMNS]
+    if unknown:
+        raise SourceError(
+            f"profiles: unknown column(s) {', '.join(unknown)}; accepted columns: {', '.join(PROFILE_COLUMNS)}"
+        )
+    if "user_id" not in frame.columns:
+        raise SourceError("profiles: the query must return a user_id column")
+    frame = _with_user_ids(frame, "profiles", issues)
+    columns = [str(c) for c in frame.columns if c != "user_id"]
+    profiles: dict[str, dict[str, str]] = {}
+    conflicting: list[str] = []
+    for user_id, *values in zip(*(frame[c].tolist() for c in ["user_id", *columns]), strict=True):
+        profile = {c: text for c, v in zip(columns, values, strict=True) if (text := _text_or_none(v)) is not None}
+        known = profiles.setdefault(user_id, profile)
+        if known != profile and user_id not in conflicting:
+            conflicting.append(user_id)
+    if conflicting:
+        raise SourceError(f"profiles: conflicting duplicate rows for user_id {_some(conflicting)}")
+    return profiles
+
+
+def normalise_members(frame: pd.DataFrame, label: str, issues: list[RowIssue]) -> pd.Index:
+    """The member ids of an audience; a user listed twice is one member."""
+    if "user_id" not in frame.columns:
+        raise SourceError(f"{label}: the result must have a user_id column (columns: {_columns(frame)})")
+    ids = _with_user_ids(frame[["user_id"]], label, issues)["user_id"]
+    members: pd.Index = pd.Index(ids.unique(), dtype=object)
+    return members
+
+
+def normalise_trait(frame: pd.DataFrame, label: str, issues: list[RowIssue]) -> pd.Series:
+    """A trait's non-null values by user id, as JSON-ready Python values."""
+    missing = [c for c in ("user_id", "value") if c not in frame.columns]
+    if missing:
+        raise SourceError(f"{label}: the result must have user_id and value columns (columns: {_columns(frame)})")
+    frame = _with_user_ids(frame[["user_id", "value"]], label, issues)
+    converted = [_json_value(value) for value in frame["value"].tolist()]
+    keep = []
+    for user_id, (_value, problem) in zip(frame["user_id"].tolist(), converted, strict=True):
+        if problem:
+            issues.append(RowIssue(label, problem, user_id))
+        keep.append(problem is None)
+    values = pd.Series([v for v, _ in converted], index=frame["user_id"].tolist(), dtype=object)
+    values = values[np.array(keep, dtype=bool) & values.notna().to_numpy()]
+    return _one_value_per_user(values, label)
+
+
+def _one_value_per_user(values: pd.Series, label: str) -> pd.Series:
+    if not values.index.has_duplicates:
+        return values
+    frame = pd.DataFrame({"user_id": values.index, "value": [json_key(v) for v in values.tolist()]})
+    distinct = frame.drop_duplicates()
+    conflicting = distinct["user_id"][distinct["user_id"].duplicated()].unique().tolist()
+    if conflicting:
+        raise SourceError(f"{label}: conflicting values for user_id {_some(conflicting)}")
+    return values[~values.index.duplicated()]
+
+
+def _with_user_ids(frame: pd.DataFrame, label: str, issues: list[RowIssue]) -> pd.DataFrame:
+    """Rows with a usable user id, as a string; the others are reported and dropped."""
+    ids = [_user_id(value) for value in frame["user_id"].tolist()]
+    usable = np.array([user_id is not None for user_id in ids], dtype=bool)
+    skipped = len(ids) - int(usable.sum())
+    if skipped:
+        issues.append(RowIssue(label, "null or empty user_id", None, skipped))
+    frame = frame.assign(user_id=pd.Series(ids, index=frame.index, dtype=object))
+    return frame.loc[usable]
+
+
+def _user_id(value: object) -> str | None:
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return str(int(value))
+    text = str(value)
+    return text if text.strip() else None
+
+
+def _text_or_none(value: object) -> str | None:
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    text = str(value)
+    return text if text.strip() else None
+
+
+def _json_value(value: object) -> tuple[Any, str | None]:
+    """A value as JSON can carry it, or a problem that says why it cannot."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None, None
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bool | str | int):
+        return value, None
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None, None
+        return (value, None) if math.isfinite(value) else (None, f"value {value} is not a finite number")
+    if isinstance(value, Decimal):
+        return (int(value) if value == value.to_integral_value() else float(value)), None
+    if isinstance(value, datetime | date | time):
+        return value.isoformat(), None
+    if isinstance(value, list | tuple | dict):
+        return value, None
+    return None, f"value of type {type(value).__name__} cannot be sent as JSON"
+
+
+def json_key(value: object) -> str:
+    """A canonical text of a JSON value, to compare values of any type."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _some(ids: Sequence[object]) -> str:
+    shown = ", ".join(repr(str(i)) for i in ids[:_SHOWN_IDS])
+    return shown + (f" and {len(ids) - _SHOWN_IDS} more" if len(ids) > _SHOWN_IDS else "")
+
+
+def _columns(frame: pd.DataFrame) -> str:
+    return ", ".join(str(c) for c in frame.columns) or "none"

@@ -1,0 +1,349 @@
+"""Reading and writing the state store. Every method is one transaction.
+
+The acknowledged state of a user changes only in ``record_results``, in the same transaction as the
+audit row of the update the destination acknowledged.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import Engine, create_engine, delete, event, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from sync.config import redact_url
+from sync.destinations.base import DeliveryResult
+from sync.errors import StoreError
+from sync.messages import Update
+from sync.snapshot import Computation
+from sync.store.models import AckState, JobKey, Run, RunUpdate
+from sync.store.schema import ensure_schema
+
+# Rows per INSERT/UPDATE statement: keeps SQLite under its bound-parameter limit.
+_CHUNK = 500
+COUNT_FIELDS = (
+    "users",
+    "entered",
+    "exited",
+    "traits_changed",
+    "updates",
+    "delivered",
+    "failed",
+    "skipped_rows",
+)
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The acknowledged state of a job: a wide frame like a snapshot's, and each user's version."""
+
+    state: pd.DataFrame
+    versions: Mapping[str, int]
+
+
+@dataclass(frozen=True)
+class ChangeRow:
+    """One (user, key) of a run, as ``audience-sync diff`` lists it."""
+
+    user_id: str
+    key: str
+    old: Any
+    new: Any
+    message_id: str
+    status: str
+    http_status: int | None
+    error: str | None
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+class Store:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def open(cls, url: str, *, upgrade: bool = True) -> Store:
+        """Connect, check the schema and bring it up to date; StoreError when that is not possible."""
+        engine = create_engine(url, pool_pre_ping=True)
+        if engine.dialect.name == "sqlite":
+            event.listen(engine, "connect", _sqlite_pragmas)
+        try:
+            ensure_schema(engine, upgrade=upgrade)
+        except OperationalError as exc:
+            engine.dispose()
+            raise StoreError(f"cannot use the state store {redact_url(url)}: {_reason(exc)}") from None
+        return cls(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @property
+    def label(self) -> str:
+        return redact_url(self.engine.url.render_as_string(hide_password=False))
+
+    # Runs --------------------------------------------------------------------------------------------------
+
+    def start_run(self, job: str, kind: str, dry_run: bool, now: datetime, space_id: str | None = None) -> int:
+        with Session(self.engine) as session, session.begin():
+            run = Run(
+                job=job,
+                kind=kind,
+                dry_run=dry_run,
+                status="running",
+                started_at=now,
+                space_id=space_id,
+                **dict.fromkeys(COUNT_FIELDS, 0),
+            )
+            session.add(run)
+            session.flush()
+            return run.id
+
+    def finish_run(
+        self,
+        run_id: int,
+        status: str,
+        counts: Mapping[str, int],
+        now: datetime,
+        error: str | None = None,
+        issues: Sequence[Mapping[str, Any]] = (),
+    ) -> None:
+        with Session(self.engine) as session, session.begin():
+            session.execute(
+                update(Run)
+                .where(Run.id == run_id)
+                .values(
+                    status=status,
+                    finished_at=now,
+                    error=error,
+                    issues=_dumps(list(issues)) if issues else None,
+                    **{k: v for k, v in counts.items() if k in COUNT_FIELDS},
+                )
+            )
+
+    def run(self, run_id: int) -> Run | None:
+        with Session(self.engine, expire_on_commit=False) as session:
+            return session.get(Run, run_id)
+
+    def runs(self, job: str | None = None, limit: int = 50) -> list[Run]:
+        query = select(Run).order_by(Run.id.desc()).limit(limit)
+        if job:
+            query = query.where(Run.job == job)
+        with Session(self.engine, expire_on_commit=False) as session:
+            return list(session.scalars(query))
+
+    # Tracked keys ------------------------------------------------------------------------------------------
+
+    def tracked_keys(self, job: str) -> dict[str, str]:
+        with Session(self.engine) as session:
+            return {row.key: row.kind for row in session.scalars(select(JobKey).where(JobKey.job == job))}
+
+    def set_tracked_keys(self, job: str, computations: Sequence[Computation], run_id: int) -> None:
+        """Track exactly these keys from now on; a key dropped and later re-added gets a new initial sync."""
+        with Session(self.engine) as session, session.begin():
+            existing = {row.key: row for row in session.scalars(select(JobKey).where(JobKey.job == job))}
+            wanted = {c.key for c in computations}
+            for key in set(existing) - wanted:
+                session.delete(existing[key])
+            session.add_all(
+                JobKey(job=job, key=c.key, kind=c.kind, since_run_id=run_id)
+                for c in computations
+                if c.key not in existing
+            )
+
+    # Acknowledged state ------------------------------------------------------------------------------------
+
+    def load_baseline(self, job: str, computations: Sequence[Computation], tracked: Iterable[str]) -> Baseline:
+        """The acknowledged state restricted to the tracked keys of ``computations``."""
+        keys = [c.key for c in computations if c.key in set(tracked)]
+        users: list[str] = []
+        states: list[dict[str, Any]] = []
+        versions: dict[str, int] = {}
+        query = select(AckState.user_id, AckState.state, AckState.version).where(AckState.job == job)
+        with self.engine.connect() as connection:
+            for user_id, state, version in connection.execute(query):
+                users.append(user_id)
+                states.append(json.loads(state))
+                versions[user_id] = version
+        frame = (
+            pd.DataFrame.from_records(states, index=pd.Index(users, dtype=object, name="user_id"), columns=keys)
+            if users
+            else pd.DataFrame(columns=keys)
+        )
+        for computation in computations:
+            if computation.key not in keys:
+                continue
+            column = frame[computation.key]
+            if computation.kind == "audience":
+                frame[computation.key] = column.notna() & (column == True)  # noqa: E712 - element-wise
+            else:
+                frame[computation.key] = column.astype(object).where(column.notna(), None)
+        return Baseline(frame, versions)
+
+    def known_profiles(self, job: str, user_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """The last acknowledged profile of each of ``user_ids`` (for users gone from the snapshot)."""
+        profiles: dict[str, dict[str, str]] = {}
+        with self.engine.connect() as connection:
+            for start in range(0, len(user_ids), _CHUNK):
+                chunk = list(user_ids[start : start + _CHUNK])
+                query = select(AckState.user_id, AckState.profile).where(
+                    AckState.job == job, AckState.user_id.in_(chunk)
+                )
+                profiles.update({user_id: json.loads(profile) for user_id, profile in connection.execute(query)})
+        return profiles
+
+    def state_size(self, job: str) -> int:
+        with self.engine.connect() as connection:
+            count = connection.execute(select(func.count()).select_from(AckState).where(AckState.job == job))
+            return int(count.scalar_one())
+
+    def acknowledged(self, job: str, user_id: str) -> tuple[dict[str, Any], int] | None:
+        """One user's acknowledged state and version, or None."""
+        query = select(AckState.state, AckState.version).where(AckState.job == job, AckState.user_id == user_id)
+        with self.engine.connect() as connection:
+            row = connection.execute(query).first()
+        return (json.loads(row[0]), int(row[1])) if row else None
+
+    # Updates -----------------------------------------------------------------------------------------------
+
+    def record_plan(self, run_id: int, updates: Iterable[Update], status: str) -> int:
+        """Audit rows for a run's updates, ``planned`` (dry run) or ``pending`` (about to be sent)."""
+        count = 0
+        with Session(self.engine) as session, session.begin():
+            for chunk in _chunks(updates, _CHUNK):
+                session.execute(
+                    insert(RunUpdate),
+                    [
+                        {
+                            "run_id": run_id,
+                            "user_id": u.user_id,
+                            "message_id": u.message_id,
+                            "status": status,
+                            "changes": _dumps([[c.key, c.kind, c.old, c.new] for c in u.changes]),
+                            "profile": _dumps(u.profile),
+                            "attempts": 0,
+                        }
+                        for u in chunk
+                    ],
+                )
+                count += len(chunk)
+        return count
+
+    def record_results(self, job: str, run_id: int, results: Sequence[tuple[Update, DeliveryResult]]) -> None:
+        """Record delivery outcomes; advance the acknowledged state of every delivered user, atomically."""
+        if not results:
+            return
+        with Session(self.engine) as session, session.begin():
+            for update_, result in results:
+                session.execute(
+                    update(RunUpdate)
+                    .where(RunUpdate.run_id == run_id, RunUpdate.user_id == update_.user_id)
+                    .values(
+                        status="delivered" if result.delivered else "failed",
+                        http_status=result.http_status,
+                        attempts=result.attempts,
+                        error=result.error,
+                        sent_at=result.sent_at,
+                        finished_at=result.finished_at,
+                    )
+                )
+            acknowledged = [(u, r) for u, r in results if r.delivered]
+            if acknowledged:
+                session.execute(
+                    self._upsert_state(),
+                    [
+                        {
+                            "job": job,
+                            "user_id": u.user_id,
+                            "state": _dumps(u.state),
+                            "profile": _dumps(u.profile),
+                            "version": 1,
+                            "run_id": run_id,
+                            "updated_at": r.finished_at,
+                        }
+                        for u, r in acknowledged
+                    ],
+                )
+
+    def _upsert_state(self) -> Any:
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        statement = dialect.insert(AckState)
+        return statement.on_conflict_do_update(
+            index_elements=[AckState.job, AckState.user_id],
+            set_={
+                "state": statement.excluded.state,
+                "profile": statement.excluded.profile,
+                "version": AckState.version + 1,
+                "run_id": statement.excluded.run_id,
+                "updated_at": statement.excluded.updated_at,
+            },
+        )
+
+    def updates_of(self, run_id: int, user_id: str | None = None) -> Iterator[RunUpdate]:
+        query = select(RunUpdate).where(RunUpdate.run_id == run_id).order_by(RunUpdate.id)
+        if user_id is not None:
+            query = query.where(RunUpdate.user_id == user_id)
+        with Session(self.engine) as session:
+            for row in session.scalars(query.execution_options(yield_per=1000)):
+                session.expunge(row)
+                yield row
+
+    def changes_of(self, run_id: int, user_id: str | None = None, key: str | None = None) -> Iterator[ChangeRow]:
+        """The run's changes, one per (user, key)."""
+        for row in self.updates_of(run_id, user_id):
+            for change_key, _kind, old, new in json.loads(row.changes):
+                if key is None or change_key == key:
+                    yield ChangeRow(
+                        row.user_id,
+                        change_key,
+                        old,
+                        new,
+                        row.message_id,
+                        row.status,
+                        row.http_status,
+                        row.error,
+                    )
+
+    def delete_job(self, job: str) -> None:
+        """Forget a job's acknowledged state and tracked keys (runs stay for the audit trail)."""
+        with Session(self.engine) as session, session.begin():
+            session.execute(delete(AckState).where(AckState.job == job))
+            session.execute(delete(JobKey).where(JobKey.job == job))
+
+
+def _chunks(items: Iterable[Update], size: int) -> Iterator[list[Update]]:
+    chunk: list[Update] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers (status, diff) do not block the running sync
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"

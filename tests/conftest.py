@@ -1,0 +1,165 @@
+"""Shared fixtures: real SQLite files, the real PostgreSQL (a fresh schema per test) and a loopback receiver."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+
+from sync.config import Config, JobConfig, parse_config
+from sync.receiver import Faults, Receiver
+from sync.runner import Runner
+from sync.store import Store
+
+POSTGRES_URL = os.environ.get("AUDIENCE_SYNC_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def _postgres_or_skip() -> str:
+    try:
+        engine = create_engine(POSTGRES_URL)
+        with engine.connect():
+            pass
+        engine.dispose()
+    except OperationalError as exc:
+        if os.environ.get("CI"):
+            raise RuntimeError(f"PostgreSQL is required in CI: {exc}") from exc
+        pytest.skip("PostgreSQL is not reachable (set AUDIENCE_SYNC_TEST_POSTGRES_URL)")
+    return POSTGRES_URL
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A URL whose search_path is a schema of its own, dropped after the test."""
+    base = _postgres_or_skip()
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f"CREATE SCHEMA {schema}"))
+    url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
+    yield url.render_as_string(hide_password=False)
+    with admin.connect() as connection:
+        connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+def store(state_url: str) -> Iterator[Store]:
+    opened = Store.open(state_url)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with Receiver() as running:
+        yield running
+
+
+@pytest.fixture
+def faulty_receiver() -> Iterator[Receiver]:
+    """A receiver whose faults the test sets through ``receiver.faults``."""
+    with Receiver(faults=Faults()) as running:
+        yield running
+
+
+class Warehouse:
+    """A real SQLite warehouse with generic tables that tests fill: profiles, members, trait_values."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.url = f"sqlite:///{path}"
+        with self._db() as db:
+            db.executescript("""
+                CREATE TABLE profiles (user_id TEXT, anonymous_id TEXT, email TEXT, first_name TEXT,
+                                       last_name TEXT, company_id TEXT, company_name TEXT);
+                CREATE TABLE members (audience TEXT, user_id TEXT);
+                CREATE TABLE trait_values (trait TEXT, user_id TEXT, value);
+            """)
+
+    def _db(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path)
+
+    def set_profiles(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        with self._db() as db:
+            db.execute("DELETE FROM profiles")
+            for row in rows:
+                columns = ", ".join(row)
+                db.execute(f"INSERT INTO profiles ({columns}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
+
+    def set_members(self, audience: str, user_ids: Sequence[str]) -> None:
+        with self._db() as db:
+            db.execute("DELETE FROM members WHERE audience = ?", (audience,))
+            db.executemany("INSERT INTO members VALUES (?, ?)", [(audience, u) for u in user_ids])
+
+    def set_trait(self, trait: str, values: Mapping[str, Any]) -> None:
+        with self._db() as db:
+            db.execute("DELETE FROM trait_values WHERE trait = ?", (trait,))
+            db.executemany("INSERT INTO trait_values VALUES (?, ?, ?)", [(trait, u, v) for u, v in values.items()])
+
+    def audience(self, name: str, audience: str, **extra: Any) -> dict[str, Any]:
+        return {"name": name, "query": f"SELECT user_id FROM members WHERE audience = '{audience}'", **extra}
+
+    def trait(self, name: str, trait: str, **extra: Any) -> dict[str, Any]:
+        return {"name": name, "query": f"SELECT user_id, value FROM trait_values WHERE trait = '{trait}'", **extra}
+
+
+@pytest.fixture
+def warehouse(tmp_path: Path) -> Warehouse:
+    return Warehouse(tmp_path / "warehouse.db")
+
+
+def make_config(state_url: str, jobs: Sequence[Mapping[str, Any]], base_dir: Path | None = None) -> Config:
+    return parse_config({"state_url": state_url, "jobs": list(jobs)}, {}, base_dir or Path("."))
+
+
+def job_dict(warehouse: Warehouse, webhook_url: str, *, audiences: Sequence[Mapping[str, Any]] = (),
+             traits: Sequence[Mapping[str, Any]] = (), name: str = "contacts", profiles: bool = True,
+             **destination: Any) -> dict[str, Any]:
+    source: dict[str, Any] = {"url": warehouse.url}
+    if profiles:
+        source["profiles"] = ("SELECT user_id, anonymous_id, email, first_name, last_name, company_id, "
+                              "company_name FROM profiles")
+    return {"name": name, "space_id": "spa_test", "source": source, "audiences": list(audiences),
+            "traits": list(traits),
+            "destination": {"type": "chartmogul", "webhook_url": webhook_url, "backoff_initial": "10ms",
+                            "backoff_max": "50ms", "timeout": "2s", **destination}}
+
+
+def make_job(warehouse: Warehouse, webhook_url: str, **kwargs: Any) -> JobConfig:
+    return make_config("sqlite://", [job_dict(warehouse, webhook_url, **kwargs)]).jobs[0]
+
+
+class RecordingSleep:
+    """Backoff sleeps are recorded and skipped: tests control time instead of waiting."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+
+
+@pytest.fixture
+def sleep() -> RecordingSleep:
+    return RecordingSleep()
+
+
+@pytest.fixture
+def runner(store: Store, sleep: RecordingSleep) -> Runner:
+    return Runner(store, sleep=sleep)

@@ -1,0 +1,159 @@
+"""The ChartMogul destination against a real HTTP server on 127.0.0.1 that fails on purpose."""
+
+import asyncio
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+import pytest
+
+from sync.config import DestinationConfig
+from sync.destinations.base import DeliveryResult, Outgoing
+from sync.destinations.chartmogul import ChartMogulDestination
+from sync.receiver import Action, Faults, Receiver
+from tests.conftest import RecordingSleep
+
+
+def settings(url: str, **overrides: Any) -> DestinationConfig:
+    values: dict[str, Any] = {"webhook_url": url, "backoff_initial": "100ms", "backoff_max": "1s", "timeout": "2s",
+                              "max_attempts": 4, "requests_per_second": 1000, **overrides}
+    return DestinationConfig.model_validate(values)
+
+
+def outgoing(n: int) -> list[Outgoing]:
+    return [Outgoing(f"u{i}", f"as-{i}", {"type": "identify", "messageId": f"as-{i}", "userId": f"u{i}",
+                                          "timestamp": "2026-11-22T06:00:00.000Z", "traits": {"vip": True},
+                                          "context": {"personas": {"computations": [
+                                              {"computation_class": "audience", "computation_key": "vip"}]}}})
+            for i in range(n)]
+
+
+def deliver(receiver: Receiver, messages: list[Outgoing], sleep: RecordingSleep,
+            **overrides: Any) -> dict[str, DeliveryResult]:
+    async def go() -> dict[str, DeliveryResult]:
+        async with httpx.AsyncClient() as client:
+            destination = ChartMogulDestination(client, settings(receiver.url, **overrides), sleep=sleep)
+            return {r.user_id: r async for r in destination.send(messages)}
+
+    return asyncio.run(go())
+
+
+def failing_first(n: int, action: Action) -> Any:
+    """A hook answering ``action`` to the first ``n`` requests of each message, then letting it through."""
+    seen: Counter[str] = Counter()
+
+    def respond(body: Mapping[str, Any]) -> Action:
+        seen[body["message_id"]] += 1
+        return action if seen[body["message_id"]] <= n else None
+
+    return respond
+
+
+def attempts_by_message(receiver: Receiver) -> Counter[str]:
+    return Counter(r.body["message_id"] for r in receiver.records)
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 408, 423])
+def test_transient_statuses_are_retried_until_delivered(faulty_receiver: Receiver, sleep: RecordingSleep,
+                                                        status: int) -> None:
+    faulty_receiver.faults.respond = failing_first(2, status)
+    results = deliver(faulty_receiver, outgoing(5), sleep)
+    assert all(r.delivered and r.attempts == 3 and r.http_status == 200 for r in results.values())
+    assert attempts_by_message(faulty_receiver) == {f"as-{i}": 3 for i in range(5)}
+    # Exponential backoff with jitter, inside the configured bounds.
+    assert len(sleep.delays) == 10 and all(0.05 <= d <= 1.0 for d in sleep.delays)
+
+
+def test_429_honours_retry_after(faulty_receiver: Receiver, sleep: RecordingSleep) -> None:
+    faulty_receiver.faults.respond = failing_first(1, (429, {"Retry-After": "7"}))
+    results = deliver(faulty_receiver, outgoing(3), sleep)
+    assert all(r.delivered and r.attempts == 2 for r in results.values())
+    assert sleep.delays == [7.0, 7.0, 7.0]
+
+
+def test_a_retry_after_longer_than_a_run_waits_leaves_the_update_for_the_next_run(
+        faulty_receiver: Receiver, sleep: RecordingSleep) -> None:
+    faulty_receiver.faults.respond = failing_first(1, (503, {"Retry-After": "3600"}))
+    result = deliver(faulty_receiver, outgoing(1), sleep)["u0"]
+    assert not result.delivered and result.retriable and result.http_status == 503 and result.attempts == 1
+    assert sleep.delays == []
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422, 501])
+def test_permanent_statuses_are_not_retried_and_keep_the_reason(faulty_receiver: Receiver, sleep: RecordingSleep,
+                                                                status: int) -> None:
+    faulty_receiver.faults.respond = lambda body: status
+    result = deliver(faulty_receiver, outgoing(1), sleep)["u0"]
+    assert not result.delivered and not result.retriable
+    assert result.http_status == status and result.attempts == 1
+    assert result.error == f'HTTP {status}: {{"error": "injected {status}"}}'
+    assert len(faulty_receiver.records) == 1 and sleep.delays == []
+
+
+def test_dropped_connections_are_retried(faulty_receiver: Receiver, sleep: RecordingSleep) -> None:
+    faulty_receiver.faults.respond = failing_first(1, "drop")
+    results = deliver(faulty_receiver, outgoing(4), sleep)
+    assert all(r.delivered and r.attempts == 2 for r in results.values())
+
+
+def test_slow_answers_past_the_timeout_are_retried_then_given_up(sleep: RecordingSleep) -> None:
+    with Receiver(faults=Faults(delay=0.5)) as slow:
+        result = deliver(slow, outgoing(1), sleep, timeout="100ms", max_attempts=2)["u0"]
+    assert not result.delivered and result.retriable and result.attempts == 2
+    assert result.error is not None and result.error.startswith("timed out")
+
+
+def test_exhausted_retries_report_the_last_status(faulty_receiver: Receiver, sleep: RecordingSleep) -> None:
+    faulty_receiver.faults.respond = lambda body: 500
+    result = deliver(faulty_receiver, outgoing(1), sleep, max_attempts=3)["u0"]
+    assert not result.delivered and result.retriable and result.attempts == 3 and result.http_status == 500
+    assert len(faulty_receiver.records) == 3
+
+
+def test_a_refused_connection_is_retriable_and_never_names_the_url(sleep: RecordingSleep) -> None:
+    with Receiver() as gone:
+        url = gone.url
+    async def go() -> DeliveryResult:
+        async with httpx.AsyncClient() as client:
+            destination = ChartMogulDestination(client, settings(url, max_attempts=2), sleep=sleep)
+            return [r async for r in destination.send(outgoing(1))][0]
+
+    result = asyncio.run(go())
+    assert not result.delivered and result.retriable and result.attempts == 2
+    assert result.error == "connection error (ConnectError)"
+
+
+def test_the_body_posted_is_the_send_contact_body_with_sent_at(receiver: Receiver, sleep: RecordingSleep) -> None:
+    results = deliver(receiver, outgoing(2), sleep)
+    bodies = sorted(receiver.accepted(), key=lambda b: b["user_id"])
+    assert [b["message_id"] for b in bodies] == ["as-0", "as-1"]
+    assert bodies[0]["type"] == "Send Contact" and bodies[0]["custom_attributes"] == {"vip": True}
+    assert bodies[0]["sent_at"].endswith("Z") and results["u0"].sent_at is not None
+
+
+def test_the_rate_limit_spaces_requests(receiver: Receiver, sleep: RecordingSleep) -> None:
+    deliver(receiver, outgoing(11), sleep, requests_per_second=50)
+    times = sorted(r.at for r in receiver.records)
+    # 11 requests at 50/s without bursts take at least 10 intervals of 20 ms.
+    assert times[-1] - times[0] >= 0.18
+
+
+def test_concurrency_is_bounded_by_max_connections(sleep: RecordingSleep) -> None:
+    import threading
+
+    in_flight, peak, lock = [0], [0], threading.Lock()
+
+    def respond(body: Mapping[str, Any]) -> Action:
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+        threading.Event().wait(0.02)
+        with lock:
+            in_flight[0] -= 1
+        return None
+
+    with Receiver(faults=Faults(respond=respond)) as counting:
+        results = deliver(counting, outgoing(30), sleep, max_connections=3)
+    assert len(results) == 30 and all(r.delivered for r in results.values())
+    assert 1 <= peak[0] <= 3
