@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from sync import __version__, logs
 from sync.audit import CHANGE_FIELDS, change_records, identify_calls, run_record
-from sync.config import Config, load_config
+from sync.config import Config, load_config, load_state_url
 from sync.display import print_rows
 from sync.errors import ConfigError, StoreError, SyncError
 from sync.receiver import Faults, Receiver
@@ -72,10 +72,20 @@ def _config(ctx: click.Context) -> Config:
         sys.exit(EXIT_USAGE)
 
 
-@contextmanager
-def _store(config: Config) -> Iterator[Store]:
+def _state_url(ctx: click.Context) -> str:
+    """The state store alone: audit commands work without the jobs' secrets in the environment."""
     try:
-        store = Store.open(config.state_url)
+        return load_state_url(ctx.obj)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(f"config error: {problem}", err=True)
+        sys.exit(EXIT_USAGE)
+
+
+@contextmanager
+def _store(state_url: str) -> Iterator[Store]:
+    try:
+        store = Store.open(state_url)
     except StoreError as exc:
         _fail(str(exc))
     try:
@@ -101,8 +111,7 @@ def validate(ctx: click.Context) -> None:
 @click.pass_context
 def migrate(ctx: click.Context) -> None:
     """Create or upgrade the state store's schema."""
-    config = _config(ctx)
-    with _store(config) as store:
+    with _store(_state_url(ctx)) as store:
         click.echo(f"state store {store.label} is up to date")
 
 
@@ -132,7 +141,7 @@ def _run(ctx: click.Context, job_name: str, options: RunOptions, as_json: bool, 
         job = config.job(job_name)
     except ConfigError as exc:
         _fail(str(exc), EXIT_USAGE)
-    with _store(config) as store, _progress() as progress:
+    with _store(config.state_url) as store, _progress() as progress:
         report = Runner(store, progress=progress).run(job, options)
         if show_changes:
             print_rows(_stdout(), list(change_records(store, report.run_id)), CHANGE_FIELDS, "table")
@@ -204,8 +213,7 @@ def _print_report(summary: Mapping[str, Any], as_json: bool) -> None:
 @click.pass_context
 def runs(ctx: click.Context, job: str | None, limit: int, as_json: bool) -> None:
     """Run history, newest first."""
-    config = _config(ctx)
-    with _store(config) as store:
+    with _store(_state_url(ctx)) as store:
         records = [run_record(run) for run in store.runs(job, limit)]
     fields = (
         "run_id",
@@ -232,8 +240,7 @@ def runs(ctx: click.Context, job: str | None, limit: int, as_json: bool) -> None
 @click.pass_context
 def diff(ctx: click.Context, run_id: int, fmt: str, user_id: str | None, key: str | None) -> None:
     """RUN_ID's changes, one row per (user, key), with each update's delivery outcome."""
-    config = _config(ctx)
-    with _store(config) as store:
+    with _store(_state_url(ctx)) as store:
         print_rows(_stdout(), change_records(store, run_id, user_id, key), CHANGE_FIELDS, fmt)
 
 
@@ -243,8 +250,7 @@ def diff(ctx: click.Context, run_id: int, fmt: str, user_id: str | None, key: st
 @click.pass_context
 def messages(ctx: click.Context, run_id: int, user_id: str | None) -> None:
     """RUN_ID's identify calls as JSON lines, exactly as built."""
-    config = _config(ctx)
-    with _store(config) as store:
+    with _store(_state_url(ctx)) as store:
         for call in identify_calls(store, run_id, user_id):
             click.echo(json.dumps(call, ensure_ascii=False))
 

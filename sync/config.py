@@ -34,6 +34,7 @@ from sync.keys import snake_case
 DEFAULT_CONFIG = "jobs.yaml"
 CONFIG_ENV = "AUDIENCE_SYNC_CONFIG"
 STATE_URL_ENV = "AUDIENCE_SYNC_STATE_URL"
+DEFAULT_STATE_URL = "sqlite:///audience-sync.db"
 
 # ChartMogul API: 40 requests per second and 20 parallel connections per account (503 beyond that).
 CHARTMOGUL_REQUESTS_PER_SECOND = 40.0
@@ -153,7 +154,7 @@ class JobConfig(_Frozen):
 
 
 class Config(_Frozen):
-    state_url: str = "sqlite:///audience-sync.db"
+    state_url: str = DEFAULT_STATE_URL
     jobs: tuple[JobConfig, ...] = ()
     base_dir: Path = Path(".")
 
@@ -210,10 +211,10 @@ def expand_env(value: Any, env: Mapping[str, str], path: str, problems: list[str
         if match.group(0) == "$$":
             return "$"
         name, default = match.group(1), match.group(2)
+        if default is not None and not env.get(name):
+            return default  # as in the shell, ${VAR:-default} also replaces an empty value
         if name in env:
             return env[name]
-        if default is not None:
-            return default
         problems.append(f"{path}: environment variable {name} is not set (use ${{{name}:-default}} for a default)")
         return ""
 
@@ -224,13 +225,37 @@ def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = 
     """Read, expand and validate a jobs.yaml; raise ConfigError listing every problem."""
     env = os.environ if env is None else env
     config_path = Path(path or env.get(CONFIG_ENV) or DEFAULT_CONFIG)
+    return parse_config(_read_yaml(config_path), env, base_dir=config_path.resolve().parent)
+
+
+def load_state_url(path: Path | str | None = None, env: Mapping[str, str] | None = None) -> str:
+    """Only the state store's URL: what the audit commands need, without the jobs' secrets."""
+    env = os.environ if env is None else env
+    config_path = Path(path or env.get(CONFIG_ENV) or DEFAULT_CONFIG)
+    if env.get(STATE_URL_ENV):
+        return resolve_sqlite_url(env[STATE_URL_ENV], config_path.resolve().parent)
+    raw = _read_yaml(config_path)
+    problems: list[str] = []
+    state_url = expand_env(
+        raw.get("state_url", DEFAULT_STATE_URL) if isinstance(raw, dict) else None, env, "state_url", problems
+    )
+    if not isinstance(state_url, str):
+        problems.append("state_url: must be a SQLAlchemy URL string")
+    if problems:
+        raise ConfigError(problems)
     try:
-        raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+        return resolve_sqlite_url(state_url, config_path.resolve().parent)
+    except ArgumentError:
+        raise ConfigError(["state_url: not a valid SQLAlchemy URL (e.g. sqlite:///audience-sync.db)"]) from None
+
+
+def _read_yaml(config_path: Path) -> Any:
+    try:
+        return yaml.safe_load(config_path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError([f"{config_path}: cannot read the configuration ({exc.strerror})"]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([f"{config_path}: not valid YAML: {_yaml_problem(exc)}"]) from None
-    return parse_config(raw, env, base_dir=config_path.resolve().parent)
 
 
 def parse_config(raw: object, env: Mapping[str, str], base_dir: Path) -> Config:
@@ -251,14 +276,14 @@ def parse_config(raw: object, env: Mapping[str, str], base_dir: Path) -> Config:
     problems += _duplicate_job_names(jobs_raw)
     if problems:
         raise ConfigError(problems)
-    state_url = resolve_sqlite_url(top.get("state_url", "sqlite:///audience-sync.db"), base_dir)
+    state_url = resolve_sqlite_url(top.get("state_url", DEFAULT_STATE_URL), base_dir)
     return Config(state_url=state_url, jobs=tuple(jobs), base_dir=base_dir)
 
 
 def _parse_top(expanded: dict[str, Any], problems: list[str]) -> dict[str, Any]:
     unknown = sorted(set(expanded) - {"state_url"})
     problems += [f"{key}: unknown setting (allowed at the top level: state_url, jobs)" for key in unknown]
-    state_url = expanded.get("state_url", "sqlite:///audience-sync.db")
+    state_url = expanded.get("state_url", DEFAULT_STATE_URL)
     if not isinstance(state_url, str):
         problems.append("state_url: must be a SQLAlchemy URL string")
         return {}

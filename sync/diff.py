@@ -92,9 +92,16 @@ def _trait_changes(
 
 
 def _same(old: object, new: object) -> bool:
+    """Equal as JSON values: ``3`` and ``3.0`` are the same number, ``"3"`` and ``true`` are not."""
     if type(old) is type(new) and isinstance(new, str | bool | int | float):
         return old == new
+    if _is_number(old) and _is_number(new):
+        return old == new
     return json_key(old) == json_key(new)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _column(frame: pd.DataFrame, key: str, users: pd.Index, fill: object) -> pd.Series:

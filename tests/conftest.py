@@ -128,17 +128,36 @@ def make_config(state_url: str, jobs: Sequence[Mapping[str, Any]], base_dir: Pat
     return parse_config({"state_url": state_url, "jobs": list(jobs)}, {}, base_dir or Path("."))
 
 
-def job_dict(warehouse: Warehouse, webhook_url: str, *, audiences: Sequence[Mapping[str, Any]] = (),
-             traits: Sequence[Mapping[str, Any]] = (), name: str = "contacts", profiles: bool = True,
-             **destination: Any) -> dict[str, Any]:
+def job_dict(
+    warehouse: Warehouse,
+    webhook_url: str,
+    *,
+    audiences: Sequence[Mapping[str, Any]] = (),
+    traits: Sequence[Mapping[str, Any]] = (),
+    name: str = "contacts",
+    profiles: bool = True,
+    **destination: Any,
+) -> dict[str, Any]:
     source: dict[str, Any] = {"url": warehouse.url}
     if profiles:
-        source["profiles"] = ("SELECT user_id, anonymous_id, email, first_name, last_name, company_id, "
-                              "company_name FROM profiles")
-    return {"name": name, "space_id": "spa_test", "source": source, "audiences": list(audiences),
-            "traits": list(traits),
-            "destination": {"type": "chartmogul", "webhook_url": webhook_url, "backoff_initial": "10ms",
-                            "backoff_max": "50ms", "timeout": "2s", **destination}}
+        source["profiles"] = (
+            "SELECT user_id, anonymous_id, email, first_name, last_name, company_id, company_name FROM profiles"
+        )
+    return {
+        "name": name,
+        "space_id": "spa_test",
+        "source": source,
+        "audiences": list(audiences),
+        "traits": list(traits),
+        "destination": {
+            "type": "chartmogul",
+            "webhook_url": webhook_url,
+            "backoff_initial": "10ms",
+            "backoff_max": "50ms",
+            "timeout": "2s",
+            **destination,
+        },
+    }
 
 
 def make_job(warehouse: Warehouse, webhook_url: str, **kwargs: Any) -> JobConfig:

@@ -8,36 +8,73 @@ from sync.errors import PermanentDeliveryError
 
 
 def call(traits: dict[str, Any] | None = None, **top: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {"type": "identify", "messageId": "as-1", "timestamp": "2026-11-22T06:00:00.000Z",
-                            "sentAt": "2026-11-22T06:00:01.000Z", "userId": "u1",
-                            "traits": {"vip": True, **(traits or {})},
-                            "context": {"personas": {"computations": [
-                                {"computation_class": "audience", "computation_key": "vip"}]}}}
+    base: dict[str, Any] = {
+        "type": "identify",
+        "messageId": "as-1",
+        "timestamp": "2026-11-22T06:00:00.000Z",
+        "sentAt": "2026-11-22T06:00:01.000Z",
+        "userId": "u1",
+        "traits": {"vip": True, **(traits or {})},
+        "context": {"personas": {"computations": [{"computation_class": "audience", "computation_key": "vip"}]}},
+    }
     base.update(top)
     return base
 
 
 def test_every_send_contact_field_is_mapped() -> None:
-    body = send_contact_body(call({"email": "a@x.io", "firstName": "Ada", "lastName": "Lovelace", "name": "Ada L",
-                                   "title": "CTO", "phone": "+1", "linkedIn": "https://li/ada", "twitter": "@ada",
-                                   "company": {"id": "c1", "name": "Analytical"}}, anonymousId="anon-1"))
-    assert body == {"type": "Send Contact", "message_id": "as-1", "timestamp": "2026-11-22T06:00:00.000Z",
-                    "sent_at": "2026-11-22T06:00:01.000Z", "user_id": "u1", "anonymous_id": "anon-1",
-                    "email": "a@x.io", "first_name": "Ada", "last_name": "Lovelace", "name": "Ada L",
-                    "title": "CTO", "phone": "+1", "linked_in": "https://li/ada", "twitter": "@ada",
-                    "company": {"id": "c1", "name": "Analytical"}, "custom_attributes": {"vip": True}}
+    body = send_contact_body(
+        call(
+            {
+                "email": "a@x.io",
+                "firstName": "Ada",
+                "lastName": "Lovelace",
+                "name": "Ada L",
+                "title": "CTO",
+                "phone": "+1",
+                "linkedIn": "https://li/ada",
+                "twitter": "@ada",
+                "company": {"id": "c1", "name": "Analytical"},
+            },
+            anonymousId="anon-1",
+        )
+    )
+    assert body == {
+        "type": "Send Contact",
+        "message_id": "as-1",
+        "timestamp": "2026-11-22T06:00:00.000Z",
+        "sent_at": "2026-11-22T06:00:01.000Z",
+        "user_id": "u1",
+        "anonymous_id": "anon-1",
+        "email": "a@x.io",
+        "first_name": "Ada",
+        "last_name": "Lovelace",
+        "name": "Ada L",
+        "title": "CTO",
+        "phone": "+1",
+        "linked_in": "https://li/ada",
+        "twitter": "@ada",
+        "company": {"id": "c1", "name": "Analytical"},
+        "custom_attributes": {"vip": True},
+    }
 
 
 def test_absent_values_are_left_out_and_a_company_without_id_is_dropped() -> None:
     body = send_contact_body(call({"email": None, "company": {"name": "No Id Ltd"}}))
-    assert body == {"type": "Send Contact", "message_id": "as-1", "timestamp": "2026-11-22T06:00:00.000Z",
-                    "sent_at": "2026-11-22T06:00:01.000Z", "user_id": "u1", "custom_attributes": {"vip": True}}
+    assert body == {
+        "type": "Send Contact",
+        "message_id": "as-1",
+        "timestamp": "2026-11-22T06:00:00.000Z",
+        "sent_at": "2026-11-22T06:00:01.000Z",
+        "user_id": "u1",
+        "custom_attributes": {"vip": True},
+    }
 
 
 def test_custom_attributes_carry_only_the_computations_of_the_update() -> None:
     message = call({"total_revenue": 9.5})
     message["context"]["personas"]["computations"].append(
-        {"computation_class": "trait", "computation_key": "total_revenue"})
+        {"computation_class": "trait", "computation_key": "total_revenue"}
+    )
     assert send_contact_body(message)["custom_attributes"] == {"vip": True, "total_revenue": 9.5}
     assert send_contact_body(call({"vip": False}))["custom_attributes"] == {"vip": False}
 

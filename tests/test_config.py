@@ -108,12 +108,22 @@ jobs:
 
 
 def test_job_level_checks_name_the_field(tmp_path: Path) -> None:
-    jobs = [{"name": "contacts", "source": {"url": "sqlite:///w.db"},
-             "audiences": [{"name": "VIP", "query": "SELECT 1"}, {"name": "vip", "query": "SELECT 2"},
-                           {"name": "!!!", "query": "SELECT 3"}, {"name": "Email", "query": "SELECT 4"},
-                           {"name": "Both", "query": "SELECT 5", "file": "x.csv"}, {"name": "Neither"}],
-             "traits": [{"name": "t", "file": "missing.csv"}, {"name": "VIP", "query": "SELECT 6"}],
-             "destination": {"webhook_url": "https://example.com/h"}}]
+    jobs = [
+        {
+            "name": "contacts",
+            "source": {"url": "sqlite:///w.db"},
+            "audiences": [
+                {"name": "VIP", "query": "SELECT 1"},
+                {"name": "vip", "query": "SELECT 2"},
+                {"name": "!!!", "query": "SELECT 3"},
+                {"name": "Email", "query": "SELECT 4"},
+                {"name": "Both", "query": "SELECT 5", "file": "x.csv"},
+                {"name": "Neither"},
+            ],
+            "traits": [{"name": "t", "file": "missing.csv"}, {"name": "VIP", "query": "SELECT 6"}],
+            "destination": {"webhook_url": "https://example.com/h"},
+        }
+    ]
     with pytest.raises(ConfigError) as caught:
         parse_config({"jobs": jobs}, {}, tmp_path)
     problems = caught.value.problems
@@ -127,16 +137,27 @@ def test_job_level_checks_name_the_field(tmp_path: Path) -> None:
 
 
 def test_an_explicit_key_fixes_an_empty_one(tmp_path: Path) -> None:
-    jobs = [{"name": "j", "source": {"url": "sqlite:///w.db"},
-             "audiences": [{"name": "日本語ユーザー", "key": "japanese_users", "query": "SELECT 1"}],
-             "destination": {"webhook_url": "https://example.com/h"}}]
+    jobs = [
+        {
+            "name": "j",
+            "source": {"url": "sqlite:///w.db"},
+            "audiences": [{"name": "日本語ユーザー", "key": "japanese_users", "query": "SELECT 1"}],
+            "destination": {"webhook_url": "https://example.com/h"},
+        }
+    ]
     assert parse_config({"jobs": jobs}, {}, tmp_path).jobs[0].audience_keys() == ["japanese_users"]
 
 
 def test_queries_need_a_warehouse_and_a_job_needs_a_computation(tmp_path: Path) -> None:
-    jobs = [{"name": "j", "audiences": [{"name": "a", "query": "SELECT 1"}], "source": {"profiles": "SELECT 1"},
-             "destination": {"webhook_url": "https://example.com/h"}},
-            {"name": "k", "destination": {"webhook_url": "https://example.com/h"}}]
+    jobs = [
+        {
+            "name": "j",
+            "audiences": [{"name": "a", "query": "SELECT 1"}],
+            "source": {"profiles": "SELECT 1"},
+            "destination": {"webhook_url": "https://example.com/h"},
+        },
+        {"name": "k", "destination": {"webhook_url": "https://example.com/h"}},
+    ]
     with pytest.raises(ConfigError) as caught:
         parse_config({"jobs": jobs}, {}, tmp_path)
     assert "job 'j': audiences[0].query: needs source.url, the warehouse to run it against" in caught.value.problems
@@ -156,14 +177,25 @@ def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.yaml", env={})
 
 
-@pytest.mark.parametrize("url", ["https://a.example/x", "http://127.0.0.1:8787/w", "http://localhost/w",
-                                 "http://[::1]:80/w", "http://127.5.6.7/w"])
+@pytest.mark.parametrize(
+    "url",
+    ["https://a.example/x", "http://127.0.0.1:8787/w", "http://localhost/w", "http://[::1]:80/w", "http://127.5.6.7/w"],
+)
 def test_https_or_loopback_webhooks_are_accepted(url: str) -> None:
     check_webhook_url(url)
 
 
-@pytest.mark.parametrize("url", ["http://example.com/hook?token=s3cret", "ftp://example.com/s3cret", "s3cret",
-                                 "https:///s3cret", "http://10.0.0.1/s3cret", "http://[::1/s3cret"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://example.com/hook?token=s3cret",
+        "ftp://example.com/s3cret",
+        "s3cret",
+        "https:///s3cret",
+        "http://10.0.0.1/s3cret",
+        "http://[::1/s3cret",
+    ],
+)
 def test_other_webhooks_are_refused_without_echoing_them(url: str) -> None:
     with pytest.raises(ValueError) as caught:
         check_webhook_url(url)
@@ -172,23 +204,35 @@ def test_other_webhooks_are_refused_without_echoing_them(url: str) -> None:
 
 def test_config_errors_never_contain_the_webhook_url(tmp_path: Path) -> None:
     hook = "http://hooks.example.com/v1/s3cret-token"
-    jobs = [{"name": "j", "audiences": [{"name": "a", "file": "x.csv"}],
-             "destination": {"webhook_url": hook, "max_connections": 0}}]
+    jobs = [
+        {
+            "name": "j",
+            "audiences": [{"name": "a", "file": "x.csv"}],
+            "destination": {"webhook_url": hook, "max_connections": 0},
+        }
+    ]
     with pytest.raises(ConfigError) as caught:
         parse_config({"jobs": jobs}, {}, tmp_path)
     assert "s3cret" not in str(caught.value)
     assert len(caught.value.problems) >= 2
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("45s", 45), ("15m", 900), ("2h", 7200), ("1d", 86400),
-                                                ("250ms", 0.25), (30, 30)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("45s", 45), ("15m", 900), ("2h", 7200), ("1d", 86400), ("250ms", 0.25), (30, 30)]
+)
 def test_durations(text: str | int, seconds: float) -> None:
     assert parse_duration(text).total_seconds() == seconds
 
 
 def test_unknown_job_is_a_config_error(tmp_path: Path) -> None:
-    jobs = [{"name": "j", "source": {"url": "sqlite:///w.db"}, "audiences": [{"name": "a", "query": "SELECT 1"}],
-             "destination": {"webhook_url": "https://example.com/h"}}]
+    jobs = [
+        {
+            "name": "j",
+            "source": {"url": "sqlite:///w.db"},
+            "audiences": [{"name": "a", "query": "SELECT 1"}],
+            "destination": {"webhook_url": "https://example.com/h"},
+        }
+    ]
     config = parse_config({"jobs": jobs}, {}, tmp_path)
     with pytest.raises(ConfigError, match="no job named 'k'"):
         config.job("k")

@@ -16,21 +16,41 @@ from tests.conftest import RecordingSleep
 
 
 def settings(url: str, **overrides: Any) -> DestinationConfig:
-    values: dict[str, Any] = {"webhook_url": url, "backoff_initial": "100ms", "backoff_max": "1s", "timeout": "2s",
-                              "max_attempts": 4, "requests_per_second": 1000, **overrides}
+    values: dict[str, Any] = {
+        "webhook_url": url,
+        "backoff_initial": "100ms",
+        "backoff_max": "1s",
+        "timeout": "2s",
+        "max_attempts": 4,
+        "requests_per_second": 1000,
+        **overrides,
+    }
     return DestinationConfig.model_validate(values)
 
 
 def outgoing(n: int) -> list[Outgoing]:
-    return [Outgoing(f"u{i}", f"as-{i}", {"type": "identify", "messageId": f"as-{i}", "userId": f"u{i}",
-                                          "timestamp": "2026-11-22T06:00:00.000Z", "traits": {"vip": True},
-                                          "context": {"personas": {"computations": [
-                                              {"computation_class": "audience", "computation_key": "vip"}]}}})
-            for i in range(n)]
+    return [
+        Outgoing(
+            f"u{i}",
+            f"as-{i}",
+            {
+                "type": "identify",
+                "messageId": f"as-{i}",
+                "userId": f"u{i}",
+                "timestamp": "2026-11-22T06:00:00.000Z",
+                "traits": {"vip": True},
+                "context": {
+                    "personas": {"computations": [{"computation_class": "audience", "computation_key": "vip"}]}
+                },
+            },
+        )
+        for i in range(n)
+    ]
 
 
-def deliver(receiver: Receiver, messages: list[Outgoing], sleep: RecordingSleep,
-            **overrides: Any) -> dict[str, DeliveryResult]:
+def deliver(
+    receiver: Receiver, messages: list[Outgoing], sleep: RecordingSleep, **overrides: Any
+) -> dict[str, DeliveryResult]:
     async def go() -> dict[str, DeliveryResult]:
         async with httpx.AsyncClient() as client:
             destination = ChartMogulDestination(client, settings(receiver.url, **overrides), sleep=sleep)
@@ -55,8 +75,9 @@ def attempts_by_message(receiver: Receiver) -> Counter[str]:
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504, 408, 423])
-def test_transient_statuses_are_retried_until_delivered(faulty_receiver: Receiver, sleep: RecordingSleep,
-                                                        status: int) -> None:
+def test_transient_statuses_are_retried_until_delivered(
+    faulty_receiver: Receiver, sleep: RecordingSleep, status: int
+) -> None:
     faulty_receiver.faults.respond = failing_first(2, status)
     results = deliver(faulty_receiver, outgoing(5), sleep)
     assert all(r.delivered and r.attempts == 3 and r.http_status == 200 for r in results.values())
@@ -73,7 +94,8 @@ def test_429_honours_retry_after(faulty_receiver: Receiver, sleep: RecordingSlee
 
 
 def test_a_retry_after_longer_than_a_run_waits_leaves_the_update_for_the_next_run(
-        faulty_receiver: Receiver, sleep: RecordingSleep) -> None:
+    faulty_receiver: Receiver, sleep: RecordingSleep
+) -> None:
     faulty_receiver.faults.respond = failing_first(1, (503, {"Retry-After": "3600"}))
     result = deliver(faulty_receiver, outgoing(1), sleep)["u0"]
     assert not result.delivered and result.retriable and result.http_status == 503 and result.attempts == 1
@@ -81,8 +103,9 @@ def test_a_retry_after_longer_than_a_run_waits_leaves_the_update_for_the_next_ru
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 422, 501])
-def test_permanent_statuses_are_not_retried_and_keep_the_reason(faulty_receiver: Receiver, sleep: RecordingSleep,
-                                                                status: int) -> None:
+def test_permanent_statuses_are_not_retried_and_keep_the_reason(
+    faulty_receiver: Receiver, sleep: RecordingSleep, status: int
+) -> None:
     faulty_receiver.faults.respond = lambda body: status
     result = deliver(faulty_receiver, outgoing(1), sleep)["u0"]
     assert not result.delivered and not result.retriable
@@ -114,6 +137,7 @@ def test_exhausted_retries_report_the_last_status(faulty_receiver: Receiver, sle
 def test_a_refused_connection_is_retriable_and_never_names_the_url(sleep: RecordingSleep) -> None:
     with Receiver() as gone:
         url = gone.url
+
     async def go() -> DeliveryResult:
         async with httpx.AsyncClient() as client:
             destination = ChartMogulDestination(client, settings(url, max_attempts=2), sleep=sleep)

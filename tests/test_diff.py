@@ -17,7 +17,7 @@ def state(rows: dict[str, dict[str, object]], comps: Sequence[Computation] = ALL
     frame = pd.DataFrame(index=pd.Index(list(rows), dtype=object), columns=[c.key for c in comps], dtype=object)
     for user, values in rows.items():
         for key, value in values.items():
-            frame.at[user, key] = value
+            frame.at[user, key] = value  # type: ignore[assignment]
     for c in comps:
         if c.kind == "audience":
             frame[c.key] = frame[c.key].fillna(False).astype(bool)
@@ -36,45 +36,62 @@ EMPTY = state({})
 def test_initial_sync_sends_members_and_non_null_traits_only() -> None:
     new = state({"u1": {"vip": True, "revenue": 10.0}, "u2": {"beta": True}, "u3": {}})
     assert rows(diff_states(EMPTY, new, ALL, force={"vip", "beta", "revenue"})) == {
-        ("u1", "vip", None, True, "entered"), ("u1", "revenue", None, 10.0, "trait"),
-        ("u2", "beta", None, True, "entered")}
+        ("u1", "vip", None, True, "entered"),
+        ("u1", "revenue", None, 10.0, "trait"),
+        ("u2", "beta", None, True, "entered"),
+    }
 
 
 def test_incremental_sends_only_what_changed() -> None:
     old = state({"u1": {"vip": True, "revenue": 10.0}, "u2": {"beta": True}, "u3": {"revenue": 5}})
     new = state({"u1": {"vip": True, "revenue": 12.0}, "u2": {"beta": True, "vip": True}, "u3": {}})
     assert rows(diff_states(old, new, ALL)) == {
-        ("u1", "revenue", 10.0, 12.0, "trait"), ("u2", "vip", False, True, "entered"),
-        ("u3", "revenue", 5, None, "trait")}
+        ("u1", "revenue", 10.0, 12.0, "trait"),
+        ("u2", "vip", False, True, "entered"),
+        ("u3", "revenue", 5, None, "trait"),
+    }
 
 
 def test_a_user_gone_from_the_snapshot_exits_every_audience() -> None:
     old = state({"u1": {"vip": True, "beta": True, "revenue": 3.0}, "u2": {"vip": True}})
     new = state({"u2": {"vip": True}})
     assert rows(diff_states(old, new, ALL)) == {
-        ("u1", "vip", True, False, "exited"), ("u1", "beta", True, False, "exited"),
-        ("u1", "revenue", 3.0, None, "trait")}
+        ("u1", "vip", True, False, "exited"),
+        ("u1", "beta", True, False, "exited"),
+        ("u1", "revenue", 3.0, None, "trait"),
+    }
 
 
 def test_a_newly_tracked_audience_gets_an_initial_sync_while_others_stay_incremental() -> None:
     old = state({"u1": {"vip": True}, "u2": {"vip": True}}, [VIP])
     new = state({"u1": {"vip": True, "beta": True}, "u2": {"vip": True}, "u3": {"beta": True}}, [VIP, BETA])
     assert rows(diff_states(old, new, [VIP, BETA], force={"beta"})) == {
-        ("u1", "beta", None, True, "entered"), ("u3", "beta", None, True, "entered")}
+        ("u1", "beta", None, True, "entered"),
+        ("u3", "beta", None, True, "entered"),
+    }
 
 
 def test_full_resends_everything_current_and_still_sends_exits() -> None:
     old = state({"u1": {"vip": True, "revenue": 1}, "u2": {"vip": True}})
     new = state({"u1": {"vip": True, "revenue": 1}, "u3": {"beta": True}})
     assert rows(diff_states(old, new, ALL, force={"vip", "beta", "revenue"})) == {
-        ("u1", "vip", True, True, "entered"), ("u1", "revenue", 1, 1, "trait"),
-        ("u2", "vip", True, False, "exited"), ("u3", "beta", None, True, "entered")}
+        ("u1", "vip", True, True, "entered"),
+        ("u1", "revenue", 1, 1, "trait"),
+        ("u2", "vip", True, False, "exited"),
+        ("u3", "beta", None, True, "entered"),
+    }
 
 
 def test_same_values_of_another_type_compare_by_json() -> None:
     old = state({"u1": {"revenue": {"a": [1, 2]}}, "u2": {"revenue": "1"}})
     new = state({"u1": {"revenue": {"a": [1, 2]}}, "u2": {"revenue": 1}})
-    assert rows(diff_states(old, new, [REV], )) == {("u2", "revenue", "1", 1, "trait")}
+    assert rows(
+        diff_states(
+            old,
+            new,
+            [REV],
+        )
+    ) == {("u2", "revenue", "1", 1, "trait")}
 
 
 def test_changes_come_grouped_by_user_in_snapshot_order() -> None:
@@ -90,20 +107,23 @@ states = st.dictionaries(st.sampled_from([f"u{i}" for i in range(12)]), user_sta
 
 def present(frame: pd.DataFrame) -> dict[str, dict[str, object]]:
     """Users with anything to remember, as plain dicts."""
-    out = {}
+    out: dict[str, dict[str, object]] = {}
     for user, row in frame.iterrows():
-        kept = {k: v for k, v in row.items() if v is not None and v is not False}
+        kept = {str(k): v for k, v in row.items() if v is not None and v is not False}
         if kept:
-            out[user] = kept
+            out[str(user)] = kept
     return out
 
 
 @settings(max_examples=200, deadline=None)
 @given(old=states, new=states)
-def test_applying_the_diff_to_the_old_state_gives_the_new_state(old: dict, new: dict) -> None:
+def test_applying_the_diff_to_the_old_state_gives_the_new_state(
+    old: dict[str, dict[str, object]], new: dict[str, dict[str, object]]
+) -> None:
     old_frame, new_frame = state(old), state(new)
     changes = diff_states(old_frame, new_frame, ALL)
     assert present(apply_changes(old_frame, changes, ALL)) == present(new_frame)
     # Nothing is sent for a user whose remembered values did not change.
-    assert set(changes["user_id"]) == {u for u in set(old) | set(new)
-                                       if present(state({u: old.get(u, {})})) != present(state({u: new.get(u, {})}))}
+    assert set(changes["user_id"]) == {
+        u for u in set(old) | set(new) if present(state({u: old.get(u, {})})) != present(state({u: new.get(u, {})}))
+    }

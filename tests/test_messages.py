@@ -25,14 +25,22 @@ def test_message_id_is_stable_for_the_same_change_and_new_for_a_later_one() -> N
 
 
 def test_one_update_per_user_with_all_changed_keys_and_profile() -> None:
-    new = pd.DataFrame({"vip_customers": [True, False], "total_revenue_180_days": [450.0, 3]},
-                       index=pd.Index(["u1", "u2"], dtype=object)).astype({"total_revenue_180_days": object})
-    changes = diff_states(pd.DataFrame(columns=["vip_customers", "total_revenue_180_days"]), new, [VIP, REV],
-                          force={"vip_customers", "total_revenue_180_days"})
+    new = pd.DataFrame(
+        {"vip_customers": [True, False], "total_revenue_180_days": [450.0, 3]},
+        index=pd.Index(["u1", "u2"], dtype=object),
+    ).astype({"total_revenue_180_days": object})
+    changes = diff_states(
+        pd.DataFrame(columns=["vip_customers", "total_revenue_180_days"]),
+        new,
+        [VIP, REV],
+        force={"vip_customers", "total_revenue_180_days"},
+    )
     updates = list(plan_updates("contacts", changes, [VIP, REV], new, {"u1": {"email": "a@x.io"}}, {"u1": 4}))
     assert [u.user_id for u in updates] == ["u1", "u2"]
-    assert updates[0].changes == (KeyChange("vip_customers", "audience", None, True),
-                                  KeyChange("total_revenue_180_days", "trait", None, 450.0))
+    assert updates[0].changes == (
+        KeyChange("vip_customers", "audience", None, True),
+        KeyChange("total_revenue_180_days", "trait", None, 450.0),
+    )
     assert updates[0].state == {"vip_customers": True, "total_revenue_180_days": 450.0}
     assert updates[0].profile == {"email": "a@x.io"}
     assert updates[0].message_id == message_id("contacts", "u1", 4, updates[0].changes)
@@ -41,23 +49,58 @@ def test_one_update_per_user_with_all_changed_keys_and_profile() -> None:
 
 
 def test_identify_call_follows_the_segment_spec() -> None:
-    update = Update("u1", "as-1", (KeyChange("vip_customers", "audience", None, True),
-                                   KeyChange("total_revenue_180_days", "trait", 1.0, 450.0)),
-                    {"anonymous_id": "anon-1", "email": "a@x.io", "first_name": "Ada", "last_name": "Lovelace",
-                     "name": "Ada L", "title": "CTO", "phone": "+1", "linked_in": "https://li/ada",
-                     "twitter": "@ada", "company_id": "c1", "company_name": "Analytical"}, {})
+    update = Update(
+        "u1",
+        "as-1",
+        (KeyChange("vip_customers", "audience", None, True), KeyChange("total_revenue_180_days", "trait", 1.0, 450.0)),
+        {
+            "anonymous_id": "anon-1",
+            "email": "a@x.io",
+            "first_name": "Ada",
+            "last_name": "Lovelace",
+            "name": "Ada L",
+            "title": "CTO",
+            "phone": "+1",
+            "linked_in": "https://li/ada",
+            "twitter": "@ada",
+            "company_id": "c1",
+            "company_name": "Analytical",
+        },
+        {},
+    )
     call = identify_call(update, space_id="spa_1", timestamp=NOW)
     assert call == {
-        "type": "identify", "messageId": "as-1", "timestamp": "2026-11-22T06:00:00.123Z",
-        "sentAt": "2026-11-22T06:00:00.123Z", "userId": "u1", "anonymousId": "anon-1",
-        "traits": {"vip_customers": True, "total_revenue_180_days": 450.0, "email": "a@x.io", "firstName": "Ada",
-                   "lastName": "Lovelace", "name": "Ada L", "title": "CTO", "phone": "+1",
-                   "linkedIn": "https://li/ada", "twitter": "@ada", "company": {"id": "c1", "name": "Analytical"}},
-        "context": {"personas": {
-            "computation_class": "audience,trait", "computation_key": "vip_customers,total_revenue_180_days",
-            "computations": [{"computation_class": "audience", "computation_key": "vip_customers"},
-                             {"computation_class": "trait", "computation_key": "total_revenue_180_days"}],
-            "space_id": "spa_1", "namespace": "spa_1"}},
+        "type": "identify",
+        "messageId": "as-1",
+        "timestamp": "2026-11-22T06:00:00.123Z",
+        "sentAt": "2026-11-22T06:00:00.123Z",
+        "userId": "u1",
+        "anonymousId": "anon-1",
+        "traits": {
+            "vip_customers": True,
+            "total_revenue_180_days": 450.0,
+            "email": "a@x.io",
+            "firstName": "Ada",
+            "lastName": "Lovelace",
+            "name": "Ada L",
+            "title": "CTO",
+            "phone": "+1",
+            "linkedIn": "https://li/ada",
+            "twitter": "@ada",
+            "company": {"id": "c1", "name": "Analytical"},
+        },
+        "context": {
+            "personas": {
+                "computation_class": "audience,trait",
+                "computation_key": "vip_customers,total_revenue_180_days",
+                "computations": [
+                    {"computation_class": "audience", "computation_key": "vip_customers"},
+                    {"computation_class": "trait", "computation_key": "total_revenue_180_days"},
+                ],
+                "space_id": "spa_1",
+                "namespace": "spa_1",
+            }
+        },
         "integrations": {"All": False, "ChartMogul": True},
     }
 

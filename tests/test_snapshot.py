@@ -1,3 +1,4 @@
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
@@ -11,8 +12,8 @@ AUD = Computation("vip", "audience", "VIP")
 TRAIT = Computation("revenue", "trait", "Revenue")
 
 
-def frame(**columns: list[object]) -> pd.DataFrame:
-    return pd.DataFrame({name: pd.Series(values, dtype=object) for name, values in columns.items()})
+def frame(**columns: Sequence[object]) -> pd.DataFrame:
+    return pd.DataFrame({name: pd.Series(list(values), dtype=object) for name, values in columns.items()})
 
 
 def test_state_has_a_bool_column_per_audience_and_values_per_trait() -> None:
@@ -55,11 +56,18 @@ def test_identical_duplicate_profiles_collapse_but_conflicting_ones_name_the_use
 
 def test_trait_values_become_json_values_or_reported_rows() -> None:
     moment = datetime(2026, 5, 1, 12, 30, tzinfo=UTC)
-    values = frame(user_id=["a", "b", "c", "d", "e", "f", "g"],
-                   value=[Decimal("12.50"), Decimal("3"), moment, date(2026, 5, 1), b"\x00", float("inf"), "x"])
+    values = frame(
+        user_id=["a", "b", "c", "d", "e", "f", "g"],
+        value=[Decimal("12.50"), Decimal("3"), moment, date(2026, 5, 1), b"\x00", float("inf"), "x"],
+    )
     snapshot = build_snapshot([TRAIT], None, {"revenue": values})
-    assert snapshot.state["revenue"].to_dict() == {"a": 12.5, "b": 3, "c": "2026-05-01T12:30:00+00:00",
-                                                   "d": "2026-05-01", "g": "x"}
+    assert snapshot.state["revenue"].to_dict() == {
+        "a": 12.5,
+        "b": 3,
+        "c": "2026-05-01T12:30:00+00:00",
+        "d": "2026-05-01",
+        "g": "x",
+    }
     problems = {(i.user_id, i.problem) for i in snapshot.issues}
     assert problems == {("e", "value of type bytes cannot be sent as JSON"), ("f", "value inf is not a finite number")}
 

@@ -82,6 +82,9 @@ class Store:
         except OperationalError as exc:
             engine.dispose()
             raise StoreError(f"cannot use the state store {redact_url(url)}: {_reason(exc)}") from None
+        except StoreError:
+            engine.dispose()
+            raise
         return cls(engine)
 
     def close(self) -> None:
@@ -174,19 +177,17 @@ class Store:
                 users.append(user_id)
                 states.append(json.loads(state))
                 versions[user_id] = version
-        frame = (
-            pd.DataFrame.from_records(states, index=pd.Index(users, dtype=object, name="user_id"), columns=keys)
-            if users
-            else pd.DataFrame(columns=keys)
-        )
+        index = pd.Index(users, dtype=object, name="user_id")
+        columns: dict[str, Any] = {}
         for computation in computations:
             if computation.key not in keys:
                 continue
-            column = frame[computation.key]
+            values = [state.get(computation.key) for state in states]
             if computation.kind == "audience":
-                frame[computation.key] = column.notna() & (column == True)  # noqa: E712 - element-wise
+                columns[computation.key] = pd.Series([v is True for v in values], index=index, dtype=bool)
             else:
-                frame[computation.key] = column.astype(object).where(column.notna(), None)
+                columns[computation.key] = pd.Series(values, index=index, dtype=object)
+        frame = pd.DataFrame(columns, index=index, columns=pd.Index(keys))
         return Baseline(frame, versions)
 
     def known_profiles(self, job: str, user_ids: Sequence[str]) -> dict[str, dict[str, str]]:

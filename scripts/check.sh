@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs audience-sync with its development tools into .venv, then runs every check CI runs:
+# formatting, lint, types (mypy strict) and the whole test suite, PostgreSQL included.
+# Extra arguments go to pytest, e.g. `bash scripts/check.sh -k delivery`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+
+# The storage tests need PostgreSQL at 127.0.0.1:5432; start the local cluster if it is installed and down.
+if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; then
+  if command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ]; then
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n 1)" main start \
+      || echo "warning: could not start PostgreSQL" >&2
+    for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+  fi
+fi
+
+.venv/bin/ruff format --check .
+.venv/bin/ruff check .
+.venv/bin/mypy
+.venv/bin/pytest "$@"

@@ -1,0 +1,143 @@
+"""The storage suite: every test runs on a real SQLite file and on the real PostgreSQL."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import text
+
+from sync.destinations.base import DeliveryResult
+from sync.errors import StoreError
+from sync.messages import KeyChange, Update
+from sync.snapshot import Computation
+from sync.store import Store
+from sync.store.schema import current_revision, head_revision
+
+NOW = datetime(2026, 11, 22, 6, 0, tzinfo=UTC)
+VIP = Computation("vip", "audience", "VIP")
+REV = Computation("revenue", "trait", "Revenue")
+
+
+def update(user: str, state: dict[str, object], message: str = "") -> Update:
+    changes = tuple(KeyChange(k, "audience" if k == "vip" else "trait", None, v) for k, v in state.items())
+    return Update(user, message or f"as-{user}", changes, {"email": f"{user}@x.io"}, state)
+
+
+def result(u: Update, ok: bool, status: int = 200, error: str | None = None) -> DeliveryResult:
+    return DeliveryResult(u.user_id, u.message_id, ok, 1, NOW, NOW + timedelta(seconds=1), status, error)
+
+
+def test_the_schema_is_at_head_after_open(store: Store) -> None:
+    assert current_revision(store.engine) == head_revision(store.engine)
+
+
+def test_runs_are_recorded_with_kind_status_and_counts(store: Store) -> None:
+    run_id = store.start_run("contacts", "initial", False, NOW, space_id="spa_1")
+    store.finish_run(
+        run_id,
+        "succeeded",
+        {"users": 5, "updates": 2, "delivered": 2},
+        NOW + timedelta(minutes=1),
+        issues=[{"source": "audience vip", "problem": "null or empty user_id", "count": 1}],
+    )
+    run = store.run(run_id)
+    assert run is not None
+    assert (run.job, run.kind, run.status, run.users, run.updates, run.delivered, run.failed) == (
+        "contacts",
+        "initial",
+        "succeeded",
+        5,
+        2,
+        2,
+        0,
+    )
+    assert run.started_at == NOW and run.finished_at == NOW + timedelta(minutes=1)
+    assert run.space_id == "spa_1"
+    other = store.start_run("other", "initial", True, NOW)
+    assert [r.id for r in store.runs()] == [other, run_id]
+    assert [r.id for r in store.runs("contacts")] == [run_id]
+
+
+def test_only_acknowledged_updates_advance_the_state(store: Store) -> None:
+    run_id = store.start_run("contacts", "initial", False, NOW)
+    ok, bad = update("u1", {"vip": True, "revenue": 3.5}), update("u2", {"vip": True})
+    assert store.record_plan(run_id, [ok, bad], "pending") == 2
+    store.record_results("contacts", run_id, [(ok, result(ok, True)), (bad, result(bad, False, 422, "HTTP 422"))])
+    assert store.acknowledged("contacts", "u1") == ({"vip": True, "revenue": 3.5}, 1)
+    assert store.acknowledged("contacts", "u2") is None
+    assert store.state_size("contacts") == 1
+    rows = {r.user_id: r for r in store.updates_of(run_id)}
+    assert (rows["u1"].status, rows["u1"].http_status, rows["u1"].sent_at) == ("delivered", 200, NOW)
+    assert (rows["u2"].status, rows["u2"].http_status, rows["u2"].error) == ("failed", 422, "HTTP 422")
+
+
+def test_each_acknowledgement_bumps_the_version_and_replaces_the_state(store: Store) -> None:
+    states: list[dict[str, object]] = [{"vip": True}, {}, {"vip": True, "revenue": 1}]
+    for round_, state in enumerate(states, start=1):
+        run_id = store.start_run("contacts", "incremental", False, NOW)
+        u = update("u1", state)
+        store.record_plan(run_id, [u], "pending")
+        store.record_results("contacts", run_id, [(u, result(u, True))])
+        assert store.acknowledged("contacts", "u1") == (state, round_)
+
+
+def test_the_baseline_holds_tracked_keys_only(store: Store) -> None:
+    run_id = store.start_run("contacts", "initial", False, NOW)
+    updates = [update("u1", {"vip": True, "revenue": 2}), update("u2", {"revenue": "x"})]
+    store.record_plan(run_id, updates, "pending")
+    store.record_results("contacts", run_id, [(u, result(u, True)) for u in updates])
+    baseline = store.load_baseline("contacts", [VIP, REV], tracked={"vip", "revenue"})
+    assert list(baseline.state.loc["u1"]) == [True, 2]
+    assert list(baseline.state.loc["u2"]) == [False, "x"]
+    assert baseline.versions == {"u1": 1, "u2": 1}
+    assert list(store.load_baseline("contacts", [VIP, REV], tracked={"vip"}).state.columns) == ["vip"]
+    assert store.known_profiles("contacts", ["u2", "nobody"]) == {"u2": {"email": "u2@x.io"}}
+    assert store.load_baseline("other", [VIP], tracked={"vip"}).state.empty
+
+
+def test_tracked_keys_follow_the_configuration(store: Store) -> None:
+    store.set_tracked_keys("contacts", [VIP, REV], run_id=1)
+    assert store.tracked_keys("contacts") == {"vip": "audience", "revenue": "trait"}
+    store.set_tracked_keys("contacts", [VIP], run_id=2)
+    assert store.tracked_keys("contacts") == {"vip": "audience"}
+    assert store.tracked_keys("other") == {}
+
+
+def test_changes_of_a_run_list_one_row_per_user_and_key(store: Store) -> None:
+    run_id = store.start_run("contacts", "initial", True, NOW)
+    store.record_plan(run_id, [update("u1", {"vip": True, "revenue": 2}), update("u2", {"vip": True})], "planned")
+    rows = [(c.user_id, c.key, c.old, c.new, c.status) for c in store.changes_of(run_id)]
+    assert rows == [
+        ("u1", "vip", None, True, "planned"),
+        ("u1", "revenue", None, 2, "planned"),
+        ("u2", "vip", None, True, "planned"),
+    ]
+    assert [c.key for c in store.changes_of(run_id, user_id="u1", key="revenue")] == ["revenue"]
+
+
+def test_large_plans_are_written_in_chunks(store: Store) -> None:
+    run_id = store.start_run("contacts", "initial", False, NOW)
+    updates = [update(f"u{i}", {"vip": True}) for i in range(1234)]
+    assert store.record_plan(run_id, updates, "pending") == 1234
+    store.record_results("contacts", run_id, [(u, result(u, True)) for u in updates])
+    assert store.state_size("contacts") == 1234
+
+
+def test_a_schema_newer_than_the_code_is_refused(state_url: str) -> None:
+    store = Store.open(state_url)
+    with store.engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = 'f00dfeed'"))
+    store.close()
+    with pytest.raises(StoreError, match="newer than this version of audience-sync knows"):
+        Store.open(state_url)
+
+
+def test_an_out_of_date_schema_is_refused_when_upgrades_are_off(state_url: str) -> None:
+    with pytest.raises(StoreError, match="run `audience-sync migrate`"):
+        Store.open(state_url, upgrade=False)
+
+
+def test_an_unreachable_store_is_a_clear_error_without_the_password() -> None:
+    with pytest.raises(StoreError) as caught:
+        Store.open("postgresql+psycopg://sync:hunter2@127.0.0.1:1/state")
+    assert "cannot use the state store" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
