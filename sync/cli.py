@@ -1,15 +1,17 @@
 """The ``audience-sync`` command line.
 
 Exit status: 0 success; 1 the run (or the command) failed; 2 usage or configuration error;
-3 some updates failed and wait for the next run.
+3 some updates failed (or the run was interrupted) and wait for the next run; 4 the job was busy.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,10 +24,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sync import __version__, logs
 from sync.audit import CHANGE_FIELDS, change_records, identify_calls, run_record
 from sync.config import Config, load_config, load_state_url
+from sync.destinations.chartmogul import utc_now
 from sync.display import print_rows
 from sync.errors import ConfigError, StoreError, SyncError
 from sync.receiver import Faults, Receiver
 from sync.runner import EXIT_FAILED, EXIT_USAGE, Runner, RunOptions
+from sync.scheduler import Daemon
+from sync.status import STATUS_FIELDS, status_rows, table_row
 from sync.store import Store
 
 log = logging.getLogger("sync.cli")
@@ -141,8 +146,9 @@ def _run(ctx: click.Context, job_name: str, options: RunOptions, as_json: bool, 
         job = config.job(job_name)
     except ConfigError as exc:
         _fail(str(exc), EXIT_USAGE)
+    stop = _stop_on_signals()
     with _store(config.state_url) as store, _progress() as progress:
-        report = Runner(store, progress=progress).run(job, options)
+        report = Runner(store, progress=progress, stop=stop).run(job, options)
         if show_changes:
             print_rows(_stdout(), list(change_records(store, report.run_id)), CHANGE_FIELDS, "table")
     _print_report(report.summary() | {"error": report.error, "skipped_rows": report.skipped_rows}, as_json)
@@ -204,6 +210,84 @@ def _print_report(summary: Mapping[str, Any], as_json: bool) -> None:
     click.echo(line)
     if summary.get("error"):
         click.echo(f"error: {summary['error']}", err=True)
+
+
+def _stop_on_signals() -> threading.Event:
+    """SIGTERM and SIGINT ask the run to stop gracefully; a second one stops at once."""
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            log.warning("second stop signal: exiting now")
+            os._exit(128 + signum)
+        log.info("stop requested", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    return stop
+
+
+@cli.command()
+@click.pass_context
+def schedule(ctx: click.Context) -> None:
+    """Run every enabled job on its schedule until SIGTERM or SIGINT (the initial sync first)."""
+    config = _config(ctx)
+    if not any(job.schedule.enabled for job in config.jobs):
+        _fail("no job has its schedule enabled", EXIT_USAGE)
+    stop = _stop_on_signals()
+    with _store(config.state_url) as store:
+        Daemon(config, store, stop=stop).serve()
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per job instead of a table.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Per job: last run, next scheduled run, acknowledged users, updates waiting for retry, lease holder."""
+    config = _config(ctx)
+    with _store(config.state_url) as store:
+        rows = status_rows(store, config, utc_now())
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row))
+    else:
+        print_rows(_stdout(), [table_row(row) for row in rows], STATUS_FIELDS, "table")
+
+
+@cli.command()
+@click.argument("job")
+@click.pass_context
+def pause(ctx: click.Context, job: str) -> None:
+    """Keep the daemon from starting JOB until `resume` (a run in progress finishes)."""
+    _control(ctx, job, "paused", paused=True)
+
+
+@cli.command()
+@click.argument("job")
+@click.pass_context
+def resume(ctx: click.Context, job: str) -> None:
+    """Let the daemon run a paused JOB again."""
+    _control(ctx, job, "resumed", paused=False)
+
+
+@cli.command()
+@click.argument("job")
+@click.pass_context
+def skip(ctx: click.Context, job: str) -> None:
+    """Skip JOB's next scheduled run; the one after it happens as usual."""
+    _control(ctx, job, "will skip its next scheduled run", skip_next=True)
+
+
+def _control(ctx: click.Context, name: str, said: str, **values: bool) -> None:
+    config = _config(ctx)
+    try:
+        job = config.job(name)
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    with _store(config.state_url) as store:
+        store.update_schedule(job.name, utc_now(), **values)
+    click.echo(f"job {job.name} {said}")
 
 
 @cli.command()

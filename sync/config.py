@@ -14,8 +14,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
+from apscheduler.triggers.cron import CronTrigger
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -130,11 +132,39 @@ class DestinationConfig(_Frozen):
 
 
 class ScheduleConfig(_Frozen):
+    """Either ``every`` (+ ``jitter``), counted from the end of the last run, or a ``cron`` expression."""
+
     every: Duration = timedelta(hours=2)
     jitter: Duration = timedelta(hours=1)
     cron: str | None = None
     timezone: str = "UTC"
     enabled: bool = True
+
+    @field_validator("every")
+    @classmethod
+    def _positive(cls, every: timedelta) -> timedelta:
+        if every.total_seconds() <= 0:
+            raise ValueError("must be longer than zero")
+        return every
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, zone: str) -> str:
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {zone!r} (use an IANA name such as Europe/Berlin)") from None
+        return zone
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, cron: str | None) -> str | None:
+        if cron is not None:
+            try:
+                CronTrigger.from_crontab(cron, timezone="UTC")
+            except ValueError as exc:
+                raise ValueError(f"not a valid cron expression: {exc}") from None
+        return cron
 
 
 class JobConfig(_Frozen):

@@ -2,16 +2,26 @@
 
 The acknowledged state advances only for users whose update the destination answered with 2xx, in the
 transaction that records that answer; everything else stays as it was and is sent again by the next run.
+
+A run holds the job's lease in the state store while it works, so two processes never run one job at
+once; a run that finds the lease held is recorded as ``skipped``. A stop request (SIGTERM, SIGINT) stops
+handing out new updates, lets requests in flight finish within the grace period, records what was
+acknowledged and marks the run ``interrupted``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
+import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+import uuid
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from contextlib import aclosing
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -31,8 +41,12 @@ log = logging.getLogger(__name__)
 # Results are committed in groups: at most this many per transaction, and at least once a second.
 COMMIT_EVERY = 200
 COMMIT_INTERVAL_S = 1.0
+# A lease lives this long without a heartbeat; the holder renews it three times per period.
+LEASE_TTL = timedelta(seconds=60)
+# After a stop request, requests in flight get this long to finish before they are abandoned.
+STOP_GRACE = timedelta(seconds=20)
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_BUSY = 0, 1, 2, 3, 4
 
 Progress = Callable[[int, int], None]
 ClientFactory = Callable[[int], httpx.AsyncClient]
@@ -41,6 +55,11 @@ ClientFactory = Callable[[int], httpx.AsyncClient]
 def default_client(max_connections: int) -> httpx.AsyncClient:
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
     return httpx.AsyncClient(limits=limits, follow_redirects=False)
+
+
+def process_owner() -> str:
+    """A lease owner name that tells an operator which process holds a job."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 @dataclass(frozen=True)
@@ -71,7 +90,9 @@ class RunReport:
     def exit_code(self) -> int:
         if self.status == "failed":
             return EXIT_FAILED
-        return EXIT_PARTIAL if self.failed else EXIT_OK
+        if self.status == "skipped":
+            return EXIT_BUSY
+        return EXIT_PARTIAL if self.failed or self.status == "interrupted" else EXIT_OK
 
     def counts(self) -> dict[str, int]:
         return {
@@ -80,19 +101,20 @@ class RunReport:
 
     def summary(self) -> dict[str, Any]:
         """The fields ``run --json`` prints."""
-        return {
-            "run_id": self.run_id,
-            "job": self.job,
-            "kind": self.kind,
-            "status": self.status,
-            "users": self.users,
-            "entered": self.entered,
-            "exited": self.exited,
-            "traits_changed": self.traits_changed,
-            "updates": self.updates,
-            "delivered": self.delivered,
-            "failed": self.failed,
-        }
+        keys = (
+            "run_id",
+            "job",
+            "kind",
+            "status",
+            "users",
+            "entered",
+            "exited",
+            "traits_changed",
+            "updates",
+            "delivered",
+            "failed",
+        )
+        return {k: getattr(self, k) for k in keys}
 
 
 @dataclass(frozen=True)
@@ -104,8 +126,15 @@ class Plan:
     traits_changed: int
 
 
+class Stopped(SyncError):
+    """The run was asked to stop before it began sending."""
+
+
 class Runner:
-    """Runs jobs against one state store. ``clock``, ``sleep`` and ``client_factory`` are the seams tests use."""
+    """Runs jobs against one state store.
+
+    ``clock``, ``sleep`` and ``client_factory`` are the seams tests use; ``stop`` is set by signal handlers.
+    """
 
     def __init__(
         self,
@@ -115,23 +144,80 @@ class Runner:
         sleep: Sleep = asyncio.sleep,
         client_factory: ClientFactory = default_client,
         progress: Progress | None = None,
+        stop: threading.Event | None = None,
+        owner: str | None = None,
+        lease_ttl: timedelta = LEASE_TTL,
+        grace: timedelta = STOP_GRACE,
     ) -> None:
         self.store = store
         self.clock = clock
         self.sleep = sleep
         self.client_factory = client_factory
         self.progress = progress
+        self.stop = stop or threading.Event()
+        self.owner = owner or process_owner()
+        self.lease_ttl = lease_ttl
+        self.grace = grace
 
     def run(self, job: JobConfig, options: RunOptions = RunOptions()) -> RunReport:
+        """One run; it never raises for a failure of the run itself: the report says what happened."""
+        if options.dry_run:
+            return self._run(job, options)
+        if not self.store.acquire_lease(job.name, self.owner, self.clock(), self.lease_ttl):
+            return self._skip(job, options)
+        lost = threading.Event()
+        heartbeat = _Heartbeat(self, job.name, lost)
+        try:
+            self.store.mark_interrupted(job.name, self.clock())
+            heartbeat.start()
+            return self._run(job, options, heartbeat, lost)
+        finally:
+            heartbeat.finish()
+            self.store.release_lease(job.name, self.owner)
+
+    def _kind(self, job: JobConfig, tracked: dict[str, str], options: RunOptions) -> str:
+        if options.full:
+            return "full"
+        return "initial" if not tracked or not self.store.state_size(job.name) else "incremental"
+
+    def _skip(self, job: JobConfig, options: RunOptions) -> RunReport:
+        now = self.clock()
+        lease = self.store.lease(job.name)
+        holder = f"{lease.owner} (lease expires {lease.expires_at.isoformat(timespec='seconds')})" if lease else "?"
+        kind = self._kind(job, self.store.tracked_keys(job.name), options)
+        report = RunReport(
+            self.store.start_run(job.name, kind, False, now, job.space_id),
+            job.name,
+            kind,
+            False,
+            status="skipped",
+            error=f"job {job.name!r} is already running in {holder}",
+        )
+        self.store.finish_run(report.run_id, "skipped", report.counts(), now, report.error)
+        log.warning(
+            "run skipped: the job is busy",
+            extra={"event": "run_skipped", "job": job.name, "run_id": report.run_id, "holder": holder},
+        )
+        return report
+
+    def _run(
+        self,
+        job: JobConfig,
+        options: RunOptions,
+        heartbeat: _Heartbeat | None = None,
+        lost: threading.Event | None = None,
+    ) -> RunReport:
         now = self.clock()
         tracked = self.store.tracked_keys(job.name)
-        kind = (
-            "full"
-            if options.full
-            else ("initial" if not tracked or not self.store.state_size(job.name) else "incremental")
+        kind = self._kind(job, tracked, options)
+        report = RunReport(
+            self.store.start_run(job.name, kind, options.dry_run, now, space_id=job.space_id),
+            job.name,
+            kind,
+            options.dry_run,
         )
-        run_id = self.store.start_run(job.name, kind, options.dry_run, now, space_id=job.space_id)
-        report = RunReport(run_id, job.name, kind, options.dry_run)
+        if heartbeat:
+            heartbeat.run_id = report.run_id
         log.info(
             "run started",
             extra={
@@ -143,24 +229,47 @@ class Runner:
             },
         )
         try:
-            plan = self._plan(job, tracked, options.full)
-            self._fill(report, plan)
-            if options.dry_run:
-                self.store.record_plan(report.run_id, plan.updates, "planned")
-                report.status = "planned"
-            else:
-                self.store.set_tracked_keys(job.name, plan.snapshot.computations, report.run_id)
-                self.store.record_plan(report.run_id, plan.updates, "pending")
-                asyncio.run(self._deliver(job, report, plan.updates, now))
-                report.status = "partial" if report.failed else "succeeded"
+            self._execute(job, options, tracked, report, now, lost or threading.Event())
+        except Stopped:
+            report.status = "interrupted"
         except SyncError as exc:
             report.status, report.error = "failed", str(exc)
         except Exception as exc:
             report.status, report.error = "failed", f"unexpected error: {type(exc).__name__}: {exc}"
             log.exception("run failed", extra={"job": job.name, "run_id": report.run_id})
         self.store.finish_run(report.run_id, report.status, report.counts(), self.clock(), report.error, report.issues)
-        log.info("run finished", extra={"event": "run_finished", **report.summary(), "error": report.error})
+        level = logging.ERROR if report.status == "failed" else logging.INFO
+        log.log(level, "run finished", extra={"event": "run_finished", **report.summary(), "error": report.error})
         return report
+
+    def _execute(
+        self,
+        job: JobConfig,
+        options: RunOptions,
+        tracked: dict[str, str],
+        report: RunReport,
+        now: datetime,
+        lost: threading.Event,
+    ) -> None:
+        plan = self._plan(job, tracked, options.full)
+        self._fill(report, plan)
+        if options.dry_run:
+            self.store.record_plan(report.run_id, plan.updates, "planned")
+            report.status = "planned"
+            return
+        if self.stop.is_set():
+            raise Stopped("stopped before sending")
+        self.store.set_tracked_keys(job.name, plan.snapshot.computations, report.run_id)
+        self.store.record_plan(report.run_id, plan.updates, "pending")
+        asyncio.run(self._deliver(job, report, plan.updates, now, lost))
+        if lost.is_set():
+            raise SyncError(
+                f"job {job.name!r}: the lease was lost (another process took the job over); delivery stopped"
+            )
+        if self.stop.is_set():
+            report.status = "interrupted"
+        else:
+            report.status = "partial" if report.failed else "succeeded"
 
     def _plan(self, job: JobConfig, tracked: dict[str, str], full: bool) -> Plan:
         snapshot = read_snapshot(job)
@@ -174,11 +283,7 @@ class Runner:
         updates = list(plan_updates(job.name, changes, comps, snapshot.state, profiles, baseline.versions))
         kinds = changes["change"].value_counts()
         return Plan(
-            snapshot,
-            updates,
-            int(kinds.get("entered", 0)),
-            int(kinds.get("exited", 0)),
-            int(kinds.get("trait", 0)),
+            snapshot, updates, int(kinds.get("entered", 0)), int(kinds.get("exited", 0)), int(kinds.get("trait", 0))
         )
 
     @staticmethod
@@ -189,26 +294,107 @@ class Runner:
         report.skipped_rows = sum(issue.count for issue in plan.snapshot.issues)
         report.issues = [asdict(issue) for issue in plan.snapshot.issues]
 
-    async def _deliver(self, job: JobConfig, report: RunReport, updates: Sequence[Update], now: datetime) -> None:
-        by_user = {update.user_id: update for update in updates}
-        pending: list[tuple[Update, DeliveryResult]] = []
-        last_commit = time.monotonic()
+    async def _deliver(
+        self, job: JobConfig, report: RunReport, updates: Sequence[Update], now: datetime, lost: threading.Event
+    ) -> None:
+        recorder = _Recorder(self.store, job.name, report, {u.user_id: u for u in updates}, self.progress)
+
+        def halted() -> bool:
+            return self.stop.is_set() or lost.is_set()
+
         async with self.client_factory(job.destination.max_connections) as client:
             destination = ChartMogulDestination(client, job.destination, sleep=self.sleep, clock=self.clock)
-            async for result in destination.send(self._outgoing(job, updates, now)):
-                pending.append((by_user[result.user_id], result))
-                report.delivered += result.delivered
-                report.failed += not result.delivered
-                if len(pending) >= COMMIT_EVERY or time.monotonic() - last_commit >= COMMIT_INTERVAL_S:
-                    self.store.record_results(job.name, report.run_id, pending)
-                    pending, last_commit = [], time.monotonic()
-                if self.progress:
-                    self.progress(report.delivered + report.failed, len(updates))
-        self.store.record_results(job.name, report.run_id, pending)
+            messages = self._outgoing(job, updates, now, halted)
+            consumer = asyncio.create_task(recorder.consume(destination.send(messages)))
+            watchdog = asyncio.create_task(self._watchdog(consumer, halted))
+            try:
+                await consumer
+            except asyncio.CancelledError:
+                log.warning(
+                    "requests still in flight were abandoned after the grace period",
+                    extra={"job": job.name, "run_id": report.run_id},
+                )
+            finally:
+                watchdog.cancel()
+                recorder.flush()
+
+    async def _watchdog(self, consumer: asyncio.Task[None], halted: Callable[[], bool]) -> None:
+        """On a stop request: hand out no more updates; after the grace period, abandon what is in flight."""
+        while not halted():
+            await asyncio.sleep(0.05)
+        log.info("stop requested: finishing requests in flight", extra={"grace_s": self.grace.total_seconds()})
+        await asyncio.sleep(self.grace.total_seconds())
+        consumer.cancel()
 
     @staticmethod
-    def _outgoing(job: JobConfig, updates: Sequence[Update], now: datetime) -> Iterator[Outgoing]:
+    def _outgoing(
+        job: JobConfig, updates: Sequence[Update], now: datetime, halted: Callable[[], bool]
+    ) -> Iterator[Outgoing]:
         for update in updates:
+            if halted():
+                return
             yield Outgoing(
                 update.user_id, update.message_id, identify_call(update, space_id=job.space_id, timestamp=now)
             )
+
+
+class _Recorder:
+    """Collects delivery results and commits them in groups, each group one transaction."""
+
+    def __init__(
+        self, store: Store, job: str, report: RunReport, by_user: dict[str, Update], progress: Progress | None
+    ) -> None:
+        self.store, self.job, self.report, self.by_user, self.progress = store, job, report, by_user, progress
+        self.pending: list[tuple[Update, DeliveryResult]] = []
+        self.last_commit = time.monotonic()
+
+    async def consume(self, results: AsyncGenerator[DeliveryResult]) -> None:
+        async with aclosing(results) as closing:  # closing ends the destination's workers on cancellation
+            async for result in closing:
+                self._take(result)
+
+    def _take(self, result: DeliveryResult) -> None:
+        self.pending.append((self.by_user[result.user_id], result))
+        self.report.delivered += result.delivered
+        self.report.failed += not result.delivered
+        if len(self.pending) >= COMMIT_EVERY or time.monotonic() - self.last_commit >= COMMIT_INTERVAL_S:
+            self.flush()
+        if self.progress:
+            self.progress(self.report.delivered + self.report.failed, len(self.by_user))
+
+    def flush(self) -> None:
+        self.store.record_results(self.job, self.report.run_id, self.pending)
+        self.pending, self.last_commit = [], time.monotonic()
+
+
+class _Heartbeat:
+    """Renews the job's lease from a thread while the run works; sets ``lost`` if the lease was taken."""
+
+    def __init__(self, runner: Runner, job: str, lost: threading.Event) -> None:
+        self.runner, self.job, self.lost = runner, job, lost
+        self.run_id: int | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"lease-{job}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def finish(self) -> None:
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def _beat(self) -> None:
+        interval = self.runner.lease_ttl.total_seconds() / 3
+        while not self._done.wait(interval):
+            try:
+                renewed = self.runner.store.renew_lease(
+                    self.job, self.runner.owner, self.runner.clock(), self.runner.lease_ttl, self.run_id
+                )
+            except Exception:
+                log.warning("could not renew the job's lease; retrying", extra={"job": self.job}, exc_info=True)
+                continue
+            if not renewed:
+                self.lost.set()
+                log.error("the job's lease was taken over; stopping this run", extra={"job": self.job})
+                return

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
+import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -182,3 +184,67 @@ def sleep() -> RecordingSleep:
 @pytest.fixture
 def runner(store: Store, sleep: RecordingSleep) -> Runner:
     return Runner(store, sleep=sleep)
+
+
+class Gate:
+    """A receiver hook that holds requests until ``open()``; ``arrived`` is set when the first one is held.
+
+    ``after`` requests pass before the gate starts holding. Every wait is bounded by ``timeout``.
+    """
+
+    def __init__(self, after: int = 0, timeout: float = 20.0) -> None:
+        self.after = after
+        self.timeout = timeout
+        self.seen = 0
+        self.arrived = threading.Event()
+        self._open = threading.Event()
+        self._lock = threading.Lock()
+
+    def open(self) -> None:
+        self._open.set()
+
+    def __call__(self, body: Mapping[str, Any]) -> None:
+        with self._lock:
+            self.seen += 1
+            hold = self.seen > self.after
+        if hold:
+            self.arrived.set()
+            self._open.wait(self.timeout)
+        return None
+
+
+class LogWatch:
+    """Sets ``seen`` when a log record with this message is emitted, from any thread."""
+
+    def __init__(self, message: str, logger: str = "sync") -> None:
+        self.message = message
+        self.seen = threading.Event()
+        self.records: list[logging.LogRecord] = []
+        self._changed = threading.Condition()
+        watch = self
+
+        class Handler(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                if record.getMessage().startswith(watch.message):
+                    with watch._changed:
+                        watch.records.append(record)
+                        watch.seen.set()
+                        watch._changed.notify_all()
+
+        self._handler = Handler()
+        self._logger = logging.getLogger(logger)
+
+    def wait_for(self, count: int, timeout: float = 20.0) -> bool:
+        """Wait until ``count`` matching records were emitted."""
+        with self._changed:
+            return self._changed.wait_for(lambda: len(self.records) >= count, timeout)
+
+    def __enter__(self) -> LogWatch:
+        self._logger.addHandler(self._handler)
+        self._previous = self._logger.level
+        self._logger.setLevel(logging.DEBUG)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._logger.removeHandler(self._handler)
+        self._logger.setLevel(self._previous)

@@ -141,3 +141,14 @@ def test_an_unreachable_store_is_a_clear_error_without_the_password() -> None:
         Store.open("postgresql+psycopg://sync:hunter2@127.0.0.1:1/state")
     assert "cannot use the state store" in str(caught.value)
     assert "hunter2" not in str(caught.value)
+
+
+def test_the_migrations_build_exactly_the_models(store: Store) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from sync.store.models import Base
+
+    with store.engine.connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert differences == []

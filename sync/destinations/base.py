@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -31,4 +31,4 @@ class DeliveryResult:
 
 
 class Destination(Protocol):
-    def send(self, batch: Iterable[Outgoing]) -> AsyncIterator[DeliveryResult]: ...
+    def send(self, batch: Iterable[Outgoing]) -> AsyncGenerator[DeliveryResult]: ...

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -119,7 +119,7 @@ class ChartMogulDestination:
         # One request per 1/rate seconds, no bursts: a burst could trip a per-second limit on the other side.
         self._limiter = AsyncLimiter(1, 1.0 / settings.requests_per_second)
 
-    async def send(self, batch: Iterable[Outgoing]) -> AsyncIterator[DeliveryResult]:
+    async def send(self, batch: Iterable[Outgoing]) -> AsyncGenerator[DeliveryResult]:
         """Deliver every message of ``batch``; yield one result per message as each finishes."""
         messages = iter(batch)
         results: asyncio.Queue[DeliveryResult | None] = asyncio.Queue(maxsize=4 * self._settings.max_connections)

@@ -105,6 +105,31 @@ class AckState(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class JobLease(Base):
+    """Who is running a job now. A holder renews ``expires_at`` while it works; an expired lease may be taken."""
+
+    __tablename__ = "job_leases"
+
+    job: Mapped[str] = mapped_column(String(100), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(200))
+    run_id: Mapped[int | None] = mapped_column(Integer)
+    acquired_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class JobSchedule(Base):
+    """The daemon's plan for a job and the operator's controls over it (pause, skip the next run)."""
+
+    __tablename__ = "job_schedules"
+
+    job: Mapped[str] = mapped_column(String(100), primary_key=True)
+    next_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    paused: Mapped[bool] = mapped_column(default=False)
+    skip_next: Mapped[bool] = mapped_column(default=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 class JobKey(Base):
     """The audience and trait keys a job has synced; a key not listed here gets its own initial sync."""
 

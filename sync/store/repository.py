@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pandas as pd
@@ -24,7 +24,7 @@ from sync.destinations.base import DeliveryResult
 from sync.errors import StoreError
 from sync.messages import Update
 from sync.snapshot import Computation
-from sync.store.models import AckState, JobKey, Run, RunUpdate
+from sync.store.models import AckState, JobKey, JobLease, JobSchedule, Run, RunUpdate
 from sync.store.schema import ensure_schema
 
 # Rows per INSERT/UPDATE statement: keeps SQLite under its bound-parameter limit.
@@ -313,6 +313,99 @@ class Store:
                         row.http_status,
                         row.error,
                     )
+
+    # Leases: one run of a job at a time, across processes --------------------------------------------------
+
+    def acquire_lease(self, job: str, owner: str, now: datetime, ttl: timedelta) -> bool:
+        """Take the job's lease if it is free or expired; False when another holder's lease is live."""
+        values = {"owner": owner, "run_id": None, "acquired_at": now, "heartbeat_at": now, "expires_at": now + ttl}
+        with Session(self.engine) as session, session.begin():
+            dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+            insert_ = dialect.insert(JobLease).values(job=job, **values).on_conflict_do_nothing(index_elements=["job"])
+            if session.execute(insert_.returning(JobLease.job)).first() is not None:
+                return True
+            take = update(JobLease).where(JobLease.job == job, JobLease.expires_at < now).values(**values)
+            return session.execute(take.returning(JobLease.job)).first() is not None
+
+    def renew_lease(self, job: str, owner: str, now: datetime, ttl: timedelta, run_id: int | None = None) -> bool:
+        """Extend our lease; False when it is no longer ours (it expired and was taken over)."""
+        values: dict[str, Any] = {"heartbeat_at": now, "expires_at": now + ttl}
+        if run_id is not None:
+            values["run_id"] = run_id
+        with Session(self.engine) as session, session.begin():
+            renew = update(JobLease).where(JobLease.job == job, JobLease.owner == owner).values(**values)
+            return session.execute(renew.returning(JobLease.job)).first() is not None
+
+    def release_lease(self, job: str, owner: str) -> None:
+        with Session(self.engine) as session, session.begin():
+            session.execute(delete(JobLease).where(JobLease.job == job, JobLease.owner == owner))
+
+    def lease(self, job: str) -> JobLease | None:
+        with Session(self.engine, expire_on_commit=False) as session:
+            return session.get(JobLease, job)
+
+    def mark_interrupted(self, job: str, now: datetime, keep: int | None = None) -> int:
+        """Runs of ``job`` still marked running (their process died) become ``interrupted``."""
+        with Session(self.engine) as session, session.begin():
+            query = update(Run).where(Run.job == job, Run.status == "running")
+            if keep is not None:
+                query = query.where(Run.id != keep)
+            note = "the process running it stopped before it finished"
+            marked = query.values(status="interrupted", finished_at=now, error=note).returning(Run.id)
+            return len(session.execute(marked).all())
+
+    # Schedule and status ------------------------------------------------------------------------------------
+
+    def schedule(self, job: str) -> JobSchedule | None:
+        with Session(self.engine, expire_on_commit=False) as session:
+            return session.get(JobSchedule, job)
+
+    def update_schedule(self, job: str, now: datetime, **values: Any) -> None:
+        """Set ``next_run_at``, ``paused`` or ``skip_next`` for a job."""
+        with Session(self.engine) as session, session.begin():
+            row = session.get(JobSchedule, job)
+            if row is None:
+                row = JobSchedule(job=job, next_run_at=None, paused=False, skip_next=False, updated_at=now)
+                session.add(row)
+            for name, value in values.items():
+                setattr(row, name, value)
+            row.updated_at = now
+
+    def last_run(self, job: str, statuses: Sequence[str] | None = None) -> Run | None:
+        """The newest real (not dry, not skipped) run of a job, optionally with one of ``statuses``."""
+        query = select(Run).where(Run.job == job, Run.dry_run.is_(False), Run.status != "skipped")
+        if statuses is not None:
+            query = query.where(Run.status.in_(statuses))
+        with Session(self.engine, expire_on_commit=False) as session:
+            return session.scalars(query.order_by(Run.id.desc()).limit(1)).first()
+
+    def consecutive_failures(self, job: str, limit: int = 100) -> int:
+        query = (
+            select(Run.status)
+            .where(Run.job == job, Run.dry_run.is_(False), Run.status != "skipped", Run.status != "running")
+            .order_by(Run.id.desc())
+            .limit(limit)
+        )
+        count = 0
+        with self.engine.connect() as connection:
+            for (status,) in connection.execute(query):
+                if status != "failed":
+                    break
+                count += 1
+        return count
+
+    def waiting_for_retry(self, job: str) -> int:
+        """Updates of the job's last real run that were not delivered: the next run sends them again."""
+        last = self.last_run(job)
+        if last is None:
+            return 0
+        query = (
+            select(func.count())
+            .select_from(RunUpdate)
+            .where(RunUpdate.run_id == last.id, RunUpdate.status.in_(("failed", "pending")))
+        )
+        with self.engine.connect() as connection:
+            return int(connection.execute(query).scalar_one())
 
     def delete_job(self, job: str) -> None:
         """Forget a job's acknowledged state and tracked keys (runs stay for the audit trail)."""

@@ -1,0 +1,157 @@
+"""``audience-sync schedule``: the long-lived daemon that runs each enabled job on its cadence.
+
+Each job is an APScheduler one-shot trigger that reschedules itself after every run, so that the interval
+counts from the end of the last run. Jobs run in their own threads: a slow or failing job never delays
+another job. Overlap with a manual ``run`` (or another daemon) is prevented by the job's lease.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from datetime import datetime, timedelta
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.date import DateTrigger
+
+from sync.cadence import earliest_after, next_run_at
+from sync.config import Config, JobConfig
+from sync.destinations.chartmogul import Clock, utc_now
+from sync.runner import Runner, RunOptions, process_owner
+from sync.store import Store
+
+log = logging.getLogger(__name__)
+
+# A job that failed this many times in a row is reported loudly (and keeps being retried on its cadence).
+LOUD_FAILURES = 3
+# A paused job is looked at again this often, so that `resume` takes effect soon.
+PAUSED_RECHECK = timedelta(minutes=1)
+# Statuses of a run that count as a completed sync (something was delivered and acknowledged).
+COMPLETED = ("succeeded", "partial")
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        *,
+        stop: threading.Event | None = None,
+        clock: Clock = utc_now,
+        rng: random.Random | None = None,
+        runner: Runner | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.stop = stop or threading.Event()
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.runner = runner or Runner(store, clock=clock, stop=self.stop, owner=process_owner())
+        self.jobs = {job.name: job for job in config.jobs if job.schedule.enabled}
+        self._planning = threading.Lock()
+        self.scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(max(1, len(self.jobs)))},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            timezone="UTC",
+        )
+
+    def serve(self) -> None:
+        """Run until ``stop`` is set (by SIGTERM or SIGINT), then wind down and return."""
+        self.start()
+        self.stop.wait()
+        self.shutdown()
+
+    def start(self) -> None:
+        for job in self.jobs.values():
+            lease = self.store.lease(job.name)
+            if lease is None or lease.expires_at < self.clock():  # nobody is running it: earlier runs died
+                self.store.mark_interrupted(job.name, self.clock())
+            self._plan_next(job)
+        self.scheduler.start()
+        log.info("scheduler started", extra={"event": "scheduler_started", "jobs": ",".join(self.jobs)})
+
+    def shutdown(self) -> None:
+        with self._planning:  # no job thread is between "not stopping" and add_job now, nor will be
+            self.stop.set()
+        self.scheduler.shutdown(wait=True)
+        log.info("scheduler stopped", extra={"event": "scheduler_stopped"})
+
+    def _plan_next(self, job: JobConfig, at: datetime | None = None, *, after_run: bool = False) -> datetime:
+        """Plan the job's next fire; after one of its own runs the cadence always applies (no tight loop
+        when an initial sync keeps failing)."""
+        if at is None:
+            last = self.store.last_run(job.name)
+            completed = after_run or self.store.last_run(job.name, COMPLETED) is not None
+            at = next_run_at(
+                job.schedule,
+                last_end=last.finished_at if last else None,
+                has_completed_sync=completed,
+                now=self.clock(),
+                rng=self.rng,
+            )
+        with self._planning:
+            if self.stop.is_set():
+                return at
+            self.store.update_schedule(job.name, self.clock(), next_run_at=at)
+            self._add(job, at)
+        log.info("next run planned", extra={"job": job.name, "at": at.isoformat(timespec="seconds")})
+        return at
+
+    def _add(self, job: JobConfig, at: datetime) -> None:
+        # One APScheduler job per planned fire: re-adding the id of the instance that is still running would
+        # trip max_instances and drop the fire. A job only plans its next fire from start or from its own.
+        self.scheduler.add_job(
+            self._fire,
+            DateTrigger(run_date=at),
+            args=[job.name],
+            id=f"{job.name}@{at.isoformat()}",
+            name=job.name,
+            replace_existing=True,
+        )
+
+    def _fire(self, name: str) -> None:
+        job = self.jobs[name]
+        if self.stop.is_set():
+            return
+        try:
+            if self._held_back(job):
+                return
+            report = self.runner.run(job, RunOptions())
+            self._report_failures(job, report.status)
+        except Exception:
+            log.exception("the scheduled run could not be carried out", extra={"job": name})
+        self._plan_next(job, after_run=True)
+
+    def _held_back(self, job: JobConfig) -> bool:
+        """Paused, told to skip this run, or run by hand since it was planned: plan again instead of running."""
+        now = self.clock()
+        control = self.store.schedule(job.name)
+        if control is not None and control.paused:
+            log.info("job is paused", extra={"job": job.name})
+            self._plan_next(job, now + min(PAUSED_RECHECK, job.schedule.every))
+            return True
+        if control is not None and control.skip_next:
+            self.store.update_schedule(job.name, now, skip_next=False)
+            log.info("run skipped by the operator", extra={"job": job.name})
+            self._plan_next(job, now + job.schedule.every)
+            return True
+        last = self.store.last_run(job.name)
+        completed = self.store.last_run(job.name, COMPLETED) is not None
+        if completed and last and last.finished_at and earliest_after(job.schedule, last.finished_at) > now:
+            log.info("a run finished since this one was planned; planning from its end", extra={"job": job.name})
+            self._plan_next(job)
+            return True
+        return False
+
+    def _report_failures(self, job: JobConfig, status: str) -> None:
+        if status != "failed":
+            return
+        failures = self.store.consecutive_failures(job.name)
+        if failures >= LOUD_FAILURES:
+            log.error(
+                "job has failed %d times in a row; it keeps being retried on its cadence",
+                failures,
+                extra={"event": "job_failing", "job": job.name, "consecutive_failures": failures},
+            )
