@@ -1,7 +1,8 @@
 """The ``audience-sync`` command line.
 
 Exit status: 0 success; 1 the run (or the command) failed; 2 usage or configuration error;
-3 some updates failed (or the run was interrupted) and wait for the next run; 4 the job was busy.
+3 some updates failed (or the run was interrupted) and wait for the next run; 4 the job was busy;
+5 the mass-change guard stopped the run before anything was sent.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, NoReturn
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from sqlalchemy.exc import SQLAlchemyError
 
 from sync import __version__, logs
 from sync.audit import CHANGE_FIELDS, change_records, identify_calls, run_record
@@ -27,11 +29,13 @@ from sync.config import Config, load_config, load_state_url
 from sync.destinations.chartmogul import utc_now
 from sync.display import print_rows
 from sync.errors import ConfigError, StoreError, SyncError
+from sync.messages import iso
 from sync.receiver import Faults, Receiver
 from sync.runner import EXIT_FAILED, EXIT_USAGE, Runner, RunOptions
 from sync.scheduler import Daemon
 from sync.status import STATUS_FIELDS, status_rows, table_row
 from sync.store import Store
+from sync.store.repository import store_reason
 
 log = logging.getLogger("sync.cli")
 # Without a terminal, progress is logged at most this often.
@@ -97,6 +101,8 @@ def _store(state_url: str) -> Iterator[Store]:
         yield store
     except SyncError as exc:
         _fail(str(exc))
+    except SQLAlchemyError as exc:
+        _fail(f"the state store failed: {store_reason(exc)}")
     finally:
         store.close()
 
@@ -124,11 +130,54 @@ def migrate(ctx: click.Context) -> None:
 @click.argument("job")
 @click.option("--full", is_flag=True, help="Resend every current member and trait value (exits still send false).")
 @click.option("--dry-run", is_flag=True, help="Compute and record the plan; send nothing, advance nothing.")
+@click.option("--force", is_flag=True, help="Send even if the mass-change guard would stop the run.")
 @click.option("--json", "as_json", is_flag=True, help="End with one line of JSON describing the run.")
 @click.pass_context
-def run(ctx: click.Context, job: str, full: bool, dry_run: bool, as_json: bool) -> None:
+def run(ctx: click.Context, job: str, full: bool, dry_run: bool, force: bool, as_json: bool) -> None:
     """Run JOB once now."""
-    sys.exit(_run(ctx, job, RunOptions(full=full, dry_run=dry_run), as_json, show_changes=False))
+    sys.exit(_run(ctx, job, RunOptions(full=full, dry_run=dry_run, force=force), as_json, show_changes=False))
+
+
+FAILED_FIELDS = (
+    "user_id",
+    "message_id",
+    "failed_runs",
+    "dead",
+    "http_status",
+    "error",
+    "first_failed_at",
+    "last_failed_at",
+    "last_run_id",
+)
+
+
+@cli.command()
+@click.argument("job")
+@click.option("--all", "every", is_flag=True, help="Also updates still being retried, not only the dead ones.")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
+@click.pass_context
+def failed(ctx: click.Context, job: str, every: bool, as_json: bool) -> None:
+    """JOB's updates the destination keeps rejecting: dead ones (parked, no longer sent) and, with --all, the rest."""
+    with _store(_state_url(ctx)) as store:
+        rows = [{f: getattr(row, f) for f in FAILED_FIELDS} for row in store.failed_updates(job, dead_only=not every)]
+    for row in rows:
+        row["first_failed_at"], row["last_failed_at"] = iso(row["first_failed_at"]), iso(row["last_failed_at"])
+    print_rows(_stdout(), rows, FAILED_FIELDS, "jsonl" if as_json else "table")
+
+
+@cli.command()
+@click.argument("job")
+@click.option("--dead", is_flag=True, help="Also send the updates parked as dead.")
+@click.option("--json", "as_json", is_flag=True, help="End with one line of JSON describing the run.")
+@click.pass_context
+def retry(ctx: click.Context, job: str, dead: bool, as_json: bool) -> None:
+    """Run JOB now to send its failed updates again; --dead un-parks the dead ones first."""
+    if dead:
+        config = _config(ctx)
+        with _store(config.state_url) as store:
+            revived = store.revive(config.job(job).name)
+        click.echo(f"{revived} dead update(s) will be sent again", err=True)
+    sys.exit(_run(ctx, job, RunOptions(), as_json, show_changes=False))
 
 
 @cli.command()
@@ -151,7 +200,8 @@ def _run(ctx: click.Context, job_name: str, options: RunOptions, as_json: bool, 
         report = Runner(store, progress=progress, stop=stop).run(job, options)
         if show_changes:
             print_rows(_stdout(), list(change_records(store, report.run_id)), CHANGE_FIELDS, "table")
-    _print_report(report.summary() | {"error": report.error, "skipped_rows": report.skipped_rows}, as_json)
+    extra = {"error": report.error, "skipped_rows": report.skipped_rows, "parked": report.parked}
+    _print_report(report.summary() | extra, as_json)
     return report.exit_code
 
 
@@ -207,6 +257,8 @@ def _print_report(summary: Mapping[str, Any], as_json: bool) -> None:
     )
     if summary.get("skipped_rows"):
         line += f", {summary['skipped_rows']} rows skipped"
+    if summary.get("parked"):
+        line += f", {summary['parked']} dead updates left out (see `audience-sync failed`)"
     click.echo(line)
     if summary.get("error"):
         click.echo(f"error: {summary['error']}", err=True)

@@ -121,6 +121,8 @@ class DestinationConfig(_Frozen):
     timeout: Duration = timedelta(seconds=DEFAULT_TIMEOUT_S)
     # Attempts per update within one run; what is still failing waits for the next run.
     max_attempts: int = Field(default=5, ge=1, le=50)
+    # Runs in which the destination rejects the same update (400, 404, 422…) before it is parked as dead.
+    dead_after: int = Field(default=5, ge=1, le=1000)
     backoff_initial: Duration = timedelta(seconds=1)
     backoff_max: Duration = timedelta(seconds=60)
 
@@ -129,6 +131,15 @@ class DestinationConfig(_Frozen):
     def _https_or_loopback(cls, url: SecretStr) -> SecretStr:
         check_webhook_url(url.get_secret_value())
         return url
+
+
+class GuardConfig(_Frozen):
+    """The mass-change guard (see ``sync.guard``); ``run --force`` overrides it for one run."""
+
+    enabled: bool = True
+    exit_share: float = Field(default=0.5, gt=0, le=1)  # more than this share of an audience exiting stops the run
+    min_members: int = Field(default=100, ge=1)  # ... for audiences of at least this many acknowledged members
+    block_empty: bool = True  # an audience whose snapshot comes back empty where it had members stops the run
 
 
 class ScheduleConfig(_Frozen):
@@ -175,6 +186,7 @@ class JobConfig(_Frozen):
     traits: tuple[ComputationConfig, ...] = ()
     destination: DestinationConfig
     schedule: ScheduleConfig = ScheduleConfig()
+    guard: GuardConfig = GuardConfig()
 
     def audience_keys(self) -> list[str]:
         return [audience.resolved_key for audience in self.audiences]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -59,6 +60,15 @@ class _Bucket:
         return False
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """Clients that vanish mid-request (killed, timed out) are part of the tests, not errors to print."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        if not isinstance(error, ConnectionError | TimeoutError):
+            super().handle_error(request, client_address)
+
+
 class Receiver:
     """Start with ``with Receiver() as receiver:``; ``receiver.url`` is the webhook URL to configure."""
 
@@ -71,7 +81,7 @@ class Receiver:
         self._rng = random.Random(self.faults.seed)
         self._bucket = _Bucket(self.faults.rate_limit, self.faults.rate_limit) if self.faults.rate_limit else None
         self._out: BinaryIO | None = out.open("ab") if out else None
-        self._server = ThreadingHTTPServer((host, port), self._handler_class())
+        self._server = _QuietServer((host, port), self._handler_class())
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -125,12 +135,16 @@ class Receiver:
             status_choice = self._rng.choice(faults.error_statuses) if faults.error_statuses else 500
             limited = self._bucket is not None and not self._bucket.take()
         if limited:
-            return 429, {"Retry-After": f"{faults.retry_after:g}"}, faults.delay
+            return 429, self._retry_after(429), faults.delay
         if roll_drop < faults.drop_rate:
             return 0, {}, faults.delay
         if roll_error < faults.error_rate:
-            return status_choice, {}, faults.delay
+            return status_choice, self._retry_after(status_choice), faults.delay
         return 200, {}, faults.delay
+
+    def _retry_after(self, status: int) -> dict[str, str]:
+        """Busy answers say when to come back, as ChartMogul's do."""
+        return {"Retry-After": f"{self.faults.retry_after:g}"} if status in (429, 503) else {}
 
     def _record(self, body: Mapping[str, Any], status: int, path: str) -> None:
         received = Received(body, status, time.time(), path)

@@ -16,7 +16,6 @@ import logging
 import os
 import socket
 import threading
-import time
 import uuid
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from contextlib import aclosing
@@ -25,28 +24,31 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
+from sqlalchemy.exc import SQLAlchemyError
 
 from sync.config import JobConfig
 from sync.destinations.base import DeliveryResult, Outgoing
 from sync.destinations.chartmogul import ChartMogulDestination, Clock, Sleep, utc_now
+from sync.destinations.outcomes import WEBHOOK_REFUSED
 from sync.diff import diff_states
-from sync.errors import SyncError
+from sync.errors import GuardError, SyncError
+from sync.guard import guard_problems
 from sync.messages import Update, identify_call, plan_updates
 from sync.snapshot import Snapshot
 from sync.sources import read_snapshot
 from sync.store import Store
+from sync.store.repository import store_reason
 
 log = logging.getLogger(__name__)
 
-# Results are committed in groups: at most this many per transaction, and at least once a second.
-COMMIT_EVERY = 200
-COMMIT_INTERVAL_S = 1.0
+# How many refusals of the webhook itself (401/403) before anything was delivered stop a run early.
+REFUSALS_TO_STOP = 3
 # A lease lives this long without a heartbeat; the holder renews it three times per period.
 LEASE_TTL = timedelta(seconds=60)
 # After a stop request, requests in flight get this long to finish before they are abandoned.
 STOP_GRACE = timedelta(seconds=20)
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_BUSY = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_BUSY, EXIT_BLOCKED = 0, 1, 2, 3, 4, 5
 
 Progress = Callable[[int, int], None]
 ClientFactory = Callable[[int], httpx.AsyncClient]
@@ -58,14 +60,30 @@ def default_client(max_connections: int) -> httpx.AsyncClient:
 
 
 def process_owner() -> str:
-    """A lease owner name that tells an operator which process holds a job."""
+    """A lease owner name that tells an operator which process holds a job: ``host:pid:random``."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def holder_is_dead(owner: str) -> bool:
+    """True when ``owner`` names a process of this host that has exited (killed, crashed)."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit() or int(pid_text) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 @dataclass(frozen=True)
 class RunOptions:
     full: bool = False
     dry_run: bool = False
+    force: bool = False  # send even when the mass-change guard would stop the run
 
 
 @dataclass
@@ -83,6 +101,7 @@ class RunReport:
     delivered: int = 0
     failed: int = 0
     skipped_rows: int = 0
+    parked: int = 0
     error: str | None = None
     issues: list[dict[str, Any]] = field(default_factory=list)
 
@@ -92,6 +111,8 @@ class RunReport:
             return EXIT_FAILED
         if self.status == "skipped":
             return EXIT_BUSY
+        if self.status == "blocked":
+            return EXIT_BLOCKED
         return EXIT_PARTIAL if self.failed or self.status == "interrupted" else EXIT_OK
 
     def counts(self) -> dict[str, int]:
@@ -124,6 +145,8 @@ class Plan:
     entered: int
     exited: int
     traits_changed: int
+    parked: int = 0
+    guard: tuple[str, ...] = ()
 
 
 class Stopped(SyncError):
@@ -163,7 +186,7 @@ class Runner:
         """One run; it never raises for a failure of the run itself: the report says what happened."""
         if options.dry_run:
             return self._run(job, options)
-        if not self.store.acquire_lease(job.name, self.owner, self.clock(), self.lease_ttl):
+        if not self._acquire(job.name):
             return self._skip(job, options)
         lost = threading.Event()
         heartbeat = _Heartbeat(self, job.name, lost)
@@ -173,7 +196,26 @@ class Runner:
             return self._run(job, options, heartbeat, lost)
         finally:
             heartbeat.finish()
-            self.store.release_lease(job.name, self.owner)
+            self._release(job.name)
+
+    def _release(self, job: str) -> None:
+        try:
+            self.store.release_lease(job, self.owner)
+        except SQLAlchemyError:
+            log.warning("could not release the job's lease; it expires by itself", extra={"job": job})
+
+    def _acquire(self, job: str) -> bool:
+        now = self.clock()
+        if self.store.acquire_lease(job, self.owner, now, self.lease_ttl):
+            return True
+        lease = self.store.lease(job)
+        if lease is None or not holder_is_dead(lease.owner):
+            return False
+        log.warning(
+            "the job's lease is held by a process of this host that no longer exists; taking it over",
+            extra={"job": job, "holder": lease.owner},
+        )
+        return self.store.take_over_lease(job, lease.owner, self.owner, now, self.lease_ttl)
 
     def _kind(self, job: JobConfig, tracked: dict[str, str], options: RunOptions) -> str:
         if options.full:
@@ -232,15 +274,29 @@ class Runner:
             self._execute(job, options, tracked, report, now, lost or threading.Event())
         except Stopped:
             report.status = "interrupted"
+        except GuardError as exc:
+            report.status, report.error = "blocked", str(exc)
         except SyncError as exc:
             report.status, report.error = "failed", str(exc)
+        except SQLAlchemyError as exc:  # no statement or parameters in the message: they may hold profile data
+            report.status, report.error = "failed", f"the state store failed: {store_reason(exc)}"
         except Exception as exc:
             report.status, report.error = "failed", f"unexpected error: {type(exc).__name__}: {exc}"
             log.exception("run failed", extra={"job": job.name, "run_id": report.run_id})
-        self.store.finish_run(report.run_id, report.status, report.counts(), self.clock(), report.error, report.issues)
+        self._finish(report)
         level = logging.ERROR if report.status == "failed" else logging.INFO
         log.log(level, "run finished", extra={"event": "run_finished", **report.summary(), "error": report.error})
         return report
+
+    def _finish(self, report: RunReport) -> None:
+        try:
+            self.store.finish_run(
+                report.run_id, report.status, report.counts(), self.clock(), report.error, report.issues
+            )
+        except SQLAlchemyError as exc:  # the store went away; the next run marks this one interrupted
+            report.status = "failed"
+            report.error = f"{report.error + '; ' if report.error else ''}the state store failed: {type(exc).__name__}"
+            log.error("could not record the end of the run", extra={"job": report.job, "run_id": report.run_id})
 
     def _execute(
         self,
@@ -253,6 +309,14 @@ class Runner:
     ) -> None:
         plan = self._plan(job, tracked, options.full)
         self._fill(report, plan)
+        if plan.guard and not options.force:
+            explained = "; ".join(plan.guard)
+            if not options.dry_run:
+                raise GuardError(
+                    f"mass-change guard: {explained}. Nothing was sent and the state is unchanged; "
+                    "check the source queries, or run with --force to send anyway"
+                )
+            report.error = f"a real run would be stopped by the mass-change guard: {explained}"
         if options.dry_run:
             self.store.record_plan(report.run_id, plan.updates, "planned")
             report.status = "planned"
@@ -280,10 +344,20 @@ class Runner:
         profiles = dict(snapshot.profiles)
         missing = [u for u in changes["user_id"].unique().tolist() if u not in profiles]
         profiles.update(self.store.known_profiles(job.name, missing))
-        updates = list(plan_updates(job.name, changes, comps, snapshot.state, profiles, baseline.versions))
+        planned = plan_updates(job.name, changes, comps, snapshot.state, profiles, baseline.versions)
+        dead = self.store.parked(job.name)
+        updates = [u for u in planned if dead.get(u.user_id) != u.message_id]
         kinds = changes["change"].value_counts()
+        parked = changes["user_id"].nunique() - len(updates)
+        guard = guard_problems(baseline.state, snapshot.state, changes, comps, job.guard)
         return Plan(
-            snapshot, updates, int(kinds.get("entered", 0)), int(kinds.get("exited", 0)), int(kinds.get("trait", 0))
+            snapshot,
+            updates,
+            int(kinds.get("entered", 0)),
+            int(kinds.get("exited", 0)),
+            int(kinds.get("trait", 0)),
+            parked,
+            tuple(guard),
         )
 
     @staticmethod
@@ -291,16 +365,17 @@ class Runner:
         report.users = len(plan.snapshot.state)
         report.entered, report.exited, report.traits_changed = plan.entered, plan.exited, plan.traits_changed
         report.updates = len(plan.updates)
+        report.parked = plan.parked
         report.skipped_rows = sum(issue.count for issue in plan.snapshot.issues)
         report.issues = [asdict(issue) for issue in plan.snapshot.issues]
 
     async def _deliver(
         self, job: JobConfig, report: RunReport, updates: Sequence[Update], now: datetime, lost: threading.Event
     ) -> None:
-        recorder = _Recorder(self.store, job.name, report, {u.user_id: u for u in updates}, self.progress)
+        recorder = _Recorder(self.store, job, report, {u.user_id: u for u in updates}, self.progress)
 
         def halted() -> bool:
-            return self.stop.is_set() or lost.is_set()
+            return self.stop.is_set() or lost.is_set() or recorder.abort is not None
 
         async with self.client_factory(job.destination.max_connections) as client:
             destination = ChartMogulDestination(client, job.destination, sleep=self.sleep, clock=self.clock)
@@ -316,13 +391,14 @@ class Runner:
                 )
             finally:
                 watchdog.cancel()
-                recorder.flush()
+        if recorder.abort:
+            raise SyncError(f"job {job.name!r}: {recorder.abort}")
 
     async def _watchdog(self, consumer: asyncio.Task[None], halted: Callable[[], bool]) -> None:
         """On a stop request: hand out no more updates; after the grace period, abandon what is in flight."""
         while not halted():
             await asyncio.sleep(0.05)
-        log.info("stop requested: finishing requests in flight", extra={"grace_s": self.grace.total_seconds()})
+        log.info("stopping: finishing requests in flight", extra={"grace_s": self.grace.total_seconds()})
         await asyncio.sleep(self.grace.total_seconds())
         consumer.cancel()
 
@@ -339,32 +415,42 @@ class Runner:
 
 
 class _Recorder:
-    """Collects delivery results and commits them in groups, each group one transaction."""
+    """Records delivery results as they arrive: each group the destination yields is one transaction."""
 
     def __init__(
-        self, store: Store, job: str, report: RunReport, by_user: dict[str, Update], progress: Progress | None
+        self, store: Store, job: JobConfig, report: RunReport, by_user: dict[str, Update], progress: Progress | None
     ) -> None:
-        self.store, self.job, self.report, self.by_user, self.progress = store, job, report, by_user, progress
-        self.pending: list[tuple[Update, DeliveryResult]] = []
-        self.last_commit = time.monotonic()
+        self.store, self.job, self.report, self.by_user, self.progress = store, job.name, report, by_user, progress
+        self.dead_after = job.destination.dead_after
+        self.abort: str | None = None
+        self._refusals = 0
 
-    async def consume(self, results: AsyncGenerator[DeliveryResult]) -> None:
+    async def consume(self, results: AsyncGenerator[list[DeliveryResult]]) -> None:
         async with aclosing(results) as closing:  # closing ends the destination's workers on cancellation
-            async for result in closing:
-                self._take(result)
+            async for ready in closing:
+                self.record(ready)
 
-    def _take(self, result: DeliveryResult) -> None:
-        self.pending.append((self.by_user[result.user_id], result))
-        self.report.delivered += result.delivered
-        self.report.failed += not result.delivered
-        if len(self.pending) >= COMMIT_EVERY or time.monotonic() - self.last_commit >= COMMIT_INTERVAL_S:
-            self.flush()
+    def record(self, ready: list[DeliveryResult]) -> None:
+        self.store.record_results(
+            self.job, self.report.run_id, [(self.by_user[r.user_id], r) for r in ready], self.dead_after
+        )
+        for result in ready:
+            self.report.delivered += result.delivered
+            self.report.failed += not result.delivered
+            self._watch_for_refusal(result)
         if self.progress:
             self.progress(self.report.delivered + self.report.failed, len(self.by_user))
 
-    def flush(self) -> None:
-        self.store.record_results(self.job, self.report.run_id, self.pending)
-        self.pending, self.last_commit = [], time.monotonic()
+    def _watch_for_refusal(self, result: DeliveryResult) -> None:
+        """A webhook answering 401/403 to the first requests of a run is revoked: stop instead of failing all."""
+        if result.http_status in WEBHOOK_REFUSED and not self.report.delivered:
+            self._refusals += 1
+            if self._refusals >= REFUSALS_TO_STOP and self.abort is None:
+                self.abort = (
+                    f"the destination refused the first {self._refusals} updates with HTTP "
+                    f"{result.http_status}; the webhook URL may be revoked or wrong. Nothing else was "
+                    "sent; the updates stay pending for the next run"
+                )
 
 
 class _Heartbeat:

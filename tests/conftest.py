@@ -157,6 +157,7 @@ def job_dict(
             "backoff_initial": "10ms",
             "backoff_max": "50ms",
             "timeout": "2s",
+            "requests_per_second": 2000,  # loopback; tests of the rate limit set their own
             **destination,
         },
     }

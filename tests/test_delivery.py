@@ -54,7 +54,7 @@ def deliver(
     async def go() -> dict[str, DeliveryResult]:
         async with httpx.AsyncClient() as client:
             destination = ChartMogulDestination(client, settings(receiver.url, **overrides), sleep=sleep)
-            return {r.user_id: r async for r in destination.send(messages)}
+            return {r.user_id: r async for ready in destination.send(messages) for r in ready}
 
     return asyncio.run(go())
 
@@ -141,7 +141,7 @@ def test_a_refused_connection_is_retriable_and_never_names_the_url(sleep: Record
     async def go() -> DeliveryResult:
         async with httpx.AsyncClient() as client:
             destination = ChartMogulDestination(client, settings(url, max_attempts=2), sleep=sleep)
-            return [r async for r in destination.send(outgoing(1))][0]
+            return [r async for ready in destination.send(outgoing(1)) for r in ready][0]
 
     result = asyncio.run(go())
     assert not result.delivered and result.retriable and result.attempts == 2

@@ -124,3 +124,22 @@ def test_a_run_whose_lease_is_taken_over_stops_sending(
     assert report.delivered == 3  # two before the gate, and the one in flight when the lease went
     lease = store.lease("contacts")
     assert lease is not None and lease.owner == "thief"  # the thief's lease is not released by the loser
+
+
+def test_only_a_dead_process_of_this_host_counts_as_a_dead_holder() -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from sync.runner import holder_is_dead
+
+    host = socket.gethostname()
+    exited = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
+    assert holder_is_dead(f"{host}:{exited.stdout.strip()}:abc")
+    assert not holder_is_dead(f"{host}:{os.getpid()}:abc")  # ourselves
+    assert not holder_is_dead(f"{host}:1:abc")  # alive (init)
+    assert not holder_is_dead(f"another-host:{exited.stdout.strip()}:abc")  # cannot tell: wait for expiry
+    assert not holder_is_dead("garbage")

@@ -1,4 +1,5 @@
-"""The destination seam: ``send(batch)`` yields one ``DeliveryResult`` per ``Outgoing`` message."""
+"""The destination seam: ``send(batch)`` yields one ``DeliveryResult`` per ``Outgoing`` message, in lists of
+the results that are ready together."""
 
 from __future__ import annotations
 
@@ -31,4 +32,4 @@ class DeliveryResult:
 
 
 class Destination(Protocol):
-    def send(self, batch: Iterable[Outgoing]) -> AsyncGenerator[DeliveryResult]: ...
+    def send(self, batch: Iterable[Outgoing]) -> AsyncGenerator[list[DeliveryResult]]: ...

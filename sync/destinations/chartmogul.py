@@ -119,19 +119,25 @@ class ChartMogulDestination:
         # One request per 1/rate seconds, no bursts: a burst could trip a per-second limit on the other side.
         self._limiter = AsyncLimiter(1, 1.0 / settings.requests_per_second)
 
-    async def send(self, batch: Iterable[Outgoing]) -> AsyncGenerator[DeliveryResult]:
-        """Deliver every message of ``batch``; yield one result per message as each finishes."""
+    async def send(self, batch: Iterable[Outgoing]) -> AsyncGenerator[list[DeliveryResult]]:
+        """Deliver every message of ``batch``; yield the results as they finish, each time all that are ready.
+
+        Yielding what is ready (rather than waiting for a fixed count) lets the caller record answers as soon
+        as they arrive, and in larger groups when they arrive faster than it records them.
+        """
         messages = iter(batch)
         results: asyncio.Queue[DeliveryResult | None] = asyncio.Queue(maxsize=4 * self._settings.max_connections)
         workers = [asyncio.create_task(self._worker(messages, results)) for _ in range(self._settings.max_connections)]
         running = len(workers)
         try:
             while running:
-                result = await results.get()
-                if result is None:
-                    running -= 1
-                else:
-                    yield result
+                ready = [await results.get()]
+                while not results.empty():
+                    ready.append(results.get_nowait())
+                running -= sum(r is None for r in ready)
+                done = [r for r in ready if r is not None]
+                if done:
+                    yield done
         finally:
             for worker in workers:
                 worker.cancel()

@@ -6,6 +6,8 @@ import enum
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 
+from sync.destinations.base import DeliveryResult
+
 
 class Outcome(enum.Enum):
     OK = "ok"
@@ -24,6 +26,15 @@ def classify(status: int) -> Outcome:
     if status in _RETRIABLE_4XX or (500 <= status < 600 and status != 501):
         return Outcome.RETRY
     return Outcome.FAIL
+
+
+# 401 and 403 refuse the webhook itself, not the record: they never count against a user's update.
+WEBHOOK_REFUSED = frozenset({401, 403})
+
+
+def is_rejection(result: DeliveryResult) -> bool:
+    """The destination (or our own pre-send checks) permanently refused this record."""
+    return not result.delivered and not result.retriable and result.http_status not in WEBHOOK_REFUSED
 
 
 def retry_after_seconds(value: str | None, now: datetime) -> float | None:

@@ -64,6 +64,7 @@ class Run(Base):
     delivered: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
     skipped_rows: Mapped[int] = mapped_column(Integer, default=0)
+    parked: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
     issues: Mapped[str | None] = mapped_column(Text)  # JSON list of skipped-row reports
 
@@ -103,6 +104,28 @@ class AckState(Base):
     version: Mapped[int] = mapped_column(Integer)
     run_id: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class FailedUpdate(Base):
+    """A user's update that the destination keeps rejecting (400, 404, 422…), counted over runs.
+
+    ``failed_runs`` counts the runs that were refused this same update (same ``message_id``); at the job's
+    ``dead_after`` the update is parked as ``dead`` and left out of later runs until ``retry --dead``.
+    A different change of the user (a new messageId) or a delivery ends the record.
+    """
+
+    __tablename__ = "failed_updates"
+
+    job: Mapped[str] = mapped_column(String(100), primary_key=True)
+    user_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    message_id: Mapped[str] = mapped_column(String(100))
+    failed_runs: Mapped[int] = mapped_column(Integer)
+    dead: Mapped[bool] = mapped_column(default=False)
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    first_failed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_failed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_run_id: Mapped[int] = mapped_column(Integer)
 
 
 class JobLease(Base):

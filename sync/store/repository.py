@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Engine, create_engine, delete, event, func, insert, select, update
+from sqlalchemy import Engine, case, create_engine, delete, event, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
@@ -21,10 +21,11 @@ from sqlalchemy.orm import Session
 
 from sync.config import redact_url
 from sync.destinations.base import DeliveryResult
+from sync.destinations.outcomes import is_rejection
 from sync.errors import StoreError
 from sync.messages import Update
 from sync.snapshot import Computation
-from sync.store.models import AckState, JobKey, JobLease, JobSchedule, Run, RunUpdate
+from sync.store.models import AckState, FailedUpdate, JobKey, JobLease, JobSchedule, Run, RunUpdate
 from sync.store.schema import ensure_schema
 
 # Rows per INSERT/UPDATE statement: keeps SQLite under its bound-parameter limit.
@@ -38,6 +39,7 @@ COUNT_FIELDS = (
     "delivered",
     "failed",
     "skipped_rows",
+    "parked",
 )
 
 
@@ -81,7 +83,7 @@ class Store:
             ensure_schema(engine, upgrade=upgrade)
         except OperationalError as exc:
             engine.dispose()
-            raise StoreError(f"cannot use the state store {redact_url(url)}: {_reason(exc)}") from None
+            raise StoreError(f"cannot use the state store {redact_url(url)}: {store_reason(exc)}") from None
         except StoreError:
             engine.dispose()
             raise
@@ -239,11 +241,22 @@ class Store:
                 count += len(chunk)
         return count
 
-    def record_results(self, job: str, run_id: int, results: Sequence[tuple[Update, DeliveryResult]]) -> None:
-        """Record delivery outcomes; advance the acknowledged state of every delivered user, atomically."""
+    def record_results(
+        self, job: str, run_id: int, results: Sequence[tuple[Update, DeliveryResult]], dead_after: int = 5
+    ) -> None:
+        """Record delivery outcomes; advance the acknowledged state of every delivered user, atomically.
+
+        Rejections of the record itself are counted per user in ``failed_updates``; a delivery clears them.
+        """
         if not results:
             return
         with Session(self.engine) as session, session.begin():
+            self._count_rejections(session, job, run_id, [(u, r) for u, r in results if is_rejection(r)], dead_after)
+            delivered = [u.user_id for u, r in results if r.delivered]
+            if delivered:
+                session.execute(
+                    delete(FailedUpdate).where(FailedUpdate.job == job, FailedUpdate.user_id.in_(delivered))
+                )
             for update_, result in results:
                 session.execute(
                     update(RunUpdate)
@@ -274,6 +287,73 @@ class Store:
                         for u, r in acknowledged
                     ],
                 )
+
+    def _count_rejections(
+        self,
+        session: Session,
+        job: str,
+        run_id: int,
+        rejected: Sequence[tuple[Update, DeliveryResult]],
+        dead_after: int,
+    ) -> None:
+        if not rejected:
+            return
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        statement = dialect.insert(FailedUpdate)
+        same = FailedUpdate.message_id == statement.excluded.message_id
+        runs = case((same, FailedUpdate.failed_runs + 1), else_=1)
+        upsert = statement.on_conflict_do_update(
+            index_elements=[FailedUpdate.job, FailedUpdate.user_id],
+            set_={
+                "message_id": statement.excluded.message_id,
+                "failed_runs": runs,
+                "dead": runs >= dead_after,
+                "http_status": statement.excluded.http_status,
+                "error": statement.excluded.error,
+                "first_failed_at": case((same, FailedUpdate.first_failed_at), else_=statement.excluded.first_failed_at),
+                "last_failed_at": statement.excluded.last_failed_at,
+                "last_run_id": statement.excluded.last_run_id,
+            },
+        )
+        session.execute(
+            upsert,
+            [
+                {
+                    "job": job,
+                    "user_id": u.user_id,
+                    "message_id": u.message_id,
+                    "failed_runs": 1,
+                    "dead": dead_after <= 1,
+                    "http_status": r.http_status,
+                    "error": r.error,
+                    "first_failed_at": r.finished_at,
+                    "last_failed_at": r.finished_at,
+                    "last_run_id": run_id,
+                }
+                for u, r in rejected
+            ],
+        )
+
+    def failed_updates(self, job: str, dead_only: bool = False) -> list[FailedUpdate]:
+        query = select(FailedUpdate).where(FailedUpdate.job == job).order_by(FailedUpdate.user_id)
+        if dead_only:
+            query = query.where(FailedUpdate.dead.is_(True))
+        with Session(self.engine, expire_on_commit=False) as session:
+            return list(session.scalars(query))
+
+    def parked(self, job: str) -> dict[str, str]:
+        """user id → messageId of the dead updates that runs leave out."""
+        query = select(FailedUpdate.user_id, FailedUpdate.message_id).where(
+            FailedUpdate.job == job, FailedUpdate.dead.is_(True)
+        )
+        with self.engine.connect() as connection:
+            return {user_id: message_id for user_id, message_id in connection.execute(query)}
+
+    def revive(self, job: str) -> int:
+        """Un-park the job's dead updates so that the next run sends them again; how many there were."""
+        with Session(self.engine) as session, session.begin():
+            revived = update(FailedUpdate).where(FailedUpdate.job == job, FailedUpdate.dead.is_(True))
+            return len(session.execute(revived.values(dead=False, failed_runs=0).returning(FailedUpdate.user_id)).all())
 
     def _upsert_state(self) -> Any:
         dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
@@ -324,7 +404,16 @@ class Store:
             insert_ = dialect.insert(JobLease).values(job=job, **values).on_conflict_do_nothing(index_elements=["job"])
             if session.execute(insert_.returning(JobLease.job)).first() is not None:
                 return True
-            take = update(JobLease).where(JobLease.job == job, JobLease.expires_at < now).values(**values)
+            # An expired lease, or our own left behind by a run of this process that could not release it.
+            free = or_(JobLease.expires_at < now, JobLease.owner == owner)
+            take = update(JobLease).where(JobLease.job == job, free).values(**values)
+            return session.execute(take.returning(JobLease.job)).first() is not None
+
+    def take_over_lease(self, job: str, holder: str, owner: str, now: datetime, ttl: timedelta) -> bool:
+        """Take the lease from ``holder`` (known to be dead), unless someone else took it meanwhile."""
+        values = {"owner": owner, "run_id": None, "acquired_at": now, "heartbeat_at": now, "expires_at": now + ttl}
+        with Session(self.engine) as session, session.begin():
+            take = update(JobLease).where(JobLease.job == job, JobLease.owner == holder).values(**values)
             return session.execute(take.returning(JobLease.job)).first() is not None
 
     def renew_lease(self, job: str, owner: str, now: datetime, ttl: timedelta, run_id: int | None = None) -> bool:
@@ -428,15 +517,19 @@ def _chunks(items: Iterable[Update], size: int) -> Iterator[list[Update]]:
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:
     cursor = connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")  # readers (status, diff) do not block the running sync
+    # Durable across a crash of the process (not of the machine): a lost acknowledgement is resent with the
+    # same messageId, and commits stay cheap enough to record every answer as it arrives.
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
 
-def _reason(exc: SQLAlchemyError) -> str:
+def store_reason(exc: SQLAlchemyError) -> str:
+    """The driver's first line, without SQLAlchemy's statement and parameters (they may hold profile data)."""
     orig = getattr(exc, "orig", None)
-    text = str(orig if orig is not None else exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    text = str(orig).strip().splitlines()[0] if orig is not None and str(orig).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def is_sqlite(url: str) -> bool:
