@@ -87,7 +87,8 @@ class _Frozen(BaseModel):
 
 class SourceConfig(_Frozen):
     url: str | None = None
-    profiles: str | None = None
+    profiles: str | None = None  # a query against url
+    profiles_file: str | None = None  # or a CSV / Parquet file with the profile columns
 
     def redacted_url(self) -> str:
         return redact_url(self.url) if self.url else "(none)"
@@ -376,6 +377,10 @@ def _check_job(job: JobConfig, base_dir: Path) -> list[str]:
                 seen[key] = field
     if job.source.profiles is not None and not job.source.url:
         problems.append("source.profiles: needs source.url, the warehouse to run it against")
+    if job.source.profiles is not None and job.source.profiles_file is not None:
+        problems.append("source: give profiles (a query) or profiles_file, not both")
+    if job.source.profiles_file is not None and not (base_dir / job.source.profiles_file).is_file():
+        problems.append(f"source.profiles_file: no such file: {job.source.profiles_file}")
     if job.source.url:
         try:
             make_url(job.source.url)
@@ -395,6 +400,8 @@ def _resolve_paths(job: JobConfig, base_dir: Path) -> JobConfig:
     source = job.source
     if source.url:
         source = source.model_copy(update={"url": resolve_sqlite_url(source.url, base_dir)})
+    if source.profiles_file:
+        source = source.model_copy(update={"profiles_file": str((base_dir / source.profiles_file).resolve())})
     return job.model_copy(
         update={
             "source": source,

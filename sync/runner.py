@@ -307,7 +307,7 @@ class Runner:
         now: datetime,
         lost: threading.Event,
     ) -> None:
-        plan = self._plan(job, tracked, options.full)
+        plan = self.plan(job, tracked, options.full)
         self._fill(report, plan)
         if plan.guard and not options.force:
             explained = "; ".join(plan.guard)
@@ -335,7 +335,8 @@ class Runner:
         else:
             report.status = "partial" if report.failed else "succeeded"
 
-    def _plan(self, job: JobConfig, tracked: dict[str, str], full: bool) -> Plan:
+    def plan(self, job: JobConfig, tracked: dict[str, str], full: bool = False) -> Plan:
+        """Snapshot, diff against the acknowledged state of ``tracked`` keys, and the updates to send."""
         snapshot = read_snapshot(job)
         comps = snapshot.computations
         baseline = self.store.load_baseline(job.name, comps, tracked)

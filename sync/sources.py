@@ -40,6 +40,8 @@ def read_snapshot(job: JobConfig) -> Snapshot:
             ) from None
         finally:
             engine.dispose()
+    if job.source.profiles_file:
+        profiles = read_file(Path(job.source.profiles_file), job.name, "profiles")
     for computation, item in _items(job):
         if item.file is not None:
             raw[computation.key] = read_file(Path(item.file), job.name, _label(computation))

@@ -10,10 +10,10 @@ import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
-from sqlalchemy import Engine, case, create_engine, delete, event, func, insert, or_, select, update
+from sqlalchemy import Engine, Table, bindparam, case, create_engine, delete, event, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
@@ -253,23 +253,28 @@ class Store:
         with Session(self.engine) as session, session.begin():
             self._count_rejections(session, job, run_id, [(u, r) for u, r in results if is_rejection(r)], dead_after)
             delivered = [u.user_id for u, r in results if r.delivered]
-            if delivered:
-                session.execute(
-                    delete(FailedUpdate).where(FailedUpdate.job == job, FailedUpdate.user_id.in_(delivered))
-                )
-            for update_, result in results:
-                session.execute(
-                    update(RunUpdate)
-                    .where(RunUpdate.run_id == run_id, RunUpdate.user_id == update_.user_id)
-                    .values(
-                        status="delivered" if result.delivered else "failed",
-                        http_status=result.http_status,
-                        attempts=result.attempts,
-                        error=result.error,
-                        sent_at=result.sent_at,
-                        finished_at=result.finished_at,
+            if delivered and self._has_failures(session, job):
+                for start in range(0, len(delivered), _CHUNK):
+                    chunk = delivered[start : start + _CHUNK]
+                    session.execute(
+                        delete(FailedUpdate).where(FailedUpdate.job == job, FailedUpdate.user_id.in_(chunk))
                     )
-                )
+            session.connection().execute(
+                _RECORD_OUTCOME,
+                [
+                    {
+                        "b_run": run_id,
+                        "b_user": u.user_id,
+                        "b_status": "delivered" if r.delivered else "failed",
+                        "b_http": r.http_status,
+                        "b_attempts": r.attempts,
+                        "b_error": r.error,
+                        "b_sent": r.sent_at,
+                        "b_finished": r.finished_at,
+                    }
+                    for u, r in results
+                ],
+            )
             acknowledged = [(u, r) for u, r in results if r.delivered]
             if acknowledged:
                 session.execute(
@@ -287,6 +292,10 @@ class Store:
                         for u, r in acknowledged
                     ],
                 )
+
+    @staticmethod
+    def _has_failures(session: Session, job: str) -> bool:
+        return session.execute(select(FailedUpdate.job).where(FailedUpdate.job == job).limit(1)).first() is not None
 
     def _count_rejections(
         self,
@@ -501,6 +510,22 @@ class Store:
         with Session(self.engine) as session, session.begin():
             session.execute(delete(AckState).where(AckState.job == job))
             session.execute(delete(JobKey).where(JobKey.job == job))
+
+
+_outcomes = cast(Table, RunUpdate.__table__)
+# One statement for every outcome of a group, executed as executemany.
+_RECORD_OUTCOME = (
+    update(_outcomes)
+    .where(_outcomes.c.run_id == bindparam("b_run"), _outcomes.c.user_id == bindparam("b_user"))
+    .values(
+        status=bindparam("b_status"),
+        http_status=bindparam("b_http"),
+        attempts=bindparam("b_attempts"),
+        error=bindparam("b_error"),
+        sent_at=bindparam("b_sent"),
+        finished_at=bindparam("b_finished"),
+    )
+)
 
 
 def _chunks(items: Iterable[Update], size: int) -> Iterator[list[Update]]:
