@@ -174,7 +174,8 @@ def our_delivery(url: str, users: int, workdir: Path, rps: float, out_folder: Pa
     first, _ = generate(users, seed=7)
     write_files(first, out_folder)
     job = job_yaml("files", out_folder, url)
-    job["destination"] |= {"requests_per_second": rps, "max_connections": CONCURRENCY}
+    destination = dict(job["destination"])  # type: ignore[call-overload]
+    job["destination"] = destination | {"requests_per_second": rps, "max_connections": CONCURRENCY}
     state = workdir / f"delivery-{uuid.uuid4().hex[:8]}.db"
     config = workdir / "delivery.yaml"
     config.write_text(yaml.safe_dump({"state_url": f"sqlite:///{state}", "jobs": [job]}))
@@ -271,7 +272,9 @@ def machine() -> str:
     )
 
 
-def report(users: int, store: str, repeat: int, sync: dict[str, Any], delivery: dict[str, Any]) -> tuple[str, dict]:
+def report(
+    users: int, store: str, repeat: int, sync: dict[str, Any], delivery: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
     ref_a, ref_b = sync["ref_pandas"]["seconds"], sync["ref_duckdb"]["seconds"]
     rows = [
         ("incremental run, file source (dry-run path)", sync["incremental_files"]),

@@ -1,15 +1,22 @@
-"""What a run changed and sent, read back from the state store for ``diff``, ``messages`` and ``runs``."""
+"""What runs changed and sent, read back from the state store: ``diff``, ``history``, ``audiences``, ``messages``.
+
+Everything here streams: a ten-million-row initial sync is read and exported row by row.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
+from sync.config import JobConfig, parse_duration
 from sync.errors import SyncError
-from sync.messages import KeyChange, Update, identify_call, iso
+from sync.messages import KeyChange, Update, change_kind, identify_call, iso
 from sync.store import Store
-from sync.store.models import Run, RunUpdate
+from sync.store.models import Run, RunKey, RunUpdate
+from sync.store.repository import AuditFilter, AuditRow
 
 RUN_FIELDS = (
     "run_id",
@@ -28,7 +35,35 @@ RUN_FIELDS = (
     "skipped_rows",
     "error",
 )
-CHANGE_FIELDS = ("user_id", "key", "old", "new", "message_id", "status", "http_status", "error")
+# The columns of `diff`: one row per (user, key) of an update, with the update's delivery outcome.
+CHANGE_FIELDS = (
+    "user_id",
+    "key",
+    "old",
+    "new",
+    "message_id",
+    "status",
+    "http_status",
+    "error",
+    "run_id",
+    "change",
+    "finished_at",
+)
+HISTORY_FIELDS = (
+    "run_id",
+    "run_kind",
+    "run_started_at",
+    "key",
+    "old",
+    "new",
+    "message_id",
+    "status",
+    "http_status",
+    "attempts",
+    "error",
+    "finished_at",
+)
+CHANGES = ("entered", "exited", "trait")
 
 
 def run_or_fail(store: Store, run_id: int) -> Run:
@@ -55,26 +90,125 @@ def run_record(run: Run) -> dict[str, Any]:
         "delivered": run.delivered,
         "failed": run.failed,
         "skipped_rows": run.skipped_rows,
+        "parked": run.parked,
         "error": run.error,
         "issues": json.loads(run.issues) if run.issues else [],
     }
 
 
-def change_records(
-    store: Store, run_id: int, user_id: str | None = None, key: str | None = None
-) -> Iterator[dict[str, Any]]:
-    run_or_fail(store, run_id)
-    for change in store.changes_of(run_id, user_id, key):
-        yield {
-            "user_id": change.user_id,
-            "key": change.key,
-            "old": change.old,
-            "new": change.new,
-            "message_id": change.message_id,
-            "status": change.status,
-            "http_status": change.http_status,
-            "error": change.error,
-        }
+def moment(text: str, now: datetime) -> datetime:
+    """``--since``/``--until``: an ISO date or time (UTC unless it says otherwise), or an age such as ``7d``."""
+    try:
+        return now - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise SyncError(f"{text!r} is neither a time (2026-11-15, 2026-11-15T08:00) nor an age (7d, 12h)") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=now.tzinfo)
+
+
+@dataclass(frozen=True)
+class ChangeFilter:
+    """Filters on a change inside an update: its key and what happened (entered, exited, trait)."""
+
+    key: str | None = None
+    change: str | None = None
+
+    def keeps(self, key: str, kind: str, new: Any) -> bool:
+        if self.key is not None and key != self.key:
+            return False
+        what = "trait" if kind != "audience" else change_kind(kind, new)
+        return self.change is None or what == self.change
+
+
+def change_records(store: Store, filters: AuditFilter, changes: ChangeFilter | None = None) -> Iterator[dict[str, Any]]:
+    """One record per (update, key), in run order."""
+    if filters.run_id is not None:
+        run_or_fail(store, filters.run_id)
+    keep = changes or ChangeFilter()
+    for row in store.audit_rows(filters):
+        for key, kind, old, new in json.loads(row.changes):
+            if keep.keeps(key, kind, new):
+                yield _record(row, key, kind, old, new)
+
+
+def _record(row: AuditRow, key: str, kind: str, old: Any, new: Any) -> dict[str, Any]:
+    return {
+        "run_id": row.run_id,
+        "job": row.job,
+        "run_kind": row.run_kind,
+        "run_started_at": iso(row.run_started_at),
+        "user_id": row.user_id,
+        "key": key,
+        "kind": kind,
+        "change": "trait" if kind != "audience" else change_kind(kind, new),
+        "old": old,
+        "new": new,
+        "message_id": row.message_id,
+        "status": row.status,
+        "http_status": row.http_status,
+        "attempts": row.attempts,
+        "error": row.error,
+        "sent_at": iso(row.sent_at) if row.sent_at else None,
+        "finished_at": iso(row.finished_at) if row.finished_at else None,
+    }
+
+
+def history(store: Store, job: str, user_id: str) -> dict[str, Any]:
+    """A user's timeline: every run that changed them, and what ChartMogul holds now."""
+    acknowledged = store.acknowledged(job, user_id)
+    timeline = list(change_records(store, AuditFilter(job=job, user_id=user_id)))
+    return {
+        "job": job,
+        "user_id": user_id,
+        "acknowledged": acknowledged[0] if acknowledged else {},
+        "version": acknowledged[1] if acknowledged else 0,
+        "timeline": timeline,
+    }
+
+
+def audiences(store: Store, job: str) -> list[dict[str, Any]]:
+    """Per key: acknowledged size now, entries and exits in every real run (zeros included), last change."""
+    counts: dict[int, dict[str, RunKey]] = {}
+    kinds: dict[str, str] = {}
+    for run, row in store.run_keys(job):
+        counts.setdefault(run.id, {})[row.key] = row
+        kinds[row.key] = row.kind
+    runs = sorted(
+        (r for r in store.runs(job, limit=1_000_000) if not r.dry_run and r.status != "skipped"), key=lambda r: r.id
+    )
+    entries: dict[str, dict[str, Any]] = {
+        key: {"key": key, "kind": kind, "size": 0, "last_change": None, "runs": []} for key, kind in kinds.items()
+    }
+    for run in runs:
+        for key, entry in entries.items():
+            found = counts.get(run.id, {}).get(key)
+            values: dict[str, int] = {f: getattr(found, f) if found else 0 for f in _COUNTS}
+            entry["size"] += values["delivered_entered"] - values["delivered_exited"]
+            if values["delivered_entered"] + values["delivered_exited"] + values["delivered_changed"]:
+                entry["last_change"] = iso(run.finished_at or run.started_at)
+            entry["runs"].append({"run_id": run.id, "started_at": iso(run.started_at), **values, "size": entry["size"]})
+    return sorted(entries.values(), key=lambda entry: (entry["kind"], entry["key"]))
+
+
+_COUNTS = ("entered", "exited", "changed", "delivered_entered", "delivered_exited", "delivered_changed")
+
+
+def audience_table_row(entry: dict[str, Any], recent: int = 5) -> dict[str, Any]:
+    runs = entry["runs"][-recent:]
+    if entry["kind"] == "audience":
+        trend = ", ".join(f"+{r['delivered_entered']}/-{r['delivered_exited']}" for r in runs)
+    else:
+        trend = ", ".join(f"~{r['delivered_changed']}" for r in runs)
+    return {
+        "key": entry["key"],
+        "kind": entry["kind"],
+        "size": entry["size"] if entry["kind"] == "audience" else "",
+        "last_change": entry["last_change"] or "",
+        f"last {len(runs)} runs (oldest first)": trend,
+    }
 
 
 def rebuild_update(row: RunUpdate) -> Update:
@@ -87,3 +221,8 @@ def identify_calls(store: Store, run_id: int, user_id: str | None = None) -> Ite
     run = run_or_fail(store, run_id)
     for row in store.updates_of(run_id, user_id):
         yield identify_call(rebuild_update(row), space_id=run.space_id, timestamp=run.started_at, sent_at=row.sent_at)
+
+
+def prune_job(store: Store, job: JobConfig, now: datetime, days: int | None = None) -> int:
+    """Remove the job's per-update rows older than its retention (or ``days``)."""
+    return store.prune(job.name, now - timedelta(days=days or job.audit_retention_days))

@@ -188,6 +188,7 @@ class JobConfig(_Frozen):
     destination: DestinationConfig
     schedule: ScheduleConfig = ScheduleConfig()
     guard: GuardConfig = GuardConfig()
+    audit_retention_days: int = Field(default=30, ge=1)  # per-update audit rows older than this are pruned
 
     def audience_keys(self) -> list[str]:
         return [audience.resolved_key for audience in self.audiences]

@@ -22,6 +22,7 @@ from sync.errors import ConfigError, SyncError
 from sync.receiver import Receiver
 from sync.runner import EXIT_FAILED, EXIT_USAGE, Runner, RunOptions, RunReport
 from sync.store import Store
+from sync.store.repository import AuditFilter
 
 DEMO_JOB = "contacts"
 DEMO_USERS = 3000
@@ -237,7 +238,7 @@ def _explain(console: Console, config: Config, store: Store, second: RunReport, 
             "failed",
         ),
     )
-    rows = list(change_records(store, second.run_id))
+    rows = list(change_records(store, AuditFilter(run_id=second.run_id)))
     shown = 25
     console.print(
         f"[bold]6. What run {second.run_id} changed[/bold] (`audience-sync diff {second.run_id}`), "
@@ -245,5 +246,7 @@ def _explain(console: Console, config: Config, store: Store, second: RunReport, 
     )
     print_table(console, rows[:shown], CHANGE_FIELDS)
     console.print(
-        f"See every identify call with `audience-sync messages {second.run_id}`; the state store is {store.label}."
+        f"See every identify call with `audience-sync messages {second.run_id}`, a user's timeline with "
+        "`audience-sync history contacts USER_ID` and the picture with "
+        f"`audience-sync report contacts --output report.html`; the state store is {store.label}."
     )

@@ -1,38 +1,120 @@
-"""Rows for people (tables of readable width) and for scripts (JSON lines, CSV)."""
+"""Rows for people (tables of readable width) and for scripts (JSON lines, CSV, Parquet), streamed."""
 
 from __future__ import annotations
 
 import csv
 import json
 import sys
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table
 
+from sync.errors import SyncError
 
-def print_rows(console: Console, rows: Iterable[Mapping[str, Any]], fields: Sequence[str], fmt: str) -> None:
-    """``table`` for people; ``jsonl`` and ``csv`` stream row by row for scripts."""
-    if fmt == "jsonl":
+FORMATS = ("table", "csv", "jsonl", "parquet")
+# Integer columns keep their type in Parquet; every other column is text (values as JSON where needed).
+_INTEGER_FIELDS = frozenset(
+    {
+        "run_id",
+        "http_status",
+        "attempts",
+        "failed_runs",
+        "last_run_id",
+        "users",
+        "updates",
+        "entered",
+        "exited",
+        "traits_changed",
+        "delivered",
+        "failed",
+    }
+)
+# Rows per Parquet row group: bounded memory however many rows there are.
+_PARQUET_BATCH = 50_000
+
+
+def print_rows(
+    console: Console, rows: Iterable[Mapping[str, Any]], fields: Sequence[str], fmt: str, output: Path | None = None
+) -> int:
+    """Write ``rows`` in ``fmt`` to ``output`` (or standard output); returns how many were written."""
+    if fmt == "parquet":
+        if output is None:
+            raise SyncError("--format parquet needs --output FILE")
+        return _parquet(rows, fields, output)
+    if fmt == "table":
+        if output is not None:
+            raise SyncError("a table is for the terminal; use --format csv, jsonl or parquet with --output")
+        return print_table(console, rows, fields)
+    with _open(output) as stream:
+        return (_jsonl if fmt == "jsonl" else _csv)(rows, fields, stream)
+
+
+@contextmanager
+def _open(output: Path | None) -> Iterator[IO[str]]:
+    if output is None:
+        yield sys.stdout
+        return
+    with output.open("w", encoding="utf-8", newline="") as stream:
+        yield stream
+
+
+def _jsonl(rows: Iterable[Mapping[str, Any]], fields: Sequence[str], stream: IO[str]) -> int:
+    count = 0
+    for row in rows:
+        stream.write(json.dumps({f: row.get(f) for f in fields}, ensure_ascii=False, default=str) + "\n")
+        count += 1
+    return count
+
+
+def _csv(rows: Iterable[Mapping[str, Any]], fields: Sequence[str], stream: IO[str]) -> int:
+    writer = csv.DictWriter(stream, fieldnames=list(fields), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    count = 0
+    for row in rows:
+        writer.writerow({f: cell(row.get(f)) for f in fields})
+        count += 1
+    return count
+
+
+def _parquet(rows: Iterable[Mapping[str, Any]], fields: Sequence[str], output: Path) -> int:
+    schema = pa.schema([(f, pa.int64() if f in _INTEGER_FIELDS else pa.string()) for f in fields])
+    count = 0
+    with pq.ParquetWriter(output, schema) as writer:
+        batch: list[Mapping[str, Any]] = []
         for row in rows:
-            sys.stdout.write(json.dumps({f: row.get(f) for f in fields}, ensure_ascii=False, default=str) + "\n")
-    elif fmt == "csv":
-        writer = csv.DictWriter(sys.stdout, fieldnames=list(fields), extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({f: cell(row.get(f)) for f in fields})
-    else:
-        print_table(console, rows, fields)
+            batch.append(row)
+            if len(batch) == _PARQUET_BATCH:
+                writer.write_table(_arrow(batch, fields, schema))
+                count, batch = count + len(batch), []
+        if batch or not count:
+            writer.write_table(_arrow(batch, fields, schema))
+            count += len(batch)
+    return count
 
 
-def print_table(console: Console, rows: Iterable[Mapping[str, Any]], fields: Sequence[str]) -> None:
+def _arrow(batch: list[Mapping[str, Any]], fields: Sequence[str], schema: pa.Schema) -> pa.Table:
+    columns = {f: [row.get(f) if f in _INTEGER_FIELDS else _text(row.get(f)) for row in batch] for f in fields}
+    return pa.table(columns, schema=schema)
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else (value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
+
+
+def print_table(console: Console, rows: Iterable[Mapping[str, Any]], fields: Sequence[str]) -> int:
     table = Table(*fields, header_style="bold")
     count = 0
     for row in rows:
         table.add_row(*(cell(row.get(f)) for f in fields))
         count += 1
     console.print(table if count else "(nothing)")
+    return count
 
 
 def cell(value: object) -> str:

@@ -95,6 +95,28 @@ def plan_updates(
         )
 
 
+def change_kind(kind: str, new: Any) -> str:
+    """``entered``, ``exited`` or ``changed`` (a trait): how ``diff --change`` and the report name a change."""
+    if kind == "audience":
+        return "entered" if new is True else "exited"
+    return "changed"
+
+
+def tally(
+    updates: Iterator[Update] | list[Update],
+    into: dict[tuple[str, str], dict[str, int]] | None = None,
+    prefix: str = "",
+) -> dict[tuple[str, str], dict[str, int]]:
+    """Counts per (key, kind) of entered / exited / changed, optionally under a prefix (``delivered_``)."""
+    counts = into if into is not None else {}
+    for update in updates:
+        for change in update.changes:
+            row = counts.setdefault((change.key, change.kind), {})
+            name = prefix + change_kind(change.kind, change.new)
+            row[name] = row.get(name, 0) + 1
+    return counts
+
+
 def _present_values(state: pd.DataFrame, users: Sequence[str], keys: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Each user's members-only / non-null values, the form the state store keeps."""
     rows = state.reindex(index=pd.Index(users), columns=pd.Index(keys))

@@ -33,7 +33,7 @@ from sync.destinations.outcomes import WEBHOOK_REFUSED
 from sync.diff import diff_states
 from sync.errors import GuardError, SyncError
 from sync.guard import guard_problems
-from sync.messages import Update, identify_call, plan_updates
+from sync.messages import Update, identify_call, plan_updates, tally
 from sync.snapshot import Snapshot
 from sync.sources import read_snapshot
 from sync.store import Store
@@ -104,6 +104,7 @@ class RunReport:
     parked: int = 0
     error: str | None = None
     issues: list[dict[str, Any]] = field(default_factory=list)
+    key_counts: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
@@ -290,6 +291,8 @@ class Runner:
 
     def _finish(self, report: RunReport) -> None:
         try:
+            if report.key_counts:
+                self.store.record_run_keys(report.run_id, report.key_counts)
             self.store.finish_run(
                 report.run_id, report.status, report.counts(), self.clock(), report.error, report.issues
             )
@@ -367,6 +370,7 @@ class Runner:
         report.entered, report.exited, report.traits_changed = plan.entered, plan.exited, plan.traits_changed
         report.updates = len(plan.updates)
         report.parked = plan.parked
+        report.key_counts = tally(plan.updates)
         report.skipped_rows = sum(issue.count for issue in plan.snapshot.issues)
         report.issues = [asdict(issue) for issue in plan.snapshot.issues]
 
@@ -435,6 +439,7 @@ class _Recorder:
         self.store.record_results(
             self.job, self.report.run_id, [(self.by_user[r.user_id], r) for r in ready], self.dead_after
         )
+        tally([self.by_user[r.user_id] for r in ready if r.delivered], self.report.key_counts, "delivered_")
         for result in ready:
             self.report.delivered += result.delivered
             self.report.failed += not result.delivered

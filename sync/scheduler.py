@@ -15,7 +15,9 @@ from datetime import datetime, timedelta
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 
+from sync.audit import prune_job
 from sync.cadence import earliest_after, next_run_at
 from sync.config import Config, JobConfig
 from sync.destinations.chartmogul import Clock, utc_now
@@ -52,7 +54,7 @@ class Daemon:
         self.jobs = {job.name: job for job in config.jobs if job.schedule.enabled}
         self._planning = threading.Lock()
         self.scheduler = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(max(1, len(self.jobs)))},
+            executors={"default": ThreadPoolExecutor(max(1, len(self.jobs)) + 1)},  # + the daily prune
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
             timezone="UTC",
         )
@@ -69,6 +71,9 @@ class Daemon:
             if lease is None or lease.expires_at < self.clock():  # nobody is running it: earlier runs died
                 self.store.mark_interrupted(job.name, self.clock())
             self._plan_next(job)
+        self.scheduler.add_job(
+            self._prune, IntervalTrigger(days=1), id="prune", name="prune", next_run_time=self.clock()
+        )
         self.scheduler.start()
         log.info("scheduler started", extra={"event": "scheduler_started", "jobs": ",".join(self.jobs)})
 
@@ -144,6 +149,19 @@ class Daemon:
             self._plan_next(job)
             return True
         return False
+
+    def _prune(self) -> None:
+        """Daily: per-update audit rows past each job's retention go; summaries and state stay."""
+        for job in self.config.jobs:
+            try:
+                removed = prune_job(self.store, job, self.clock())
+            except Exception:
+                log.exception("pruning the audit trail failed", extra={"job": job.name})
+                continue
+            log.info(
+                "audit rows pruned",
+                extra={"job": job.name, "removed": removed, "retention_days": job.audit_retention_days},
+            )
 
     def _report_failures(self, job: JobConfig, status: str) -> None:
         if status != "failed":

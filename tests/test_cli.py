@@ -130,8 +130,12 @@ def test_run_json_then_runs_diff_and_messages(tmp_path: Path, seeded: Warehouse,
             "status": "delivered",
             "http_status": "200",
             "error": "",
+            "run_id": "2",
+            "change": "exited",
+            "finished_at": rows[0]["finished_at"],
         }
     ]
+    assert rows[0]["finished_at"].endswith("Z")
     jsonl = [
         json.loads(line) for line in cli(config, "diff", "1", "--format", "jsonl", "--user", "u1").stdout.splitlines()
     ]

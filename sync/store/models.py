@@ -73,7 +73,10 @@ class RunUpdate(Base):
     """One update of a run: one user, its changes (``[[key, kind, old, new], ...]`` as JSON), and its delivery."""
 
     __tablename__ = "run_updates"
-    __table_args__ = (Index("ix_run_updates_run_id_user_id", "run_id", "user_id", unique=True),)
+    __table_args__ = (
+        Index("ix_run_updates_run_id_user_id", "run_id", "user_id", unique=True),
+        Index("ix_run_updates_user_id_run_id", "user_id", "run_id"),  # one user's history
+    )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
@@ -104,6 +107,26 @@ class AckState(Base):
     version: Mapped[int] = mapped_column(Integer)
     run_id: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class RunKey(Base):
+    """Per run and audience or trait key: what was planned and what the destination acknowledged.
+
+    Audience sizes over time are the running sum of ``delivered_entered - delivered_exited``; these rows
+    are kept when ``prune`` removes old per-update rows.
+    """
+
+    __tablename__ = "run_keys"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    entered: Mapped[int] = mapped_column(Integer, default=0)
+    exited: Mapped[int] = mapped_column(Integer, default=0)
+    changed: Mapped[int] = mapped_column(Integer, default=0)
+    delivered_entered: Mapped[int] = mapped_column(Integer, default=0)
+    delivered_exited: Mapped[int] = mapped_column(Integer, default=0)
+    delivered_changed: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class FailedUpdate(Base):

@@ -13,7 +13,21 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 import pandas as pd
-from sqlalchemy import Engine, Table, bindparam, case, create_engine, delete, event, func, insert, or_, select, update
+from sqlalchemy import (
+    Engine,
+    Table,
+    and_,
+    bindparam,
+    case,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
@@ -25,11 +39,13 @@ from sync.destinations.outcomes import is_rejection
 from sync.errors import StoreError
 from sync.messages import Update
 from sync.snapshot import Computation
-from sync.store.models import AckState, FailedUpdate, JobKey, JobLease, JobSchedule, Run, RunUpdate
+from sync.store.models import AckState, FailedUpdate, JobKey, JobLease, JobSchedule, Run, RunKey, RunUpdate
 from sync.store.schema import ensure_schema
 
 # Rows per INSERT/UPDATE statement: keeps SQLite under its bound-parameter limit.
 _CHUNK = 500
+# Rows fetched at a time when streaming the audit trail.
+_STREAM = 5000
 COUNT_FIELDS = (
     "users",
     "entered",
@@ -49,6 +65,34 @@ class Baseline:
 
     state: pd.DataFrame
     versions: Mapping[str, int]
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    run_id: int | None = None
+    job: str | None = None
+    user_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    status: str | None = None  # planned, pending, delivered, failed or dead
+    include_dry_runs: bool = False
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    run_id: int
+    job: str
+    run_kind: str
+    run_started_at: datetime
+    user_id: str
+    message_id: str
+    changes: str  # JSON [[key, kind, old, new], ...]
+    status: str
+    http_status: int | None
+    attempts: int
+    error: str | None
+    sent_at: datetime | None
+    finished_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -134,6 +178,27 @@ class Store:
                     **{k: v for k, v in counts.items() if k in COUNT_FIELDS},
                 )
             )
+
+    def record_run_keys(self, run_id: int, counts: Mapping[tuple[str, str], Mapping[str, int]]) -> None:
+        """Per-key counts of a run (planned and acknowledged), replacing any recorded before."""
+        with Session(self.engine) as session, session.begin():
+            session.execute(delete(RunKey).where(RunKey.run_id == run_id))
+            fields = ("entered", "exited", "changed", "delivered_entered", "delivered_exited", "delivered_changed")
+            session.add_all(
+                RunKey(run_id=run_id, key=key, kind=kind, **{f: values.get(f, 0) for f in fields})
+                for (key, kind), values in counts.items()
+            )
+
+    def run_keys(self, job: str) -> list[tuple[Run, RunKey]]:
+        """Every real run of a job with its per-key counts, oldest first."""
+        query = (
+            select(Run, RunKey)
+            .join(RunKey, RunKey.run_id == Run.id)
+            .where(Run.job == job, Run.dry_run.is_(False))
+            .order_by(Run.id, RunKey.key)
+        )
+        with Session(self.engine, expire_on_commit=False) as session:
+            return [(run, key) for run, key in session.execute(query)]
 
     def run(self, run_id: int) -> Run | None:
         with Session(self.engine, expire_on_commit=False) as session:
@@ -505,6 +570,60 @@ class Store:
         with self.engine.connect() as connection:
             return int(connection.execute(query).scalar_one())
 
+    def audit_rows(self, filters: AuditFilter) -> Iterator[AuditRow]:
+        """Updates with their run, newest run last, streamed from the database in bounded memory."""
+        dead = and_(FailedUpdate.dead.is_(True), FailedUpdate.message_id == RunUpdate.message_id)
+        status = case((dead, "dead"), else_=RunUpdate.status)
+        query = (
+            select(
+                RunUpdate.run_id,
+                Run.job,
+                Run.kind,
+                Run.started_at,
+                RunUpdate.user_id,
+                RunUpdate.message_id,
+                RunUpdate.changes,
+                status,
+                RunUpdate.http_status,
+                RunUpdate.attempts,
+                RunUpdate.error,
+                RunUpdate.sent_at,
+                RunUpdate.finished_at,
+            )
+            .join(Run, Run.id == RunUpdate.run_id)
+            .outerjoin(FailedUpdate, and_(FailedUpdate.job == Run.job, FailedUpdate.user_id == RunUpdate.user_id))
+            .order_by(RunUpdate.run_id, RunUpdate.id)
+        )
+        for condition in _audit_conditions(filters, status):
+            query = query.where(condition)
+        with self.engine.connect() as connection:
+            result = connection.execution_options(stream_results=True, yield_per=_STREAM).execute(query)
+            for row in result:
+                yield AuditRow(*row)
+
+    def failure_reasons(self, job: str, limit: int = 10) -> list[tuple[str | None, int | None, int, datetime | None]]:
+        """The most frequent reasons updates of the job failed: (reason, HTTP status, updates, last seen)."""
+        count = func.count().label("updates")
+        query = (
+            select(RunUpdate.error, RunUpdate.http_status, count, func.max(RunUpdate.finished_at))
+            .join(Run, Run.id == RunUpdate.run_id)
+            .where(Run.job == job, RunUpdate.status == "failed")
+            .group_by(RunUpdate.error, RunUpdate.http_status)
+            .order_by(count.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as connection:
+            rows = connection.execute(query).all()  # max() keeps the column's type: aware UTC datetimes
+        return [(error, status, int(n), last) for error, status, n, last in rows]
+
+    def prune(self, job: str, before: datetime) -> int:
+        """Delete the per-update rows of the job's runs that started before ``before``; runs, their per-key
+        counts, the acknowledged state and the failed-update records stay. Returns how many rows went."""
+        old_runs = select(Run.id).where(Run.job == job, Run.started_at < before).scalar_subquery()
+        with Session(self.engine) as session, session.begin():
+            gone = session.execute(delete(RunUpdate).where(RunUpdate.run_id.in_(old_runs)).returning(RunUpdate.id))
+            return len(gone.all())
+
     def delete_job(self, job: str) -> None:
         """Forget a job's acknowledged state and tracked keys (runs stay for the audit trail)."""
         with Session(self.engine) as session, session.begin():
@@ -526,6 +645,25 @@ _RECORD_OUTCOME = (
         finished_at=bindparam("b_finished"),
     )
 )
+
+
+def _audit_conditions(filters: AuditFilter, status: Any) -> list[Any]:
+    conditions: list[Any] = []
+    if filters.run_id is not None:
+        conditions.append(RunUpdate.run_id == filters.run_id)
+    elif not filters.include_dry_runs:
+        conditions.append(Run.dry_run.is_(False))
+    if filters.job is not None:
+        conditions.append(Run.job == filters.job)
+    if filters.user_id is not None:
+        conditions.append(RunUpdate.user_id == filters.user_id)
+    if filters.since is not None:
+        conditions.append(Run.started_at >= filters.since)
+    if filters.until is not None:
+        conditions.append(Run.started_at < filters.until)
+    if filters.status is not None:
+        conditions.append(status == filters.status)
+    return conditions
 
 
 def _chunks(items: Iterable[Update], size: int) -> Iterator[list[Update]]:

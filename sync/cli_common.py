@@ -1,0 +1,85 @@
+"""What every command shares: the configuration, the state store, output, and stop signals."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import NoReturn
+
+import click
+from rich.console import Console
+from sqlalchemy.exc import SQLAlchemyError
+
+from sync.config import Config, load_config, load_state_url
+from sync.errors import ConfigError, StoreError, SyncError
+from sync.runner import EXIT_FAILED, EXIT_USAGE
+from sync.store import Store
+from sync.store.repository import store_reason
+
+log = logging.getLogger("sync.cli")
+
+
+def stdout_console() -> Console:
+    # Piped output keeps full cells; a terminal gets its own width.
+    return Console(soft_wrap=False, width=None if sys.stdout.isatty() else 200)
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def job_config(ctx: click.Context) -> Config:
+    try:
+        return load_config(ctx.obj)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(f"config error: {problem}", err=True)
+        sys.exit(EXIT_USAGE)
+
+
+def state_url_of(ctx: click.Context) -> str:
+    """The state store alone: audit commands work without the jobs' secrets in the environment."""
+    try:
+        return load_state_url(ctx.obj)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(f"config error: {problem}", err=True)
+        sys.exit(EXIT_USAGE)
+
+
+@contextmanager
+def open_store(state_url: str) -> Iterator[Store]:
+    try:
+        store = Store.open(state_url)
+    except StoreError as exc:
+        fail(str(exc))
+    try:
+        yield store
+    except SyncError as exc:
+        fail(str(exc))
+    except SQLAlchemyError as exc:
+        fail(f"the state store failed: {store_reason(exc)}")
+    finally:
+        store.close()
+
+
+def stop_on_signals() -> threading.Event:
+    """SIGTERM and SIGINT ask the run to stop gracefully; a second one stops at once."""
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            log.warning("second stop signal: exiting now")
+            os._exit(128 + signum)
+        log.info("stop requested", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    return stop
