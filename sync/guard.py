@@ -8,7 +8,7 @@ A run is stopped before it sends anything when, for an audience the destination 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 
 import pandas as pd
 
@@ -17,23 +17,28 @@ from sync.snapshot import Computation
 
 
 def guard_problems(
-    baseline: pd.DataFrame,
     snapshot: pd.DataFrame,
     changes: pd.DataFrame,
     computations: Sequence[Computation],
+    tracked: Set[str],
     guard: GuardConfig,
 ) -> list[str]:
-    """One sentence per audience that trips the guard; empty when the run may go ahead."""
+    """One sentence per audience that trips the guard; empty when the run may go ahead.
+
+    The acknowledged member count is the snapshot's, less the real entries, plus the exits: every other
+    user's membership is the same in both.
+    """
     if not guard.enabled:
         return []
-    exits = changes.loc[changes["change"] == "exited", "key"].value_counts()
     problems = []
     for computation in computations:
-        if computation.kind != "audience" or computation.key not in baseline.columns:
+        if computation.kind != "audience" or computation.key not in tracked:
             continue
-        before = int(baseline[computation.key].sum())
+        rows = changes[changes["key"] == computation.key]
+        leaving = int((rows["change"] == "exited").sum())
+        entering = int(((rows["change"] == "entered") & (rows["old"] != True)).sum())  # noqa: E712 - element-wise
         after = int(snapshot[computation.key].sum()) if computation.key in snapshot.columns else 0
-        leaving = int(exits.get(computation.key, 0))
+        before = after - entering + leaving
         if before and not after and guard.block_empty:
             problems.append(
                 f"audience {computation.key}: the snapshot has no members, but {before} users are "

@@ -52,6 +52,7 @@ class Update:
     changes: tuple[KeyChange, ...]
     profile: Mapping[str, str]
     state: Mapping[str, Any]
+    fingerprint: int | None = None  # of ``state``, stored with it once acknowledged
 
 
 def message_id(job: str, user_id: str, version: int, changes: Sequence[KeyChange]) -> str:
@@ -71,6 +72,7 @@ def plan_updates(
     new_state: pd.DataFrame,
     profiles: Mapping[str, Mapping[str, str]],
     versions: Mapping[str, int],
+    fingerprints: Mapping[str, int] | None = None,
 ) -> Iterator[Update]:
     """One update per user in ``changes``, in the order the users first appear there."""
     kinds = {c.key: c.kind for c in computations}
@@ -92,6 +94,7 @@ def plan_updates(
             changes=tuple(user_changes),
             profile=profiles.get(user_id, {}),
             state=states.get(user_id, {}),
+            fingerprint=fingerprints.get(user_id, 0) if fingerprints is not None else None,  # gone: empty, 0
         )
 
 

@@ -17,13 +17,15 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
+import numpy as np
+import pandas as pd
 from sqlalchemy.exc import SQLAlchemyError
 
 from sync.config import JobConfig
@@ -32,9 +34,10 @@ from sync.destinations.chartmogul import ChartMogulDestination, Clock, Sleep, ut
 from sync.destinations.outcomes import WEBHOOK_REFUSED
 from sync.diff import diff_states
 from sync.errors import GuardError, SyncError
+from sync.fingerprint import candidates, fingerprints
 from sync.guard import guard_problems
 from sync.messages import Update, identify_call, plan_updates, tally
-from sync.snapshot import Snapshot
+from sync.snapshot import Computation, Snapshot
 from sync.sources import read_snapshot
 from sync.store import Store
 from sync.store.repository import store_reason
@@ -148,6 +151,17 @@ class Plan:
     traits_changed: int
     parked: int = 0
     guard: tuple[str, ...] = ()
+    refresh: list[tuple[str, int]] = field(default_factory=list)  # fingerprints of unchanged states to record
+    examined: int = 0  # users whose acknowledged state was read and diffed
+
+
+def _values_of(state: pd.DataFrame, computations: Sequence[Computation]) -> np.ndarray:
+    """Users with a value (a membership, a non-null trait) for any of ``computations``."""
+    mask = np.zeros(len(state), dtype=bool)
+    for computation in computations:
+        column = state[computation.key]
+        mask |= column.to_numpy(dtype=bool) if computation.kind == "audience" else column.notna().to_numpy()
+    return mask
 
 
 class Stopped(SyncError):
@@ -327,6 +341,7 @@ class Runner:
         if self.stop.is_set():
             raise Stopped("stopped before sending")
         self.store.set_tracked_keys(job.name, plan.snapshot.computations, report.run_id)
+        self.store.refresh_fingerprints(job.name, plan.refresh)
         self.store.record_plan(report.run_id, plan.updates, "pending")
         asyncio.run(self._deliver(job, report, plan.updates, now, lost))
         if lost.is_set():
@@ -339,30 +354,46 @@ class Runner:
             report.status = "partial" if report.failed else "succeeded"
 
     def plan(self, job: JobConfig, tracked: dict[str, str], full: bool = False) -> Plan:
-        """Snapshot, diff against the acknowledged state of ``tracked`` keys, and the updates to send."""
+        """Snapshot, diff against the acknowledged state of ``tracked`` keys, and the updates to send.
+
+        Fingerprints pick the users worth a close look; only their acknowledged states are read and diffed.
+        """
         snapshot = read_snapshot(job)
         comps = snapshot.computations
-        baseline = self.store.load_baseline(job.name, comps, tracked)
         force = {c.key for c in comps} if full else {c.key for c in comps if c.key not in tracked}
-        changes = diff_states(baseline.state, snapshot.state, comps, force)
-        profiles = dict(snapshot.profiles)
-        missing = [u for u in changes["user_id"].unique().tolist() if u not in profiles]
-        profiles.update(self.store.known_profiles(job.name, missing))
-        planned = plan_updates(job.name, changes, comps, snapshot.state, profiles, baseline.versions)
+        new_fps = fingerprints(snapshot.state, comps)
+        stored_users, stored_fps, known = self.store.fingerprints(job.name)
+        forced = _values_of(snapshot.state, [c for c in comps if c.key in force])
+        look, gone = candidates(snapshot.state.index, new_fps, stored_users, stored_fps, known, forced)
+        examined = look.append(gone)
+        baseline = self.store.load_baseline(job.name, comps, tracked, examined.tolist())
+        current = snapshot.state.loc[look]
+        changes = diff_states(baseline.state, current, comps, force)
+        signed = dict(zip(snapshot.state.index.tolist(), new_fps.view(np.int64).tolist(), strict=True))
+        profiles = self._profiles(job, snapshot, changes)
+        planned = plan_updates(job.name, changes, comps, current, profiles, baseline.versions, signed)
         dead = self.store.parked(job.name)
         updates = [u for u in planned if dead.get(u.user_id) != u.message_id]
         kinds = changes["change"].value_counts()
-        parked = changes["user_id"].nunique() - len(updates)
-        guard = guard_problems(baseline.state, snapshot.state, changes, comps, job.guard)
+        unchanged = set(look.tolist()) - set(changes["user_id"].tolist())
         return Plan(
             snapshot,
             updates,
             int(kinds.get("entered", 0)),
             int(kinds.get("exited", 0)),
             int(kinds.get("trait", 0)),
-            parked,
-            tuple(guard),
+            changes["user_id"].nunique() - len(updates),
+            tuple(guard_problems(snapshot.state, changes, comps, set(tracked), job.guard)),
+            refresh=[(u, signed[u]) for u in unchanged if u in baseline.versions],
+            examined=len(examined),
         )
+
+    def _profiles(self, job: JobConfig, snapshot: Snapshot, changes: pd.DataFrame) -> dict[str, Mapping[str, str]]:
+        """Profiles of the changed users; the last acknowledged one for users gone from the snapshot."""
+        users = changes["user_id"].unique().tolist()
+        profiles: dict[str, Mapping[str, str]] = {u: snapshot.profiles[u] for u in users if u in snapshot.profiles}
+        profiles.update(self.store.known_profiles(job.name, [u for u in users if u not in profiles]))
+        return profiles
 
     @staticmethod
     def _fill(report: RunReport, plan: Plan) -> None:

@@ -80,6 +80,12 @@ class Daemon:
     def shutdown(self) -> None:
         with self._planning:  # no job thread is between "not stopping" and add_job now, nor will be
             self.stop.set()
+        # APScheduler 3 removes a one-shot job just after handing it to the executor; a shutdown in between
+        # makes that removal fail in the scheduler's thread. Pausing stops new dispatches, and its job-store
+        # lock, held for a whole dispatch, is free again once one in progress has finished.
+        self.scheduler.pause()
+        with self.scheduler._jobstores_lock:
+            pass
         self.scheduler.shutdown(wait=True)
         log.info("scheduler stopped", extra={"event": "scheduler_stopped"})
 

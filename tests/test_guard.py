@@ -22,7 +22,7 @@ def members(n: int, of: int) -> pd.DataFrame:
 
 def problems(before: int, after: int, guard: dict[str, object] | None = None, size: int = 400) -> list[str]:
     old, new = members(before, size), members(after, size)
-    return guard_problems(old, new, diff_states(old, new, [VIP]), [VIP], GuardConfig.model_validate(guard or {}))
+    return guard_problems(new, diff_states(old, new, [VIP]), [VIP], {"vip"}, GuardConfig.model_validate(guard or {}))
 
 
 def test_more_than_half_of_a_large_audience_exiting_trips_the_guard() -> None:
@@ -51,7 +51,7 @@ def test_the_guard_is_configurable(guard: dict[str, object], expected: int) -> N
 def test_a_new_audience_never_trips_the_guard() -> None:
     old = pd.DataFrame(index=pd.Index([], dtype=object))
     new = members(0, 10)
-    assert guard_problems(old, new, diff_states(old, new, [VIP]), [VIP], GuardConfig()) == []
+    assert guard_problems(new, diff_states(old, new, [VIP], force={"vip"}), [VIP], set(), GuardConfig()) == []
 
 
 def test_a_guarded_run_sends_nothing_and_changes_nothing_until_forced(

@@ -107,6 +107,8 @@ class AckState(Base):
     version: Mapped[int] = mapped_column(Integer)
     run_id: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # ``sync.fingerprint`` of ``state`` (as a signed 64-bit integer); NULL for rows written before it existed.
+    fingerprint: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class RunKey(Base):

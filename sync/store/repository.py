@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import (
     Engine,
@@ -232,18 +233,23 @@ class Store:
 
     # Acknowledged state ------------------------------------------------------------------------------------
 
-    def load_baseline(self, job: str, computations: Sequence[Computation], tracked: Iterable[str]) -> Baseline:
-        """The acknowledged state restricted to the tracked keys of ``computations``."""
+    def load_baseline(
+        self,
+        job: str,
+        computations: Sequence[Computation],
+        tracked: Iterable[str],
+        user_ids: Sequence[str] | None = None,
+    ) -> Baseline:
+        """The acknowledged state restricted to the tracked keys of ``computations``: of every user, or of
+        ``user_ids`` only."""
         keys = [c.key for c in computations if c.key in set(tracked)]
         users: list[str] = []
         states: list[dict[str, Any]] = []
         versions: dict[str, int] = {}
-        query = select(AckState.user_id, AckState.state, AckState.version).where(AckState.job == job)
-        with self.engine.connect() as connection:
-            for user_id, state, version in connection.execute(query):
-                users.append(user_id)
-                states.append(json.loads(state))
-                versions[user_id] = version
+        for user_id, state, version in self._states(job, user_ids):
+            users.append(user_id)
+            states.append(json.loads(state))
+            versions[user_id] = version
         index = pd.Index(users, dtype=object, name="user_id")
         columns: dict[str, Any] = {}
         for computation in computations:
@@ -256,6 +262,41 @@ class Store:
                 columns[computation.key] = pd.Series(values, index=index, dtype=object)
         frame = pd.DataFrame(columns, index=index, columns=pd.Index(keys))
         return Baseline(frame, versions)
+
+    def _states(self, job: str, user_ids: Sequence[str] | None) -> Iterator[tuple[str, str, int]]:
+        query = select(AckState.user_id, AckState.state, AckState.version).where(AckState.job == job)
+        with self.engine.connect() as connection:
+            if user_ids is None:
+                yield from ((row[0], row[1], row[2]) for row in connection.execute(query))
+                return
+            for start in range(0, len(user_ids), _CHUNK):
+                chunk = list(user_ids[start : start + _CHUNK])
+                rows = connection.execute(query.where(AckState.user_id.in_(chunk)))
+                yield from ((row[0], row[1], row[2]) for row in rows)
+
+    def fingerprints(self, job: str) -> tuple[pd.Index, np.ndarray, np.ndarray]:
+        """Every acknowledged user of the job: ids, fingerprints (uint64) and whether one is recorded."""
+        query = select(AckState.user_id, AckState.fingerprint).where(AckState.job == job)
+        with self.engine.connect() as connection:
+            rows = connection.execute(query).all()
+        ids = pd.Index([row[0] for row in rows], dtype=object)
+        raw = [row[1] for row in rows]
+        known = np.array([value is not None for value in raw], dtype=bool)
+        signed = np.array([value if value is not None else 0 for value in raw], dtype=np.int64)
+        return ids, signed.view(np.uint64), known
+
+    def refresh_fingerprints(self, job: str, fingerprints: Sequence[tuple[str, int]]) -> None:
+        """Record fingerprints recomputed for unchanged acknowledged states (a key was removed, or none was
+        recorded yet); the states themselves do not change."""
+        with Session(self.engine) as session, session.begin():
+            for start in range(0, len(fingerprints), _CHUNK):
+                session.connection().execute(
+                    _REFRESH_FINGERPRINT,
+                    [
+                        {"b_job": job, "b_user": user_id, "b_fingerprint": value}
+                        for user_id, value in fingerprints[start : start + _CHUNK]
+                    ],
+                )
 
     def known_profiles(self, job: str, user_ids: Sequence[str]) -> dict[str, dict[str, str]]:
         """The last acknowledged profile of each of ``user_ids`` (for users gone from the snapshot)."""
@@ -351,6 +392,7 @@ class Store:
                             "state": _dumps(u.state),
                             "profile": _dumps(u.profile),
                             "version": 1,
+                            "fingerprint": u.fingerprint,
                             "run_id": run_id,
                             "updated_at": r.finished_at,
                         }
@@ -438,6 +480,7 @@ class Store:
                 "state": statement.excluded.state,
                 "profile": statement.excluded.profile,
                 "version": AckState.version + 1,
+                "fingerprint": statement.excluded.fingerprint,
                 "run_id": statement.excluded.run_id,
                 "updated_at": statement.excluded.updated_at,
             },
@@ -644,6 +687,14 @@ _RECORD_OUTCOME = (
         sent_at=bindparam("b_sent"),
         finished_at=bindparam("b_finished"),
     )
+)
+
+
+_acked = cast(Table, AckState.__table__)
+_REFRESH_FINGERPRINT = (
+    update(_acked)
+    .where(_acked.c.job == bindparam("b_job"), _acked.c.user_id == bindparam("b_user"))
+    .values(fingerprint=bindparam("b_fingerprint"))
 )
 
 
