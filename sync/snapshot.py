@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from decimal import Decimal
@@ -106,7 +106,7 @@ def _universe(
     return universe
 
 
-def normalise_profiles(frame: pd.DataFrame, issues: list[RowIssue]) -> dict[str, dict[str, str]]:
+def normalise_profiles(frame: pd.DataFrame, issues: list[RowIssue]) -> ProfileTable:
     unknown = [str(c) for c in frame.columns if c not in PROFILE_COLUMNS]
     if unknown:
         raise SourceError(
@@ -116,16 +116,50 @@ def normalise_profiles(frame: pd.DataFrame, issues: list[RowIssue]) -> dict[str,
         raise SourceError("profiles: the query must return a user_id column")
     frame = _with_user_ids(frame, "profiles", issues)
     columns = [str(c) for c in frame.columns if c != "user_id"]
-    profiles: dict[str, dict[str, str]] = {}
-    conflicting: list[str] = []
-    for user_id, *values in zip(*(frame[c].tolist() for c in ["user_id", *columns]), strict=True):
-        profile = {c: text for c, v in zip(columns, values, strict=True) if (text := _text_or_none(v)) is not None}
-        known = profiles.setdefault(user_id, profile)
-        if known != profile and user_id not in conflicting:
-            conflicting.append(user_id)
+    texts = pd.DataFrame(
+        {c: _texts(frame[c]).to_numpy(dtype=object) for c in columns},
+        index=pd.Index(frame["user_id"].tolist(), dtype=object),
+        columns=columns,
+        dtype=object,
+    )
+    distinct = texts[~texts.reset_index().duplicated().to_numpy()]  # identical duplicate rows are one row
+    conflicting = distinct.index[distinct.index.duplicated()].unique().tolist()
     if conflicting:
         raise SourceError(f"profiles: conflicting duplicate rows for user_id {_some(conflicting)}")
-    return profiles
+    return ProfileTable(distinct)
+
+
+class ProfileTable(Mapping[str, Mapping[str, str]]):
+    """Profiles by user id, each built as a dict of its non-null fields only when it is looked up."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self._frame = frame
+        self._position = {user_id: i for i, user_id in enumerate(frame.index.tolist())}
+
+    def __getitem__(self, user_id: str) -> Mapping[str, str]:
+        row = self._frame.iloc[self._position[user_id]]
+        return {str(k): v for k, v in row.items() if v is not None}
+
+    def __contains__(self, user_id: object) -> bool:
+        return user_id in self._position
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._position)
+
+    def __len__(self) -> int:
+        return len(self._position)
+
+
+def _texts(column: pd.Series) -> pd.Series:
+    """A profile column as text, None where null or blank."""
+    values = column.to_numpy(dtype=object)
+    if pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty"):
+        text = pd.Series(values, dtype=object)
+        blank = column.isna().to_numpy() | (text.str.strip() == "").fillna(True).to_numpy(dtype=bool)
+        return pd.Series(
+            [None if b else v for v, b in zip(values.tolist(), blank.tolist(), strict=True)], dtype="object"
+        )
+    return pd.Series([_text_or_none(v) for v in values], dtype=object)
 
 
 def normalise_members(frame: pd.DataFrame, label: str, issues: list[RowIssue]) -> pd.Index:
@@ -143,7 +177,7 @@ def normalise_trait(frame: pd.DataFrame, label: str, issues: list[RowIssue]) -> 
     if missing:
         raise SourceError(f"{label}: the result must have user_id and value columns (columns: {_columns(frame)})")
     frame = _with_user_ids(frame[["user_id", "value"]], label, issues)
-    converted = [_json_value(value) for value in frame["value"].tolist()]
+    converted = _json_values(frame["value"])
     keep = []
     for user_id, (_value, problem) in zip(frame["user_id"].tolist(), converted, strict=True):
         if problem:
@@ -167,13 +201,23 @@ def _one_value_per_user(values: pd.Series, label: str) -> pd.Series:
 
 def _with_user_ids(frame: pd.DataFrame, label: str, issues: list[RowIssue]) -> pd.DataFrame:
     """Rows with a usable user id, as a string; the others are reported and dropped."""
-    ids = [_user_id(value) for value in frame["user_id"].tolist()]
+    ids = _user_ids(frame["user_id"])
     usable = np.array([user_id is not None for user_id in ids], dtype=bool)
     skipped = len(ids) - int(usable.sum())
     if skipped:
         issues.append(RowIssue(label, "null or empty user_id", None, skipped))
     frame = frame.assign(user_id=pd.Series(ids, index=frame.index, dtype=object))
     return frame.loc[usable]
+
+
+def _user_ids(column: pd.Series) -> list[str | None]:
+    """User ids as text, None where unusable; text columns take a vectorised path."""
+    values = column.to_numpy(dtype=object)
+    if pd.api.types.infer_dtype(values, skipna=True) != "string":
+        return [_user_id(value) for value in values]
+    text = pd.Series(values, dtype=object)
+    blank = column.isna().to_numpy() | (text.str.strip() == "").fillna(True).to_numpy(dtype=bool)
+    return [None if b else v for v, b in zip(values.tolist(), blank.tolist(), strict=True)]
 
 
 def _user_id(value: object) -> str | None:
@@ -194,6 +238,19 @@ def _text_or_none(value: object) -> str | None:
         return None
     text = str(value)
     return text if text.strip() else None
+
+
+def _json_values(column: pd.Series) -> list[tuple[Any, str | None]]:
+    """Every value as JSON carries it, with the problem when it cannot; floats and text are vectorised."""
+    values = column.to_numpy(dtype=object)
+    kind = pd.api.types.infer_dtype(values, skipna=True)
+    if kind == "string" or kind == "empty":
+        return [(None if v is None or v is pd.NA or (isinstance(v, float) and v != v) else v, None) for v in values]
+    if kind == "floating" and column.dtype.kind == "f":
+        numbers = column.to_numpy(dtype=np.float64)
+        if np.isfinite(numbers[~np.isnan(numbers)]).all():
+            return [(None if n != n else n, None) for n in numbers.tolist()]
+    return [_json_value(value) for value in values]
 
 
 def _json_value(value: object) -> tuple[Any, str | None]:
