@@ -50,6 +50,7 @@ class DeliveryError(SyncError):
     def __init__(self, reason: str, *, http_status: int | None = None) -> None:
         self.reason = reason
         self.http_status = http_status
+        self.attempts: int | None = None  # set when it ends a series of attempts
         super().__init__(reason)
 
 

@@ -427,6 +427,7 @@ class Runner:
                 )
             finally:
                 watchdog.cancel()
+                await recorder.drain()  # answers that arrived before a stop or a failure are recorded too
         if recorder.abort:
             raise SyncError(f"job {job.name!r}: {recorder.abort}")
 
@@ -451,7 +452,11 @@ class Runner:
 
 
 class _Recorder:
-    """Records delivery results as they arrive: each group the destination yields is one transaction."""
+    """Records delivery results as they arrive, in a worker thread so that sending goes on meanwhile.
+
+    Commits follow one another without pause; each takes every answer that arrived since the previous one
+    started, so an answer waits for at most one commit before it is durable.
+    """
 
     def __init__(
         self, store: Store, job: JobConfig, report: RunReport, by_user: dict[str, Update], progress: Progress | None
@@ -460,11 +465,32 @@ class _Recorder:
         self.dead_after = job.destination.dead_after
         self.abort: str | None = None
         self._refusals = 0
+        self._delivered_seen = 0
+        self._pending: list[DeliveryResult] = []
+        self._writing: asyncio.Task[None] | None = None
 
     async def consume(self, results: AsyncGenerator[list[DeliveryResult]]) -> None:
         async with aclosing(results) as closing:  # closing ends the destination's workers on cancellation
             async for ready in closing:
-                self.record(ready)
+                self._pending.extend(ready)
+                for result in ready:
+                    self._watch_for_refusal(result)
+                if self._writing is None or self._writing.done():
+                    await self._next_write()
+        await self.drain()
+
+    async def drain(self) -> None:
+        """Wait for the write in progress and record whatever is still waiting."""
+        while self._writing is not None or self._pending:
+            await self._next_write()
+
+    async def _next_write(self) -> None:
+        if self._writing is not None:
+            writing, self._writing = self._writing, None
+            await writing  # a failed write fails the run here
+        if self._pending:
+            batch, self._pending = self._pending, []
+            self._writing = asyncio.create_task(asyncio.to_thread(self.record, batch))
 
     def record(self, ready: list[DeliveryResult]) -> None:
         self.store.record_results(
@@ -474,13 +500,13 @@ class _Recorder:
         for result in ready:
             self.report.delivered += result.delivered
             self.report.failed += not result.delivered
-            self._watch_for_refusal(result)
         if self.progress:
             self.progress(self.report.delivered + self.report.failed, len(self.by_user))
 
     def _watch_for_refusal(self, result: DeliveryResult) -> None:
         """A webhook answering 401/403 to the first requests of a run is revoked: stop instead of failing all."""
-        if result.http_status in WEBHOOK_REFUSED and not self.report.delivered:
+        self._delivered_seen += result.delivered
+        if result.http_status in WEBHOOK_REFUSED and not self._delivered_seen:
             self._refusals += 1
             if self._refusals >= REFUSALS_TO_STOP and self.abort is None:
                 self.abort = (

@@ -157,18 +157,13 @@ class ChartMogulDestination:
         attempts = 0
         try:
             body = encode_body(call)
-            retrying = AsyncRetrying(
-                retry=retry_if_exception_type(RetriableDeliveryError),
-                stop=stop_after_attempt(self._settings.max_attempts) | _WaitsTooLong(),
-                wait=self._wait,
-                sleep=self._sleep,
-                reraise=True,
-            )
-            async for attempt in retrying:
-                with attempt:
-                    attempts = attempt.retry_state.attempt_number
-                    status = await self._post(body)
+            attempts = 1
+            try:
+                status = await self._post(body)
+            except RetriableDeliveryError as first:  # the retry machinery only for the few that need it
+                status, attempts = await self._retry(body, first)
         except DeliveryError as exc:
+            attempts = exc.attempts or attempts
             return DeliveryResult(
                 message.user_id,
                 message.message_id,
@@ -212,11 +207,35 @@ class ChartMogulDestination:
         text = response.text.strip().replace(self._url, "<webhook>")[:_REASON_CHARS]
         return f"HTTP {response.status_code}" + (f": {text}" if text else "")
 
-    def _wait(self, state: RetryCallState) -> float:
+    async def _retry(self, body: bytes, first: RetriableDeliveryError) -> tuple[int, int]:
+        """Attempts 2 … max_attempts after a retriable first failure; returns (status, attempts)."""
+        if self._settings.max_attempts < 2 or (first.retry_after or 0.0) > MAX_RETRY_AFTER_S:
+            raise first
+        await self._sleep(self._wait_after(first, 1))
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(RetriableDeliveryError),
+            stop=stop_after_attempt(self._settings.max_attempts - 1) | _WaitsTooLong(),
+            wait=lambda state: self._wait_after(
+                state.outcome.exception() if state.outcome else None, state.attempt_number + 1
+            ),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        attempts = 1
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    attempts = 1 + attempt.retry_state.attempt_number
+                    status = await self._post(body)
+        except DeliveryError as last:
+            last.attempts = attempts
+            raise
+        return status, attempts
+
+    def _wait_after(self, error: BaseException | None, failures: int) -> float:
         """Retry-After when the destination gave one, else exponential backoff with full jitter."""
-        error = state.outcome.exception() if state.outcome else None
         if isinstance(error, RetriableDeliveryError) and error.retry_after is not None:
             return error.retry_after
         initial = self._settings.backoff_initial.total_seconds()
-        ceiling = min(self._settings.backoff_max.total_seconds(), initial * 2 ** (state.attempt_number - 1))
+        ceiling = min(self._settings.backoff_max.total_seconds(), initial * 2 ** (failures - 1))
         return self._rng.uniform(initial / 2, ceiling) if ceiling > initial / 2 else ceiling
