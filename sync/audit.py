@@ -64,6 +64,21 @@ HISTORY_FIELDS = (
     "finished_at",
 )
 CHANGES = ("entered", "exited", "trait")
+# The columns of run listings for people (`runs`, the demo, the report).
+RUN_TABLE_FIELDS = (
+    "run_id",
+    "kind",
+    "status",
+    "started_at",
+    "users",
+    "entered",
+    "exited",
+    "traits_changed",
+    "updates",
+    "delivered",
+    "failed",
+    "parked",
+)
 
 
 def run_or_fail(store: Store, run_id: int) -> Run:

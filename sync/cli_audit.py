@@ -12,6 +12,7 @@ from sync.audit import (
     CHANGE_FIELDS,
     CHANGES,
     HISTORY_FIELDS,
+    RUN_TABLE_FIELDS,
     ChangeFilter,
     audience_table_row,
     change_records,
@@ -51,20 +52,7 @@ def runs(ctx: click.Context, job: str | None, limit: int, as_json: bool) -> None
     """Run history, newest first."""
     with open_store(state_url_of(ctx)) as store:
         records = [run_record(run) for run in store.runs(job, limit)]
-    fields = (
-        "run_id",
-        "job",
-        "kind",
-        "status",
-        "started_at",
-        "users",
-        "entered",
-        "exited",
-        "traits_changed",
-        "updates",
-        "delivered",
-        "failed",
-    )
+    fields = ("job", *RUN_TABLE_FIELDS)
     print_rows(stdout_console(), records, fields, "jsonl" if as_json else "table")
 
 

@@ -38,9 +38,7 @@ def job_config(ctx: click.Context) -> Config:
     try:
         return load_config(ctx.obj)
     except ConfigError as exc:
-        for problem in exc.problems:
-            click.echo(f"config error: {problem}", err=True)
-        sys.exit(EXIT_USAGE)
+        _config_problems(exc)
 
 
 def state_url_of(ctx: click.Context) -> str:
@@ -48,9 +46,13 @@ def state_url_of(ctx: click.Context) -> str:
     try:
         return load_state_url(ctx.obj)
     except ConfigError as exc:
-        for problem in exc.problems:
-            click.echo(f"config error: {problem}", err=True)
-        sys.exit(EXIT_USAGE)
+        _config_problems(exc)
+
+
+def _config_problems(error: ConfigError) -> NoReturn:
+    for problem in error.problems:
+        click.echo(f"config error: {problem}", err=True)
+    sys.exit(EXIT_USAGE)
 
 
 @contextmanager

@@ -21,7 +21,7 @@ from sync.cli_common import fail, job_config, open_store, state_url_of, stdout_c
 from sync.display import print_rows
 from sync.errors import ConfigError
 from sync.receiver import Faults, Receiver
-from sync.runner import EXIT_USAGE, Runner, RunOptions
+from sync.runner import EXIT_USAGE, SUMMARY_FIELDS, Runner, RunOptions
 from sync.store.repository import AuditFilter
 
 log = logging.getLogger("sync.cli")
@@ -129,20 +129,7 @@ def _progress() -> Iterator[Callable[[int, int], None]]:
 
 def _print_report(summary: Mapping[str, Any], as_json: bool) -> None:
     if as_json:
-        keys = (
-            "run_id",
-            "job",
-            "kind",
-            "status",
-            "users",
-            "entered",
-            "exited",
-            "traits_changed",
-            "updates",
-            "delivered",
-            "failed",
-        )
-        click.echo(json.dumps({k: summary[k] for k in keys}))
+        click.echo(json.dumps({k: summary[k] for k in SUMMARY_FIELDS}))
         return
     line = (
         f"run {summary['run_id']} ({summary['job']}, {summary['kind']}): {summary['status']} — "

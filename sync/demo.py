@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from sync.audit import CHANGE_FIELDS, change_records, run_record
+from sync.audit import CHANGE_FIELDS, RUN_TABLE_FIELDS, change_records, run_record
 from sync.config import Config, JobConfig, load_config
 from sync.display import print_table
 from sync.errors import ConfigError, SyncError
@@ -222,22 +222,7 @@ def _show(console: Console, report: RunReport) -> RunReport:
 
 def _explain(console: Console, config: Config, store: Store, second: RunReport, received: int) -> None:
     console.print(f"[bold]5. The two runs[/bold] (`audience-sync runs`) — the receiver accepted {received} bodies")
-    print_table(
-        console,
-        [run_record(r) for r in store.runs(DEMO_JOB, 2)],
-        (
-            "run_id",
-            "kind",
-            "status",
-            "users",
-            "entered",
-            "exited",
-            "traits_changed",
-            "updates",
-            "delivered",
-            "failed",
-        ),
-    )
+    print_table(console, [run_record(r) for r in store.runs(DEMO_JOB, 2)], RUN_TABLE_FIELDS)
     rows = list(change_records(store, AuditFilter(run_id=second.run_id)))
     shown = 25
     console.print(

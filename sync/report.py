@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sync.audit import audiences, run_record
+from sync.audit import RUN_TABLE_FIELDS, audiences, run_record
 from sync.messages import iso
 from sync.store import Store
 
@@ -130,20 +130,7 @@ def _svg(name: str, marks: list[str], top: int, runs: list[int], centred: bool =
 def _runs_table(runs: Sequence[dict[str, Any]]) -> str:
     if not runs:
         return "<p class=empty>No runs yet.</p>"
-    fields = (
-        "run_id",
-        "kind",
-        "status",
-        "started_at",
-        "users",
-        "entered",
-        "exited",
-        "traits_changed",
-        "updates",
-        "delivered",
-        "failed",
-        "parked",
-    )
+    fields = RUN_TABLE_FIELDS
     head = "".join(f"<th>{f.replace('_', ' ')}</th>" for f in fields)
     rows = []
     for run in runs:

@@ -51,6 +51,21 @@ LEASE_TTL = timedelta(seconds=60)
 # After a stop request, requests in flight get this long to finish before they are abandoned.
 STOP_GRACE = timedelta(seconds=20)
 
+# What `run --json` prints, in this order.
+SUMMARY_FIELDS = (
+    "run_id",
+    "job",
+    "kind",
+    "status",
+    "users",
+    "entered",
+    "exited",
+    "traits_changed",
+    "updates",
+    "delivered",
+    "failed",
+)
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_BUSY, EXIT_BLOCKED = 0, 1, 2, 3, 4, 5
 
 Progress = Callable[[int, int], None]
@@ -126,20 +141,7 @@ class RunReport:
 
     def summary(self) -> dict[str, Any]:
         """The fields ``run --json`` prints."""
-        keys = (
-            "run_id",
-            "job",
-            "kind",
-            "status",
-            "users",
-            "entered",
-            "exited",
-            "traits_changed",
-            "updates",
-            "delivered",
-            "failed",
-        )
-        return {k: getattr(self, k) for k in keys}
+        return {k: getattr(self, k) for k in SUMMARY_FIELDS}
 
 
 @dataclass(frozen=True)
