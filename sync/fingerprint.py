@@ -53,7 +53,7 @@ def _trait_hashes(key: str, column: pd.Series) -> np.ndarray:
     kind = pd.api.types.infer_dtype(values, skipna=False)
     if kind == "string":
         buckets = np.zeros(len(values), dtype=np.int8)
-    elif kind in ("floating", "integer", "mixed-integer-float") and all(_is_exact_number(v) for v in values):
+    elif kind == "floating" or (kind in ("integer", "mixed-integer-float") and _small(values)):
         buckets = np.ones(len(values), dtype=np.int8)
     else:
         buckets = np.array([0 if isinstance(v, str) else 1 if _is_exact_number(v) else 2 for v in values], np.int8)
@@ -68,6 +68,11 @@ def _trait_hashes(key: str, column: pd.Series) -> np.ndarray:
         raw[others] = pd.util.hash_array(texts) ^ _key_hash(key, "j")
     hashed[present] = pd.util.hash_array(raw)  # hash again so that the per-key sums do not cancel out
     return hashed
+
+
+def _small(numbers: np.ndarray) -> bool:
+    """Every number is within ±2**53, where float64 is exact for integers."""
+    return bool((np.abs(numbers.astype(np.float64)) < 2**53).all())
 
 
 def _is_exact_number(value: object) -> bool:

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from sync.errors import SourceError
 
@@ -84,25 +86,29 @@ def build_snapshot(
         else:
             values[computation.key] = normalise_trait(frame, label, issues)
     users = _universe(profile_map, members, values)
-    state = pd.DataFrame(index=users)
-    for computation in computations:
+    columns: dict[str, Any] = {}
+    for computation in computations:  # positions against one hash table of the users, built once
         if computation.kind == "audience":
-            state[computation.key] = users.isin(members[computation.key])
+            member = np.zeros(len(users), dtype=bool)
+            member[users.get_indexer(members[computation.key])] = True
+            columns[computation.key] = member
         else:
-            state[computation.key] = values[computation.key].reindex(users).astype(object)
-    state = state.astype({c.key: object for c in computations if c.kind == "trait"})
-    state = state.where(state.notna(), None) if len(values) else state
+            trait = values[computation.key]
+            column = np.full(len(users), None, dtype=object)
+            column[users.get_indexer(trait.index)] = trait.to_numpy(dtype=object)
+            columns[computation.key] = column
+    state = pd.DataFrame(columns, index=users, columns=[c.key for c in computations])
     return Snapshot(tuple(computations), state, profile_map, tuple(issues))
 
 
 def _universe(
     profiles: Mapping[str, Any], members: Mapping[str, pd.Index], values: Mapping[str, pd.Series]
 ) -> pd.Index:
-    parts = [pd.Index(list(profiles), dtype=object)] + list(members.values()) + [v.index for v in values.values()]
-    users = parts[0]
-    for part in parts[1:]:
-        users = users.union(part, sort=False)
-    universe: pd.Index = pd.Index(users, dtype=object, name="user_id")
+    """Every user of the snapshot, in order of first appearance, from one pass over all the ids."""
+    parts = [np.asarray(list(profiles), dtype=object)]
+    parts += [index.to_numpy(dtype=object) for index in members.values()]
+    parts += [series.index.to_numpy(dtype=object) for series in values.values()]
+    universe: pd.Index = pd.Index(pd.unique(np.concatenate(parts)), dtype=object, name="user_id")
     return universe
 
 
@@ -154,8 +160,7 @@ def _texts(column: pd.Series) -> pd.Series:
     """A profile column as text, None where null or blank."""
     values = column.to_numpy(dtype=object)
     if pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty"):
-        text = pd.Series(values, dtype=object)
-        blank = column.isna().to_numpy() | (text.str.strip() == "").fillna(True).to_numpy(dtype=bool)
+        blank = _blank(column)
         return pd.Series(
             [None if b else v for v, b in zip(values.tolist(), blank.tolist(), strict=True)], dtype="object"
         )
@@ -215,9 +220,15 @@ def _user_ids(column: pd.Series) -> list[str | None]:
     values = column.to_numpy(dtype=object)
     if pd.api.types.infer_dtype(values, skipna=True) != "string":
         return [_user_id(value) for value in values]
-    text = pd.Series(values, dtype=object)
-    blank = column.isna().to_numpy() | (text.str.strip() == "").fillna(True).to_numpy(dtype=bool)
+    blank = _blank(column)
     return [None if b else v for v, b in zip(values.tolist(), blank.tolist(), strict=True)]
+
+
+def _blank(column: pd.Series) -> np.ndarray:
+    """Null, empty or whitespace-only, for a column of text (vectorised with Arrow)."""
+    text = pa.array(column.to_numpy(dtype=object), type=pa.string(), from_pandas=True)
+    empty = pc.match_substring_regex(text, r"^\s*$").to_numpy(zero_copy_only=False)
+    return np.asarray(column.isna().to_numpy() | np.where(pd.isna(empty), True, empty), dtype=bool)
 
 
 def _user_id(value: object) -> str | None:

@@ -277,8 +277,12 @@ class Store:
     def fingerprints(self, job: str) -> tuple[pd.Index, np.ndarray, np.ndarray]:
         """Every acknowledged user of the job: ids, fingerprints (uint64) and whether one is recorded."""
         query = select(AckState.user_id, AckState.fingerprint).where(AckState.job == job)
-        with self.engine.connect() as connection:
-            rows = connection.execute(query).all()
+        compiled = query.compile(self.engine)
+        with self.engine.connect() as connection:  # the driver's cursor: a million rows, no Row objects
+            cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            cursor.execute(str(compiled), _positional(compiled, self.engine.dialect.paramstyle))
+            rows = cursor.fetchall()
+            cursor.close()
         ids = pd.Index([row[0] for row in rows], dtype=object)
         raw = [row[1] for row in rows]
         known = np.array([value is not None for value in raw], dtype=bool)
@@ -696,6 +700,14 @@ _REFRESH_FINGERPRINT = (
     .where(_acked.c.job == bindparam("b_job"), _acked.c.user_id == bindparam("b_user"))
     .values(fingerprint=bindparam("b_fingerprint"))
 )
+
+
+def _positional(compiled: Any, paramstyle: str) -> Any:
+    """The bound values of a compiled statement in the form the driver's cursor takes."""
+    params = compiled.params
+    if paramstyle in ("qmark", "numeric", "format"):
+        return tuple(params[name] for name in compiled.positiontup)
+    return params
 
 
 def _audit_conditions(filters: AuditFilter, status: Any) -> list[Any]:
