@@ -21,4 +21,8 @@ fi
 .venv/bin/ruff format --check .
 .venv/bin/ruff check .
 .venv/bin/mypy
+if [ -n "${BENCH_SMOKE:-}" ]; then
+  # The benchmark as a smoke run (CI): it must finish; times are not judged here.
+  .venv/bin/python bench/run.py --users 100000 --repeat 1 --results "$(mktemp)"
+fi
 .venv/bin/pytest "$@"
