@@ -18,23 +18,6 @@ from sync.store import Store
 from sync.store.models import Run, RunKey, RunUpdate
 from sync.store.repository import AuditFilter, AuditRow
 
-RUN_FIELDS = (
-    "run_id",
-    "job",
-    "kind",
-    "status",
-    "started_at",
-    "finished_at",
-    "users",
-    "entered",
-    "exited",
-    "traits_changed",
-    "updates",
-    "delivered",
-    "failed",
-    "skipped_rows",
-    "error",
-)
 # The columns of `diff`: one row per (user, key) of an update, with the update's delivery outcome.
 CHANGE_FIELDS = (
     "user_id",
