@@ -72,16 +72,21 @@ def open_store(state_url: str) -> Iterator[Store]:
 
 
 def stop_on_signals() -> threading.Event:
-    """SIGTERM and SIGINT ask the run to stop gracefully; a second one stops at once."""
+    """SIGTERM and SIGINT ask the run (or the daemon) to stop gracefully; a second one stops at once."""
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: object) -> None:
         if stop.is_set():
-            log.warning("second stop signal: exiting now")
             os._exit(128 + signum)
-        log.info("stop requested", extra={"signal": signal.Signals(signum).name})
-        stop.set()
+        # Not in the handler itself: it runs in the main thread, which may be inside stop.wait() holding the
+        # event's (non-reentrant) lock at this very moment. A short-lived thread sets it and logs.
+        threading.Thread(target=_stop, args=(stop, signal.Signals(signum).name), daemon=True).start()
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     return stop
+
+
+def _stop(stop: threading.Event, name: str) -> None:
+    log.info("stop requested", extra={"signal": name})
+    stop.set()

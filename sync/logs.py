@@ -49,5 +49,5 @@ def configure(level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("httpx", "httpcore", "alembic"):
+    for noisy in ("httpx", "httpcore", "alembic", "apscheduler"):  # our own lines say what runs and when
         logging.getLogger(noisy).setLevel(logging.WARNING)
