@@ -8,7 +8,7 @@ A run is stopped before it sends anything when, for an audience the destination 
 
 from __future__ import annotations
 
-from collections.abc import Sequence, Set
+from collections.abc import Mapping, Sequence, Set
 
 import pandas as pd
 
@@ -16,17 +16,29 @@ from sync.config import GuardConfig
 from sync.snapshot import Computation
 
 
+def moves(changes: pd.DataFrame, into: dict[str, list[int]] | None = None) -> dict[str, list[int]]:
+    """Per audience key: [real entries, exits] in ``changes`` (a diff), added to ``into``."""
+    counts = into if into is not None else {}
+    audience = changes[changes["change"].isin(["entered", "exited"])]
+    for key, rows in audience.groupby("key", sort=False):
+        row = counts.setdefault(str(key), [0, 0])
+        row[0] += int(((rows["change"] == "entered") & (rows["old"] != True)).sum())  # noqa: E712 - element-wise
+        row[1] += int((rows["change"] == "exited").sum())
+    return counts
+
+
 def guard_problems(
-    snapshot: pd.DataFrame,
-    changes: pd.DataFrame,
+    members: Mapping[str, int],
+    moved: Mapping[str, Sequence[int]],
     computations: Sequence[Computation],
     tracked: Set[str],
     guard: GuardConfig,
 ) -> list[str]:
     """One sentence per audience that trips the guard; empty when the run may go ahead.
 
-    The acknowledged member count is the snapshot's, less the real entries, plus the exits: every other
-    user's membership is the same in both.
+    ``members``: each audience's member count in the snapshot; ``moved``: its real entries and exits
+    (``moves``). The acknowledged member count is the snapshot's, less the real entries, plus the exits:
+    every other user's membership is the same in both.
     """
     if not guard.enabled:
         return []
@@ -34,10 +46,8 @@ def guard_problems(
     for computation in computations:
         if computation.kind != "audience" or computation.key not in tracked:
             continue
-        rows = changes[changes["key"] == computation.key]
-        leaving = int((rows["change"] == "exited").sum())
-        entering = int(((rows["change"] == "entered") & (rows["old"] != True)).sum())  # noqa: E712 - element-wise
-        after = int(snapshot[computation.key].sum()) if computation.key in snapshot.columns else 0
+        entering, leaving = moved.get(computation.key, (0, 0))
+        after = members.get(computation.key, 0)
         before = after - entering + leaving
         if before and not after and guard.block_empty:
             problems.append(

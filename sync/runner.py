@@ -24,7 +24,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-import numpy as np
 import pandas as pd
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -33,11 +32,10 @@ from sync.destinations.base import DeliveryResult, Outgoing
 from sync.destinations.chartmogul import ChartMogulDestination, Clock, Sleep, utc_now
 from sync.destinations.outcomes import WEBHOOK_REFUSED
 from sync.diff import diff_states
+from sync.engine import Examined, Selection, Snapshot
 from sync.errors import GuardError, SyncError
-from sync.fingerprint import candidates, fingerprints
-from sync.guard import guard_problems
+from sync.guard import guard_problems, moves
 from sync.messages import Update, identify_call, plan_updates, tally
-from sync.snapshot import Computation, Snapshot
 from sync.sources import read_snapshot
 from sync.store import Store
 from sync.store.repository import store_reason
@@ -65,6 +63,12 @@ SUMMARY_FIELDS = (
     "delivered",
     "failed",
 )
+
+# Users examined together: their acknowledged states, diffs and updates are in memory one batch at a time.
+BATCH = 20_000
+# A plan of up to this many updates is kept in memory between planning and sending; a larger one is
+# planned again, batch by batch, as it is sent.
+KEEP = 200_000
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_BUSY, EXIT_BLOCKED = 0, 1, 2, 3, 4, 5
 
@@ -144,26 +148,35 @@ class RunReport:
         return {k: getattr(self, k) for k in SUMMARY_FIELDS}
 
 
-@dataclass(frozen=True)
+@dataclass
 class Plan:
+    """What a run would send. ``batches()`` gives the updates, ``BATCH`` users' worth at a time: from memory
+    when the plan is small, planned again batch by batch when it is large (an initial sync of millions of
+    users never holds every update at once)."""
+
     snapshot: Snapshot
-    updates: list[Update]
-    entered: int
-    exited: int
-    traits_changed: int
+    users: int
+    entered: int = 0
+    exited: int = 0
+    traits_changed: int = 0
+    updates_count: int = 0
     parked: int = 0
     guard: tuple[str, ...] = ()
     refresh: list[tuple[str, int]] = field(default_factory=list)  # fingerprints of unchanged states to record
     examined: int = 0  # users whose acknowledged state was read and diffed
+    key_counts: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
+    kept: list[list[Update]] | None = field(default_factory=list)
+    replan: Callable[[], Iterator[list[Update]]] | None = None
 
+    def batches(self) -> Iterator[list[Update]]:
+        if self.kept is not None:
+            yield from self.kept
+        elif self.replan is not None:
+            yield from self.replan()
 
-def _values_of(state: pd.DataFrame, computations: Sequence[Computation]) -> np.ndarray:
-    """Users with a value (a membership, a non-null trait) for any of ``computations``."""
-    mask = np.zeros(len(state), dtype=bool)
-    for computation in computations:
-        column = state[computation.key]
-        mask |= column.to_numpy(dtype=bool) if computation.kind == "audience" else column.notna().to_numpy()
-    return mask
+    @property
+    def updates(self) -> list[Update]:
+        return [update for batch in self.batches() for update in batch]
 
 
 class Stopped(SyncError):
@@ -326,7 +339,14 @@ class Runner:
         now: datetime,
         lost: threading.Event,
     ) -> None:
-        plan = self.plan(job, tracked, options.full)
+        if options.dry_run:
+
+            def sink(updates: list[Update]) -> None:
+                self.store.record_plan(report.run_id, updates, "planned")
+
+            plan = self.plan(job, tracked, options.full, sink=sink)
+        else:
+            plan = self.plan(job, tracked, options.full)
         self._fill(report, plan)
         if plan.guard and not options.force:
             explained = "; ".join(plan.guard)
@@ -337,73 +357,108 @@ class Runner:
                 )
             report.error = f"a real run would be stopped by the mass-change guard: {explained}"
         if options.dry_run:
-            self.store.record_plan(report.run_id, plan.updates, "planned")
             report.status = "planned"
             return
         if self.stop.is_set():
             raise Stopped("stopped before sending")
         self.store.set_tracked_keys(job.name, plan.snapshot.computations, report.run_id)
-        self.store.refresh_fingerprints(job.name, plan.refresh)
-        self.store.record_plan(report.run_id, plan.updates, "pending")
-        asyncio.run(self._deliver(job, report, plan.updates, now, lost))
+        self.store.refresh_fingerprints(job.name, plan.refresh, report.run_id)
+        for updates in plan.batches():
+            if self.stop.is_set() or lost.is_set():
+                break
+            self.store.record_plan(report.run_id, updates, "pending")
+            asyncio.run(self._deliver(job, report, updates, now, lost))
         if lost.is_set():
             raise SyncError(
                 f"job {job.name!r}: the lease was lost (another process took the job over); delivery stopped"
             )
+        self.store.index_fingerprints(job.name, report.run_id)
         if self.stop.is_set():
             report.status = "interrupted"
         else:
             report.status = "partial" if report.failed else "succeeded"
 
-    def plan(self, job: JobConfig, tracked: dict[str, str], full: bool = False) -> Plan:
+    def plan(
+        self,
+        job: JobConfig,
+        tracked: dict[str, str],
+        full: bool = False,
+        sink: Callable[[list[Update]], None] | None = None,
+    ) -> Plan:
         """Snapshot, diff against the acknowledged state of ``tracked`` keys, and the updates to send.
 
-        Fingerprints pick the users worth a close look; only their acknowledged states are read and diffed.
+        Fingerprints pick the users worth a close look; only their acknowledged states are read and diffed,
+        ``BATCH`` users at a time. ``sink`` takes each batch of updates as it is planned (a dry run records
+        them); without it, up to ``KEEP`` updates stay in memory for sending and a larger plan is planned
+        again, batch by batch, when it is sent.
         """
         snapshot = read_snapshot(job)
         comps = snapshot.computations
         force = {c.key for c in comps} if full else {c.key for c in comps if c.key not in tracked}
-        new_fps = fingerprints(snapshot.state, comps)
-        stored_users, stored_fps, known = self.store.fingerprints(job.name)
-        forced = _values_of(snapshot.state, [c for c in comps if c.key in force])
-        look, gone = candidates(snapshot.state.index, new_fps, stored_users, stored_fps, known, forced)
-        examined = look.append(gone)
-        baseline = self.store.load_baseline(job.name, comps, tracked, examined.tolist())
-        current = snapshot.state.loc[look]
-        changes = diff_states(baseline.state, current, comps, force)
-        signed = dict(zip(snapshot.state.index.tolist(), new_fps.view(np.int64).tolist(), strict=True))
-        profiles = self._profiles(job, snapshot, changes)
-        planned = plan_updates(job.name, changes, comps, current, profiles, baseline.versions, signed)
+        selection = snapshot.examine(self.store.stored_fingerprints(job.name), force)
         dead = self.store.parked(job.name)
-        updates = [u for u in planned if dead.get(u.user_id) != u.message_id]
-        kinds = changes["change"].value_counts()
-        unchanged = set(look.tolist()) - set(changes["user_id"].tolist())
-        return Plan(
-            snapshot,
-            updates,
-            int(kinds.get("entered", 0)),
-            int(kinds.get("exited", 0)),
-            int(kinds.get("trait", 0)),
-            changes["user_id"].nunique() - len(updates),
-            tuple(guard_problems(snapshot.state, changes, comps, set(tracked), job.guard)),
-            refresh=[(u, signed[u]) for u in unchanged if u in baseline.versions],
-            examined=len(examined),
-        )
+        plan = Plan(snapshot, snapshot.users, examined=len(selection) + len(selection.gone))
+        moved: dict[str, list[int]] = {}
+        kept: list[list[Update]] | None = []
+        for changes, updates, refresh in self._planned(job, selection, tracked, force, dead):
+            kinds = changes["change"].value_counts()
+            plan.entered += int(kinds.get("entered", 0))
+            plan.exited += int(kinds.get("exited", 0))
+            plan.traits_changed += int(kinds.get("trait", 0))
+            plan.updates_count += len(updates)
+            plan.parked += changes["user_id"].nunique() - len(updates)
+            plan.refresh += refresh
+            tally(updates, plan.key_counts)
+            moves(changes, moved)
+            if sink is not None:
+                sink(updates)
+            elif kept is not None:
+                kept.append(updates)
+                kept = kept if plan.updates_count <= KEEP else None
+        plan.kept = None if sink is not None else kept
+        plan.replan = lambda: (batch for _, batch, _ in self._planned(job, selection, tracked, force, dead))
+        if tracked:
+            members = snapshot.member_counts()
+            plan.guard = tuple(guard_problems(members, moved, comps, set(tracked), job.guard))
+        return plan
+
+    def _planned(
+        self,
+        job: JobConfig,
+        selection: Selection,
+        tracked: Mapping[str, str],
+        force: set[str],
+        dead: Mapping[str, str],
+    ) -> Iterator[tuple[pd.DataFrame, list[Update], list[tuple[str, int]]]]:
+        """Per batch of examined users: the changes, the updates to send and the fingerprints to refresh."""
+        comps = selection.snapshot.computations
+        gone = Examined(selection.gone, [0] * len(selection.gone), pd.DataFrame(columns=[c.key for c in comps]))
+        for batch in [*selection.batches(BATCH), gone] if selection.gone else selection.batches(BATCH):
+            examined = batch.user_ids
+            baseline = self.store.load_baseline(job.name, comps, tracked, examined)
+            changes = diff_states(baseline.state, batch.state, comps, force)
+            signed = dict(zip(examined, batch.fingerprints, strict=True))
+            profiles = self._profiles(job, selection.snapshot, changes)
+            planned = plan_updates(job.name, changes, comps, batch.state, profiles, baseline.versions, signed)
+            updates = [u for u in planned if dead.get(u.user_id) != u.message_id]
+            changed = set(changes["user_id"].tolist())
+            refresh = [(u, signed[u]) for u in examined if u not in changed and u in baseline.versions]
+            yield changes, updates, refresh
 
     def _profiles(self, job: JobConfig, snapshot: Snapshot, changes: pd.DataFrame) -> dict[str, Mapping[str, str]]:
         """Profiles of the changed users; the last acknowledged one for users gone from the snapshot."""
         users = changes["user_id"].unique().tolist()
-        profiles: dict[str, Mapping[str, str]] = {u: snapshot.profiles[u] for u in users if u in snapshot.profiles}
+        profiles: dict[str, Mapping[str, str]] = dict(snapshot.profiles_of(users))
         profiles.update(self.store.known_profiles(job.name, [u for u in users if u not in profiles]))
         return profiles
 
     @staticmethod
     def _fill(report: RunReport, plan: Plan) -> None:
-        report.users = len(plan.snapshot.state)
+        report.users = plan.users
         report.entered, report.exited, report.traits_changed = plan.entered, plan.exited, plan.traits_changed
-        report.updates = len(plan.updates)
+        report.updates = plan.updates_count
         report.parked = plan.parked
-        report.key_counts = tally(plan.updates)
+        report.key_counts = plan.key_counts
         report.skipped_rows = sum(issue.count for issue in plan.snapshot.issues)
         report.issues = [asdict(issue) for issue in plan.snapshot.issues]
 
@@ -411,6 +466,7 @@ class Runner:
         self, job: JobConfig, report: RunReport, updates: Sequence[Update], now: datetime, lost: threading.Event
     ) -> None:
         recorder = _Recorder(self.store, job, report, {u.user_id: u for u in updates}, self.progress)
+        recorder.total = report.updates
 
         def halted() -> bool:
             return self.stop.is_set() or lost.is_set() or recorder.abort is not None
@@ -466,6 +522,7 @@ class _Recorder:
         self.store, self.job, self.report, self.by_user, self.progress = store, job.name, report, by_user, progress
         self.dead_after = job.destination.dead_after
         self.abort: str | None = None
+        self.total = 0
         self._refusals = 0
         self._delivered_seen = 0
         self._pending: list[DeliveryResult] = []
@@ -503,7 +560,7 @@ class _Recorder:
             self.report.delivered += result.delivered
             self.report.failed += not result.delivered
         if self.progress:
-            self.progress(self.report.delivered + self.report.failed, len(self.by_user))
+            self.progress(self.report.delivered + self.report.failed, self.total or len(self.by_user))
 
     def _watch_for_refusal(self, result: DeliveryResult) -> None:
         """A webhook answering 401/403 to the first requests of a run is revoked: stop instead of failing all."""

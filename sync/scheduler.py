@@ -62,7 +62,10 @@ class Daemon:
     def serve(self) -> None:
         """Run until ``stop`` is set (by SIGTERM or SIGINT), then wind down and return."""
         self.start()
-        self.stop.wait()
+        # Waking up now and then lets the main thread run the signal handlers: a signal delivered to another
+        # thread (the engine's worker threads among them) does not interrupt a wait without a timeout.
+        while not self.stop.wait(0.5):
+            pass
         self.shutdown()
 
     def start(self) -> None:

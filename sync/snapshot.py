@@ -2,18 +2,22 @@
 
 Pure: raw query results in, a validated ``Snapshot`` out. Rows that cannot be used (a null ``user_id``,
 a value JSON cannot carry) are skipped and reported as ``RowIssue``; results that make the whole snapshot
-untrustworthy (conflicting duplicate profiles, unknown columns) raise ``SourceError``.
+untrustworthy (conflicting duplicate profiles or trait values, unknown columns) raise ``SourceError``.
+
+The snapshot is columnar: each result is normalised into an Arrow table once, vectorised, and the work
+over every user (the universe of users, their fingerprints, duplicate checks) is done by ``sync.engine``
+in an in-process DuckDB database. Python objects are made only for the users a run looks at closely.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime, time
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -21,6 +25,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sync.errors import SourceError
+
+if TYPE_CHECKING:
+    from sync.engine import Snapshot
 
 PROFILE_COLUMNS = (
     "user_id",
@@ -37,7 +44,12 @@ PROFILE_COLUMNS = (
     "company_name",
 )
 # How many offending user ids an error message lists before it says "and N more".
-_SHOWN_IDS = 10
+SHOWN_IDS = 10
+# Integers beyond this are not exact as float64: such a trait column is hashed by its JSON text instead.
+_EXACT_INT = 2**53
+
+Columns: TypeAlias = dict[str, pa.Array | list[Any]]
+Raw: TypeAlias = pd.DataFrame | pa.Table | Columns
 
 
 @dataclass(frozen=True)
@@ -58,180 +70,287 @@ class Computation:
 
 
 @dataclass(frozen=True)
-class Snapshot:
-    """``state``: one row per user, a bool column per audience and an object column per trait (None = null).
+class TraitPart:
+    """A trait's rows: ``table`` has ``user_id``, what the fingerprint hashes and ``vi``, the row's
+    position in ``values``. ``hash_kind`` says what is hashed: ``v`` as a number (``n``), a text (``s``)
+    or a boolean (``b``); or (``mixed``) per row, by its tag ``t``, ``vn``, ``vs`` or ``vb``, the
+    canonical JSON text ``vs`` (``j``) for anything else. ``values`` holds the JSON values sent."""
 
-    ``profiles`` maps user id → profile fields (only the non-null ones) for users the profiles query returned.
-    """
+    table: pa.Table
+    values: pa.Array | list[Any]
+    hash_kind: str
+
+    def value_list(self, positions: np.ndarray) -> list[Any]:
+        """The JSON values at ``positions`` (-1: None)."""
+        present = positions >= 0
+        out: list[Any] = [None] * len(positions)
+        if not present.any():
+            return out
+        where = np.flatnonzero(present)
+        if isinstance(self.values, list):
+            picked = [self.values[i] for i in positions[present].tolist()]
+        else:
+            picked = self.values.take(pa.array(positions[present])).to_pylist()
+        for slot, value in zip(where.tolist(), picked, strict=True):
+            out[slot] = value
+        return out
+
+
+@dataclass(frozen=True)
+class Parts:
+    """Normalised results, ready for the engine: profiles, audience member ids and trait rows."""
 
     computations: tuple[Computation, ...]
-    state: pd.DataFrame
-    profiles: Mapping[str, Mapping[str, str]]
-    issues: tuple[RowIssue, ...] = field(default=())
+    profiles: pa.Table | None  # user_id + profile text columns
+    members: Mapping[str, pa.Array]  # key -> member ids (text), duplicates possible
+    traits: Mapping[str, TraitPart]
+    issues: tuple[RowIssue, ...]
 
 
-def build_snapshot(
-    computations: Sequence[Computation], profiles: pd.DataFrame | None, results: Mapping[str, pd.DataFrame]
-) -> Snapshot:
+def build_snapshot(computations: Sequence[Computation], profiles: Raw | None, results: Mapping[str, Raw]) -> Snapshot:
     """Assemble a snapshot from the profiles query and one raw result per computation key."""
+    from sync.engine import Snapshot
+
+    return Snapshot(normalise(computations, profiles, results))
+
+
+def normalise(computations: Sequence[Computation], profiles: Raw | None, results: Mapping[str, Raw]) -> Parts:
     issues: list[RowIssue] = []
-    profile_map = normalise_profiles(profiles, issues) if profiles is not None else {}
-    members: dict[str, pd.Index] = {}
-    values: dict[str, pd.Series] = {}
+    profile_table = normalise_profiles(_table(profiles), issues) if profiles is not None else None
+    members: dict[str, pa.Array] = {}
+    traits: dict[str, TraitPart] = {}
     for computation in computations:
-        frame = results[computation.key]
+        table = _table(results[computation.key])
         label = f"{computation.kind} {computation.key}"
         if computation.kind == "audience":
-            members[computation.key] = normalise_members(frame, label, issues)
+            members[computation.key] = normalise_members(table, label, issues)
         else:
-            values[computation.key] = normalise_trait(frame, label, issues)
-    users = _universe(profile_map, members, values)
-    columns: dict[str, Any] = {}
-    for computation in computations:  # positions against one hash table of the users, built once
-        if computation.kind == "audience":
-            member = np.zeros(len(users), dtype=bool)
-            member[users.get_indexer(members[computation.key])] = True
-            columns[computation.key] = member
+            traits[computation.key] = normalise_trait(table, label, issues)
+    return Parts(tuple(computations), profile_table, members, traits, tuple(issues))
+
+
+def _table(raw: Raw) -> Columns:
+    """A raw result's columns: one Arrow array each, or a list of Python values for a pandas column Arrow
+    cannot type (values of mixed types)."""
+    if isinstance(raw, dict):
+        return raw
+    if isinstance(raw, pa.Table):
+        return {name: raw.column(name).combine_chunks() for name in raw.column_names}
+    columns: Columns = {}
+    for name in raw.columns:
+        column = raw[name]
+        if column.dtype == object:
+            columns[str(name)] = arrow_or_list(list(column.to_numpy(dtype=object)))
         else:
-            trait = values[computation.key]
-            column = np.full(len(users), None, dtype=object)
-            column[users.get_indexer(trait.index)] = trait.to_numpy(dtype=object)
-            columns[computation.key] = column
-    state = pd.DataFrame(columns, index=users, columns=[c.key for c in computations])
-    return Snapshot(tuple(computations), state, profile_map, tuple(issues))
+            columns[str(name)] = pa.array(column, from_pandas=True)
+    return columns
 
 
-def _universe(
-    profiles: Mapping[str, Any], members: Mapping[str, pd.Index], values: Mapping[str, pd.Series]
-) -> pd.Index:
-    """Every user of the snapshot, in order of first appearance, from one pass over all the ids."""
-    parts = [np.asarray(list(profiles), dtype=object)]
-    parts += [index.to_numpy(dtype=object) for index in members.values()]
-    parts += [series.index.to_numpy(dtype=object) for series in values.values()]
-    universe: pd.Index = pd.Index(pd.unique(np.concatenate(parts)), dtype=object, name="user_id")
-    return universe
+# Python values of these kinds convert to one Arrow type without changing any value.
+_ONE_TYPE = frozenset({"string", "integer", "floating", "boolean", "empty"})
 
 
-def normalise_profiles(frame: pd.DataFrame, issues: list[RowIssue]) -> ProfileTable:
-    unknown = [str(c) for c in frame.columns if c not in PROFILE_COLUMNS]
+def arrow_or_list(values: list[Any]) -> pa.Array | list[Any]:
+    """One typed Arrow array, or the values as they are when Arrow would have to change some of them to
+    hold them together (a ``False`` among numbers would become ``0.0``)."""
+    if pd.api.types.infer_dtype(values, skipna=True) not in _ONE_TYPE:
+        return values
+    try:
+        return pa.array(values, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError):
+        return values
+
+
+def _column(table: Columns, name: str) -> tuple[pa.Array | None, list[Any] | None]:
+    """A column as one Arrow array, or as Python objects when Arrow could not type it."""
+    column = table[name]
+    return (None, column) if isinstance(column, list) else (column, None)
+
+
+def normalise_profiles(table: Columns, issues: list[RowIssue]) -> pa.Table:
+    unknown = [c for c in table if c not in PROFILE_COLUMNS]
     if unknown:
         raise SourceError(
             f"profiles: unknown column(s) {', '.join(unknown)}; accepted columns: {', '.join(PROFILE_COLUMNS)}"
         )
-    if "user_id" not in frame.columns:
+    if "user_id" not in table:
         raise SourceError("profiles: the query must return a user_id column")
-    frame = _with_user_ids(frame, "profiles", issues)
-    columns = [str(c) for c in frame.columns if c != "user_id"]
-    texts = pd.DataFrame(
-        {c: _texts(frame[c]).to_numpy(dtype=object) for c in columns},
-        index=pd.Index(frame["user_id"].tolist(), dtype=object),
-        columns=columns,
-        dtype=object,
-    )
-    distinct = texts[~texts.reset_index().duplicated().to_numpy()]  # identical duplicate rows are one row
-    conflicting = distinct.index[distinct.index.duplicated()].unique().tolist()
-    if conflicting:
-        raise SourceError(f"profiles: conflicting duplicate rows for user_id {_some(conflicting)}")
-    return ProfileTable(distinct)
+    ids, usable = _user_ids(table, "profiles", issues)
+    columns = {"user_id": ids}
+    for name in table:
+        if name != "user_id":
+            columns[name] = _texts(table, name)
+    return pa.table(columns).filter(usable)
 
 
-class ProfileTable(Mapping[str, Mapping[str, str]]):
-    """Profiles by user id, each built as a dict of its non-null fields only when it is looked up."""
-
-    def __init__(self, frame: pd.DataFrame) -> None:
-        self._frame = frame
-        self._position = {user_id: i for i, user_id in enumerate(frame.index.tolist())}
-
-    def __getitem__(self, user_id: str) -> Mapping[str, str]:
-        row = self._frame.iloc[self._position[user_id]]
-        return {str(k): v for k, v in row.items() if v is not None}
-
-    def __contains__(self, user_id: object) -> bool:
-        return user_id in self._position
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._position)
-
-    def __len__(self) -> int:
-        return len(self._position)
+def normalise_members(table: Columns, label: str, issues: list[RowIssue]) -> pa.Array:
+    """The member ids of an audience (a user listed twice is one member; the engine folds duplicates)."""
+    if "user_id" not in table:
+        raise SourceError(f"{label}: the result must have a user_id column (columns: {_columns(table)})")
+    ids, usable = _user_ids(table, label, issues)
+    return ids.filter(usable)
 
 
-def _texts(column: pd.Series) -> pd.Series:
-    """A profile column as text, None where null or blank."""
-    values = column.to_numpy(dtype=object)
-    if pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty"):
-        blank = _blank(column)
-        return pd.Series(
-            [None if b else v for v, b in zip(values.tolist(), blank.tolist(), strict=True)], dtype="object"
-        )
-    return pd.Series([_text_or_none(v) for v in values], dtype=object)
-
-
-def normalise_members(frame: pd.DataFrame, label: str, issues: list[RowIssue]) -> pd.Index:
-    """The member ids of an audience; a user listed twice is one member."""
-    if "user_id" not in frame.columns:
-        raise SourceError(f"{label}: the result must have a user_id column (columns: {_columns(frame)})")
-    ids = _with_user_ids(frame[["user_id"]], label, issues)["user_id"]
-    members: pd.Index = pd.Index(ids.unique(), dtype=object)
-    return members
-
-
-def normalise_trait(frame: pd.DataFrame, label: str, issues: list[RowIssue]) -> pd.Series:
-    """A trait's non-null values by user id, as JSON-ready Python values."""
-    missing = [c for c in ("user_id", "value") if c not in frame.columns]
+def normalise_trait(table: Columns, label: str, issues: list[RowIssue]) -> TraitPart:
+    """A trait's non-null values by user id, as JSON-ready values, with what its fingerprint hashes."""
+    missing = [c for c in ("user_id", "value") if c not in table]
     if missing:
-        raise SourceError(f"{label}: the result must have user_id and value columns (columns: {_columns(frame)})")
-    frame = _with_user_ids(frame[["user_id", "value"]], label, issues)
-    converted = _json_values(frame["value"])
-    keep = []
-    for user_id, (_value, problem) in zip(frame["user_id"].tolist(), converted, strict=True):
+        raise SourceError(f"{label}: the result must have user_id and value columns (columns: {_columns(table)})")
+    ids, usable = _user_ids(table, label, issues)
+    array, objects = _column(table, "value")
+    if array is not None:
+        typed = _typed_values(array)
+        if typed is not None:
+            values, hash_kind, present = typed
+            keep = usable & present
+            kept = pa.array(np.flatnonzero(keep))
+            hashed = values.take(kept)
+            return TraitPart(
+                pa.table({"user_id": ids.take(kept), "v": hashed, "vi": pa.array(np.arange(len(kept)))}),
+                hashed,
+                hash_kind,
+            )
+        objects = array.to_pylist()
+    assert objects is not None
+    return _trait_objects(ids, usable, objects, label, issues)
+
+
+def _typed_values(array: pa.Array) -> tuple[pa.Array, str, np.ndarray] | None:
+    """Values of one Arrow type that JSON carries as they are, with the hash kind and a presence mask;
+    None for types that need a value-by-value conversion (decimals, dates, nested, big integers)."""
+    kind = array.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return array.cast(pa.string()), "s", _present(array)
+    if pa.types.is_boolean(kind):
+        return array, "b", _present(array)
+    if pa.types.is_floating(kind):
+        numbers = array.cast(pa.float64())
+        finite = _mask(pc.is_finite(numbers), True)
+        present = _present(numbers) & ~_mask(pc.is_nan(numbers), True)
+        if not finite[present].all():
+            return None  # infinities are reported row by row
+        return numbers, "n", present
+    if pa.types.is_integer(kind):
+        numbers = array.cast(pa.int64()) if not pa.types.is_uint64(kind) else None
+        if numbers is None:
+            return None
+        largest = pc.max(pc.abs(numbers)).as_py()
+        if largest is not None and largest >= _EXACT_INT:
+            return None
+        return numbers, "n", _present(numbers)
+    if pa.types.is_null(kind):
+        return pa.array([], pa.string()), "s", np.zeros(len(array), dtype=bool)
+    return None
+
+
+def _trait_objects(
+    ids: pa.Array, usable: np.ndarray, objects: list[Any], label: str, issues: list[RowIssue]
+) -> TraitPart:
+    """The slow path, value by value, for columns Arrow cannot carry as one JSON-ready type. Each value is
+    hashed as a typed column would hash it (``t``: n, s, b), or by its canonical JSON text (``j``)."""
+    keep: list[int] = []
+    values: list[Any] = []
+    tags: list[str] = []
+    numbers: list[float | None] = []
+    texts: list[str | None] = []
+    flags: list[bool | None] = []
+    user_ids = ids.to_pylist()
+    for position, (ok, raw) in enumerate(zip(usable.tolist(), objects, strict=True)):
+        if not ok:
+            continue
+        value, problem = _json_value(raw)
         if problem:
-            issues.append(RowIssue(label, problem, user_id))
-        keep.append(problem is None)
-    values = pd.Series([v for v, _ in converted], index=frame["user_id"].tolist(), dtype=object)
-    values = values[np.array(keep, dtype=bool) & values.notna().to_numpy()]
-    return _one_value_per_user(values, label)
+            issues.append(RowIssue(label, problem, user_ids[position]))
+            continue
+        if value is None:
+            continue
+        keep.append(position)
+        values.append(value)
+        tag = _tag(value)
+        tags.append(tag)
+        numbers.append(float(value) if tag == "n" else None)
+        texts.append(value if tag == "s" else canonical(value) if tag == "j" else None)
+        flags.append(value if tag == "b" else None)
+    table = pa.table(
+        {
+            "user_id": ids.take(pa.array(keep, pa.int64())),
+            "t": pa.array(tags, pa.string()),
+            "vn": pa.array(numbers, pa.float64()),
+            "vs": pa.array(texts, pa.string()),
+            "vb": pa.array(flags, pa.bool_()),
+            "vi": pa.array(np.arange(len(keep))),
+        }
+    )
+    return TraitPart(table, values, "mixed")
 
 
-def _one_value_per_user(values: pd.Series, label: str) -> pd.Series:
-    if not values.index.has_duplicates:
-        return values
-    frame = pd.DataFrame({"user_id": values.index, "value": [json_key(v) for v in values.tolist()]})
-    distinct = frame.drop_duplicates()
-    conflicting = distinct["user_id"][distinct["user_id"].duplicated()].unique().tolist()
-    if conflicting:
-        raise SourceError(f"{label}: conflicting values for user_id {_some(conflicting)}")
-    return values[~values.index.duplicated()]
+def _tag(value: object) -> str:
+    if isinstance(value, bool):
+        return "b"
+    if isinstance(value, int) and abs(value) < _EXACT_INT or isinstance(value, float):
+        return "n"
+    return "s" if isinstance(value, str) else "j"
 
 
-def _with_user_ids(frame: pd.DataFrame, label: str, issues: list[RowIssue]) -> pd.DataFrame:
-    """Rows with a usable user id, as a string; the others are reported and dropped."""
-    ids = _user_ids(frame["user_id"])
-    usable = np.array([user_id is not None for user_id in ids], dtype=bool)
+def _present(array: pa.Array) -> np.ndarray:
+    return _mask(pc.is_valid(array), False)
+
+
+def _user_ids(table: Columns, label: str, issues: list[RowIssue]) -> tuple[pa.Array, np.ndarray]:
+    """User ids as text and which rows have a usable one; the others are reported."""
+    array, objects = _column(table, "user_id")
+    ids = _id_texts(array) if array is not None else None
+    if ids is None:
+        raw = objects if objects is not None else array.to_pylist()  # type: ignore[union-attr]
+        ids = pa.array([user_id(value) for value in raw], pa.string())
+    usable = _present(ids) & ~_blank(ids)
     skipped = len(ids) - int(usable.sum())
     if skipped:
         issues.append(RowIssue(label, "null or empty user_id", None, skipped))
-    frame = frame.assign(user_id=pd.Series(ids, index=frame.index, dtype=object))
-    return frame.loc[usable]
+    return ids, usable
 
 
-def _user_ids(column: pd.Series) -> list[str | None]:
-    """User ids as text, None where unusable; text columns take a vectorised path."""
-    values = column.to_numpy(dtype=object)
-    if pd.api.types.infer_dtype(values, skipna=True) != "string":
-        return [_user_id(value) for value in values]
-    blank = _blank(column)
-    return [None if b else v for v, b in zip(values.tolist(), blank.tolist(), strict=True)]
+def _id_texts(array: pa.Array) -> pa.Array | None:
+    """Text ids from a typed column, vectorised; None when values must be converted one by one."""
+    kind = array.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return array.cast(pa.string())
+    if pa.types.is_integer(kind):
+        return array.cast(pa.string())
+    if pa.types.is_null(kind):
+        return pa.array([None] * len(array), pa.string())
+    if pa.types.is_floating(kind):
+        numbers = pc.if_else(pc.is_nan(array), None, array.cast(pa.float64()))
+        whole = pc.all(pc.equal(pc.floor(numbers), numbers)).as_py()
+        largest = pc.max(pc.abs(numbers)).as_py()
+        if whole is not False and (largest is None or largest < 2**63):
+            return numbers.cast(pa.int64()).cast(pa.string())
+        return None
+    return None
 
 
-def _blank(column: pd.Series) -> np.ndarray:
-    """Null, empty or whitespace-only, for a column of text (vectorised with Arrow)."""
-    text = pa.array(column.to_numpy(dtype=object), type=pa.string(), from_pandas=True)
-    empty = pc.match_substring_regex(text, r"^\s*$").to_numpy(zero_copy_only=False)
-    return np.asarray(column.isna().to_numpy() | np.where(pd.isna(empty), True, empty), dtype=bool)
+def _blank(ids: pa.Array) -> np.ndarray:
+    """Empty or whitespace-only text (nulls are not blank here)."""
+    return _mask(pc.match_substring_regex(ids, r"^\s*$"), False)
 
 
-def _user_id(value: object) -> str | None:
+def _mask(flags: pa.Array, null: bool) -> np.ndarray:
+    """A boolean Arrow array as numpy, nulls read as ``null``."""
+    return np.asarray(flags.fill_null(null).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _texts(table: Columns, name: str) -> pa.Array:
+    """A profile column as text, null where null or blank."""
+    array, objects = _column(table, name)
+    if array is not None and (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
+        texts = array.cast(pa.string())
+    else:
+        raw = objects if objects is not None else array.to_pylist()  # type: ignore[union-attr]
+        texts = pa.array([text_or_none(value) for value in raw], pa.string())
+    return pc.if_else(pa.array(_blank(texts)), None, texts)
+
+
+def user_id(value: object) -> str | None:
     if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return None
     if isinstance(value, bool):
@@ -244,24 +363,11 @@ def _user_id(value: object) -> str | None:
     return text if text.strip() else None
 
 
-def _text_or_none(value: object) -> str | None:
+def text_or_none(value: object) -> str | None:
     if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return None
     text = str(value)
     return text if text.strip() else None
-
-
-def _json_values(column: pd.Series) -> list[tuple[Any, str | None]]:
-    """Every value as JSON carries it, with the problem when it cannot; floats and text are vectorised."""
-    values = column.to_numpy(dtype=object)
-    kind = pd.api.types.infer_dtype(values, skipna=True)
-    if kind == "string" or kind == "empty":
-        return [(None if v is None or v is pd.NA or (isinstance(v, float) and v != v) else v, None) for v in values]
-    if kind == "floating" and column.dtype.kind == "f":
-        numbers = column.to_numpy(dtype=np.float64)
-        if np.isfinite(numbers[~np.isnan(numbers)]).all():
-            return [(None if n != n else n, None) for n in numbers.tolist()]
-    return [_json_value(value) for value in values]
 
 
 def _json_value(value: object) -> tuple[Any, str | None]:
@@ -285,15 +391,29 @@ def _json_value(value: object) -> tuple[Any, str | None]:
     return None, f"value of type {type(value).__name__} cannot be sent as JSON"
 
 
+def canonical(value: object) -> str:
+    """A text that is equal for values that are equal as JSON values (``3`` and ``3.0`` alike)."""
+    if isinstance(value, bool):
+        return "b:true" if value else "b:false"
+    if isinstance(value, int):
+        return f"n:{value}"
+    if isinstance(value, float):
+        number = value + 0.0
+        return f"n:{int(number)}" if number.is_integer() else f"n:{number!r}"
+    if isinstance(value, str):
+        return "s:" + value
+    return "j:" + json_key(value)
+
+
 def json_key(value: object) -> str:
     """A canonical text of a JSON value, to compare values of any type."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def _some(ids: Sequence[object]) -> str:
-    shown = ", ".join(repr(str(i)) for i in ids[:_SHOWN_IDS])
-    return shown + (f" and {len(ids) - _SHOWN_IDS} more" if len(ids) > _SHOWN_IDS else "")
+def some(ids: Sequence[object]) -> str:
+    shown = ", ".join(repr(str(i)) for i in ids[:SHOWN_IDS])
+    return shown + (f" and {len(ids) - SHOWN_IDS} more" if len(ids) > SHOWN_IDS else "")
 
 
-def _columns(frame: pd.DataFrame) -> str:
-    return ", ".join(str(c) for c in frame.columns) or "none"
+def _columns(table: Columns) -> str:
+    return ", ".join(table) or "none"

@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from sqlalchemy import Connection, create_engine, text
+import pyarrow.parquet as pq
+from sqlalchemy import Connection, create_engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from sync.config import ComputationConfig, JobConfig
+from sync.engine import Snapshot
 from sync.errors import SourceError
-from sync.snapshot import Computation, Snapshot, build_snapshot
+from sync.snapshot import Columns, Computation, Raw, arrow_or_list, build_snapshot
 
 
 def computations(job: JobConfig) -> tuple[Computation, ...]:
@@ -23,8 +25,8 @@ def computations(job: JobConfig) -> tuple[Computation, ...]:
 
 def read_snapshot(job: JobConfig) -> Snapshot:
     """Run every query and read every file of the job; raise SourceError naming the one that failed."""
-    raw: dict[str, pd.DataFrame] = {}
-    profiles: pd.DataFrame | None = None
+    raw: dict[str, Raw] = {}
+    profiles: Raw | None = None
     sql_items = [(c, item) for c, item in _items(job) if item.query is not None]
     if job.source.url and (sql_items or job.source.profiles):
         engine = create_engine(job.source.url)
@@ -55,26 +57,24 @@ def _items(job: JobConfig) -> list[tuple[Computation, ComputationConfig]]:
     return list(zip(computations(job), [*job.audiences, *job.traits], strict=True))
 
 
-def _query(connection: Connection, sql: str, job: str, label: str) -> pd.DataFrame:
+def _query(connection: Connection, sql: str, job: str, label: str) -> Columns:
+    """The query's rows as an Arrow table, read through the driver's cursor (no row objects)."""
     try:
-        result = connection.execute(text(sql))
+        result = connection.exec_driver_sql(sql)
         columns = [str(c) for c in result.keys()]
-        rows = result.fetchall()
+        rows = result.cursor.fetchall() if result.cursor is not None else []
     except SQLAlchemyError as exc:
         connection.rollback()
         raise SourceError(f"job {job!r}: the {label} query failed: {_reason(exc)}") from None
-    data = {
-        name: pd.Series(values, dtype=object)
-        for name, values in zip(columns, zip(*rows, strict=True) if rows else [()] * len(columns), strict=True)
-    }
-    return pd.DataFrame(data, columns=columns)
+    values = list(zip(*rows, strict=True)) if rows else [()] * len(columns)
+    return {name: arrow_or_list(list(column)) for name, column in zip(columns, values, strict=True)}
 
 
-def read_file(path: Path, job: str, label: str) -> pd.DataFrame:
+def read_file(path: Path, job: str, label: str) -> Raw:
     """A CSV or Parquet file; user ids are read as text so that ``007`` stays ``007``."""
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
-            return pd.read_parquet(path)
+            return pq.read_table(path)
         return pd.read_csv(path, dtype={"user_id": str}, keep_default_na=True)
     except (OSError, ValueError) as exc:
         raise SourceError(f"job {job!r}: cannot read the {label} file {path.name}: {exc}") from None

@@ -1,21 +1,19 @@
 """Fingerprints pick the users an incremental run looks at; they must never hide a change."""
 
-import json
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy import update
+from sqlalchemy import delete, update
 
 from sync.diff import diff_states
-from sync.fingerprint import candidates, fingerprints
+from sync.engine import Snapshot, stored_table
 from sync.receiver import Receiver
 from sync.runner import Runner
-from sync.snapshot import Computation
+from sync.snapshot import Computation, build_snapshot
 from sync.store import Store
-from sync.store.models import AckState
+from sync.store.models import AckState, FingerprintIndex
 from tests.conftest import Warehouse, make_job
 
 VIP = Computation("vip", "audience", "VIP")
@@ -33,52 +31,65 @@ values = st.one_of(
 rows = st.dictionaries(st.sampled_from([f"u{i}" for i in range(10)]), st.tuples(st.booleans(), values), max_size=10)
 
 
-def frame(data: dict[str, tuple[bool, Any]]) -> pd.DataFrame:
-    index = pd.Index(list(data), dtype=object)
-    return pd.DataFrame(
+def snapshot(data: dict[str, tuple[bool, Any]]) -> Snapshot:
+    members = pd.DataFrame({"user_id": pd.Series([u for u, (vip, _) in data.items() if vip], dtype=object)})
+    traits = pd.DataFrame(
         {
-            "vip": pd.Series([v[0] for v in data.values()], index=index, dtype=bool),
-            "revenue": pd.Series([v[1] for v in data.values()], index=index, dtype=object),
+            "user_id": pd.Series([u for u, (_, v) in data.items() if v is not None], dtype=object),
+            "value": pd.Series([v for v in (v for _, v in data.values()) if v is not None], dtype=object),
         }
     )
+    return build_snapshot(ALL, None, {"vip": members, "revenue": traits})
 
 
-@settings(max_examples=200, deadline=None)
+def fingerprints(snap: Snapshot) -> dict[str, int]:
+    table = snap.everyone().table
+    return dict(zip(table.column("user_id").to_pylist(), table.column("fp").to_pylist(), strict=True))
+
+
+@settings(max_examples=100, deadline=None)
 @given(old=rows, new=rows)
 def test_every_user_with_a_real_change_is_looked_at(old: dict[str, Any], new: dict[str, Any]) -> None:
-    old_frame, new_frame = frame(old), frame(new)
-    # What the store holds: the old states through JSON, as acknowledged states are kept.
-    stored = pd.DataFrame(
-        {c: [json.loads(json.dumps(v)) for v in old_frame[c]] for c in old_frame.columns}, index=old_frame.index
-    )
-    stored["vip"] = stored["vip"].astype(bool)
-    stored_fps = fingerprints(stored, ALL)
-    look, gone = candidates(
-        new_frame.index,
-        fingerprints(new_frame, ALL),
-        stored.index,
-        stored_fps,
-        np.ones(len(stored), dtype=bool),
-        np.zeros(len(new_frame), dtype=bool),
-    )
-    changed = set(diff_states(old_frame, new_frame, ALL)["user_id"])
-    assert changed <= set(look) | set(gone)
+    before, after = snapshot(old), snapshot(new)
+    recorded = fingerprints(before)  # what acknowledging the old snapshot recorded
+    selection = after.examine(stored_table(list(recorded), list(recorded.values())))
+    look = set(selection.table.column("user_id").to_pylist())
+    changed = set(diff_states(before.state, after.state, ALL)["user_id"])
+    assert changed <= look | set(selection.gone)
 
 
+@settings(max_examples=50, deadline=None)
 @given(data=rows)
 def test_a_fingerprint_depends_on_the_row_alone(data: dict[str, Any]) -> None:
-    whole = frame(data)
-    together = fingerprints(whole, ALL)
-    alone = [fingerprints(whole.iloc[[i]], ALL)[0] for i in range(len(whole))]
-    assert list(together) == alone
+    together = fingerprints(snapshot(data))
+    alone = {user: fingerprints(snapshot({user: value})).get(user) for user, value in data.items()}
+    assert {u: together.get(u) for u in alone} == alone
 
 
 def test_json_equal_values_share_a_fingerprint_and_others_do_not() -> None:
-    same = frame({"a": (True, 3), "b": (True, 3.0)})
-    assert len(set(fingerprints(same, ALL))) == 1
-    different = frame({"a": (True, 3), "b": (True, "3"), "c": (True, True), "d": (False, 3), "e": (True, None)})
-    assert len(set(fingerprints(different, ALL))) == 5
-    assert fingerprints(frame({"z": (False, None)}), ALL)[0] == 0
+    same = fingerprints(snapshot({"a": (True, 3), "b": (True, 3.0)}))
+    assert len(set(same.values())) == 1
+    different = snapshot({"a": (True, 3), "b": (True, "3"), "c": (True, True), "d": (False, 3), "e": (True, None)})
+    assert len(set(fingerprints(different).values())) == 5
+    assert (
+        fingerprints(
+            build_snapshot(
+                ALL,
+                pd.DataFrame({"user_id": ["z"]}),
+                {"vip": pd.DataFrame({"user_id": []}), "revenue": pd.DataFrame({"user_id": [], "value": []})},
+            )
+        )["z"]
+        == 0
+    )
+
+
+def test_unchanged_users_are_not_looked_at_and_vanished_ones_are() -> None:
+    before = snapshot({"a": (True, 1), "b": (False, "x"), "c": (True, None)})
+    recorded = fingerprints(before)
+    after = snapshot({"a": (True, 1), "b": (False, "y")})
+    selection = after.examine(stored_table(list(recorded), list(recorded.values())))
+    assert selection.table.column("user_id").to_pylist() == ["b"]
+    assert selection.gone == ["c"]
 
 
 def test_an_incremental_run_examines_only_changed_users(store: Store, warehouse: Warehouse, receiver: Receiver) -> None:
@@ -108,8 +119,9 @@ def test_states_without_a_fingerprint_are_compared_in_full_then_get_one(
     job = make_job(warehouse, receiver.url, audiences=[warehouse.audience("VIP", "vip")], profiles=False)
     runner = Runner(store)
     runner.run(job)
-    with store.engine.begin() as connection:  # rows written before fingerprints existed
+    with store.engine.begin() as connection:  # as after an upgrade: fingerprints of another hash were cleared
         connection.execute(update(AckState).values(fingerprint=None))
+        connection.execute(delete(FingerprintIndex))
     warehouse.set_members("vip", ["a", "b"])
     plan = runner.plan(job, store.tracked_keys("contacts"))
     assert plan.examined == 3 and [u.user_id for u in plan.updates] == ["c"]

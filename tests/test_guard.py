@@ -5,7 +5,7 @@ import pytest
 
 from sync.config import GuardConfig
 from sync.diff import diff_states
-from sync.guard import guard_problems
+from sync.guard import guard_problems, moves
 from sync.receiver import Receiver
 from sync.runner import Runner, RunOptions
 from sync.snapshot import Computation
@@ -22,7 +22,9 @@ def members(n: int, of: int) -> pd.DataFrame:
 
 def problems(before: int, after: int, guard: dict[str, object] | None = None, size: int = 400) -> list[str]:
     old, new = members(before, size), members(after, size)
-    return guard_problems(new, diff_states(old, new, [VIP]), [VIP], {"vip"}, GuardConfig.model_validate(guard or {}))
+    changes = diff_states(old, new, [VIP])
+    counts = {"vip": int(new["vip"].sum())}
+    return guard_problems(counts, moves(changes), [VIP], {"vip"}, GuardConfig.model_validate(guard or {}))
 
 
 def test_more_than_half_of_a_large_audience_exiting_trips_the_guard() -> None:
@@ -51,7 +53,8 @@ def test_the_guard_is_configurable(guard: dict[str, object], expected: int) -> N
 def test_a_new_audience_never_trips_the_guard() -> None:
     old = pd.DataFrame(index=pd.Index([], dtype=object))
     new = members(0, 10)
-    assert guard_problems(new, diff_states(old, new, [VIP], force={"vip"}), [VIP], set(), GuardConfig()) == []
+    changes = diff_states(old, new, [VIP], force={"vip"})
+    assert guard_problems({"vip": 0}, moves(changes), [VIP], set(), GuardConfig()) == []
 
 
 def test_a_guarded_run_sends_nothing_and_changes_nothing_until_forced(

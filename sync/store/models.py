@@ -5,7 +5,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, MetaData, String, Text, TypeDecorator
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -96,9 +107,11 @@ class AckState(Base):
     """What the destination acknowledged for a user: member audiences and non-null traits as JSON.
 
     ``version`` counts acknowledged updates; it feeds the messageId so that a new change never reuses one.
+    ``run_id`` is the last run that wrote the row (its state or its fingerprint).
     """
 
     __tablename__ = "ack_state"
+    __table_args__ = (Index("ix_ack_state_job_run_id", "job", "run_id"),)
 
     job: Mapped[str] = mapped_column(String(100), primary_key=True)
     user_id: Mapped[str] = mapped_column(Text, primary_key=True)
@@ -107,8 +120,25 @@ class AckState(Base):
     version: Mapped[int] = mapped_column(Integer)
     run_id: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    # ``sync.fingerprint`` of ``state`` (as a signed 64-bit integer); NULL for rows written before it existed.
+    # ``sync.engine`` fingerprint of ``state`` (as a signed 64-bit integer); NULL when not known.
     fingerprint: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class FingerprintIndex(Base):
+    """Every acknowledged (user, fingerprint) of a job as of run ``as_of_run``, as Parquet in parts.
+
+    A copy for speed, never the truth: rows of ``ack_state`` written by later runs are read on top of it,
+    and it is rewritten when they grow past a share of it (``Store.index_fingerprints``).
+    """
+
+    __tablename__ = "fingerprint_index"
+
+    job: Mapped[str] = mapped_column(String(100), primary_key=True)
+    part: Mapped[int] = mapped_column(Integer, primary_key=True)
+    scheme: Mapped[str] = mapped_column(String(100))
+    as_of_run: Mapped[int] = mapped_column(Integer)
+    rows: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class RunKey(Base):

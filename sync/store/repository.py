@@ -14,6 +14,9 @@ from typing import Any, cast
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from sqlalchemy import (
     Engine,
     Table,
@@ -37,14 +40,27 @@ from sqlalchemy.orm import Session
 from sync.config import redact_url
 from sync.destinations.base import DeliveryResult
 from sync.destinations.outcomes import is_rejection
+from sync.engine import SCHEME, stored_table
 from sync.errors import StoreError
 from sync.messages import Update
 from sync.snapshot import Computation
-from sync.store.models import AckState, FailedUpdate, JobKey, JobLease, JobSchedule, Run, RunKey, RunUpdate
+from sync.store.models import (
+    AckState,
+    FailedUpdate,
+    FingerprintIndex,
+    JobKey,
+    JobLease,
+    JobSchedule,
+    Run,
+    RunKey,
+    RunUpdate,
+)
 from sync.store.schema import ensure_schema
 
 # Rows per INSERT/UPDATE statement: keeps SQLite under its bound-parameter limit.
 _CHUNK = 500
+# Users per part of the fingerprint index (a part is one Parquet blob of about 20 MB).
+_INDEX_PART = 1_000_000
 # Rows fetched at a time when streaming the audit trail.
 _STREAM = 5000
 COUNT_FIELDS = (
@@ -274,22 +290,82 @@ class Store:
                 rows = connection.execute(query.where(AckState.user_id.in_(chunk)))
                 yield from ((row[0], row[1], row[2]) for row in rows)
 
-    def fingerprints(self, job: str) -> tuple[pd.Index, np.ndarray, np.ndarray]:
-        """Every acknowledged user of the job: ids, fingerprints (uint64) and whether one is recorded."""
+    def stored_fingerprints(self, job: str) -> pa.Table:
+        """Every acknowledged user of the job with its fingerprint (``sync.engine.STORED_SCHEMA``).
+
+        Read from the fingerprint index plus the rows written since it was made; fingerprints of another
+        hash scheme come back as not known. Without an index, every row is read.
+        """
+        parts = self._index_parts(job)
+        if not parts:
+            return self._fingerprint_rows(job)
+        index = pa.concat_tables([pq.read_table(pa.BufferReader(data)) for _, _, data in parts])
+        since = self._fingerprint_rows(job, after_run=parts[0][1])
+        if since.num_rows:
+            fresh = pc.invert(pc.is_in(index.column("user_id"), value_set=since.column("user_id")))
+            index = pa.concat_tables([index.filter(fresh), since])
+        if parts[0][0] != SCHEME:
+            index = index.set_column(2, "known", pa.array(np.zeros(index.num_rows, dtype=bool)))
+        return index
+
+    def _index_parts(self, job: str) -> list[tuple[str, int, bytes]]:
+        query = (
+            select(FingerprintIndex.scheme, FingerprintIndex.as_of_run, FingerprintIndex.data)
+            .where(FingerprintIndex.job == job)
+            .order_by(FingerprintIndex.part)
+        )
+        with self.engine.connect() as connection:
+            return [(scheme, as_of, bytes(data)) for scheme, as_of, data in connection.execute(query)]
+
+    def _fingerprint_rows(self, job: str, after_run: int | None = None) -> pa.Table:
+        """(user_id, fingerprint) rows of ``ack_state``, all or those written after run ``after_run``."""
         query = select(AckState.user_id, AckState.fingerprint).where(AckState.job == job)
+        if after_run is not None:
+            query = query.where(AckState.run_id > after_run)
         compiled = query.compile(self.engine)
-        with self.engine.connect() as connection:  # the driver's cursor: a million rows, no Row objects
+        with self.engine.connect() as connection:  # the driver's cursor: millions of rows, no Row objects
             cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
             cursor.execute(str(compiled), _positional(compiled, self.engine.dialect.paramstyle))
             rows = cursor.fetchall()
             cursor.close()
-        ids = pd.Index([row[0] for row in rows], dtype=object)
-        raw = [row[1] for row in rows]
-        known = np.array([value is not None for value in raw], dtype=bool)
-        signed = np.array([value if value is not None else 0 for value in raw], dtype=np.int64)
-        return ids, signed.view(np.uint64), known
+        return stored_table([row[0] for row in rows], [row[1] for row in rows])
 
-    def refresh_fingerprints(self, job: str, fingerprints: Sequence[tuple[str, int]]) -> None:
+    def index_fingerprints(self, job: str, run_id: int, *, share: float = 0.05) -> bool:
+        """Rewrite the job's fingerprint index when it is missing, of another scheme, or when the rows
+        written since it was made exceed ``share`` of it; run by the job's lease holder after a run.
+        Returns whether it was rewritten."""
+        with self.engine.connect() as connection:
+            meta = connection.execute(
+                select(FingerprintIndex.scheme, FingerprintIndex.as_of_run, func.sum(FingerprintIndex.rows))
+                .where(FingerprintIndex.job == job)
+                .group_by(FingerprintIndex.scheme, FingerprintIndex.as_of_run)
+            ).first()
+            if meta is not None and meta[0] == SCHEME:
+                since = connection.execute(
+                    select(func.count()).select_from(AckState).where(AckState.job == job, AckState.run_id > meta[1])
+                ).scalar_one()
+                if since <= share * int(meta[2] or 0):
+                    return False
+        table = self.stored_fingerprints(job) if meta is not None and meta[0] == SCHEME else self._fingerprint_rows(job)
+        with Session(self.engine) as session, session.begin():
+            session.execute(delete(FingerprintIndex).where(FingerprintIndex.job == job))
+            for part, start in enumerate(range(0, max(table.num_rows, 1), _INDEX_PART)):
+                chunk = table.slice(start, _INDEX_PART)
+                sink = pa.BufferOutputStream()
+                pq.write_table(chunk, sink, compression="zstd")
+                session.add(
+                    FingerprintIndex(
+                        job=job,
+                        part=part,
+                        scheme=SCHEME,
+                        as_of_run=run_id,
+                        rows=chunk.num_rows,
+                        data=sink.getvalue().to_pybytes(),
+                    )
+                )
+        return True
+
+    def refresh_fingerprints(self, job: str, fingerprints: Sequence[tuple[str, int]], run_id: int) -> None:
         """Record fingerprints recomputed for unchanged acknowledged states (a key was removed, or none was
         recorded yet); the states themselves do not change."""
         with Session(self.engine) as session, session.begin():
@@ -297,7 +373,7 @@ class Store:
                 session.connection().execute(
                     _REFRESH_FINGERPRINT,
                     [
-                        {"b_job": job, "b_user": user_id, "b_fingerprint": value}
+                        {"b_job": job, "b_user": user_id, "b_fingerprint": value, "b_run": run_id}
                         for user_id, value in fingerprints[start : start + _CHUNK]
                     ],
                 )
@@ -675,6 +751,7 @@ class Store:
         """Forget a job's acknowledged state and tracked keys (runs stay for the audit trail)."""
         with Session(self.engine) as session, session.begin():
             session.execute(delete(AckState).where(AckState.job == job))
+            session.execute(delete(FingerprintIndex).where(FingerprintIndex.job == job))
             session.execute(delete(JobKey).where(JobKey.job == job))
 
 
@@ -698,7 +775,7 @@ _acked = cast(Table, AckState.__table__)
 _REFRESH_FINGERPRINT = (
     update(_acked)
     .where(_acked.c.job == bindparam("b_job"), _acked.c.user_id == bindparam("b_user"))
-    .values(fingerprint=bindparam("b_fingerprint"))
+    .values(fingerprint=bindparam("b_fingerprint"), run_id=bindparam("b_run"))
 )
 
 

@@ -1,0 +1,317 @@
+"""The snapshot engine: every user of a snapshot, their fingerprints and the users worth a close look,
+computed over Arrow tables in an in-process DuckDB database (no file, no network).
+
+Why DuckDB: a run touches every user of the snapshot (tens of millions of ids across the audience and
+trait results), but looks closely only at the few whose state changed. Grouping the ids into users,
+hashing every value and joining against the acknowledged fingerprints are set operations over strings,
+which DuckDB runs vectorised on every core; Python objects are made only for the users that are examined
+(``bench/README.md`` has the measurements behind this choice).
+
+A user's **fingerprint** is the XOR of one 64-bit hash per present value: an audience the user is a
+member of, a trait that is not null. An absent value adds nothing, so a newly added audience changes only
+its members' fingerprints. Values hash by their JSON meaning: ``3`` and ``3.0`` hash alike, ``"3"`` and
+``true`` do not. Equal fingerprints are taken to mean equal states (a change goes unseen with a chance of
+about one in 10^19 per changed user); ``SCHEME`` names the hash, and fingerprints recorded under another
+scheme are treated as unknown, which costs one run a close look at every user, never a missed change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence, Set
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from sync.errors import SourceError
+from sync.snapshot import Computation, Parts, RowIssue, some
+
+# Bits of a membership mask column: 63 keep every mask a positive BIGINT.
+_BITS = 63
+_SIGNED = "CASE WHEN x >= 9223372036854775808 THEN (x::HUGEINT - 18446744073709551616)::BIGINT ELSE x::BIGINT END"
+# The stored fingerprints a snapshot is compared with: user_id text, fp BIGINT, known BOOLEAN.
+STORED_SCHEMA = pa.schema([("user_id", pa.string()), ("fp", pa.int64()), ("known", pa.bool_())])
+
+
+def _connect() -> duckdb.DuckDBPyConnection:
+    return duckdb.connect(":memory:", config={"preserve_insertion_order": False})
+
+
+def _scheme() -> str:
+    probe = _connect().execute("SELECT hash('audience-sync', 's', 'fingerprint')").fetchall()
+    return f"duckdb-xor:{probe[0][0]}"
+
+
+SCHEME = _scheme()
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+@dataclass(frozen=True)
+class Examined:
+    """A batch of examined users in the snapshot: their new fingerprints and their state, a wide frame
+    (a bool column per audience, a JSON value or None per trait) indexed by user id."""
+
+    user_ids: list[str]
+    fingerprints: list[int]
+    state: pd.DataFrame
+
+
+class Snapshot:
+    """A validated snapshot. ``computations`` and ``issues`` as given; the rest is asked of the engine."""
+
+    def __init__(self, parts: Parts) -> None:
+        self.computations: tuple[Computation, ...] = parts.computations
+        self.issues: tuple[RowIssue, ...] = parts.issues
+        self._parts = parts
+        self._db = _connect()
+        self._masks = (len(self.computations) + 1) // _BITS + 1
+        self._bit = {c.key: i for i, c in enumerate(self.computations)}
+        self._register()
+        self._fold()
+        self._check_duplicates()
+
+    def _do(self, sql: str) -> None:
+        self._db.execute(sql).fetchall()
+
+    # Building ------------------------------------------------------------------------------------------
+
+    def _register(self) -> None:
+        """Every result as a table with its rows' order of appearance (profiles, audiences, traits)."""
+        offset = 0
+
+        def with_order(table: pa.Table) -> pa.Table:
+            nonlocal offset
+            ordered = table.append_column("ord", pa.array(np.arange(offset, offset + len(table), dtype=np.int64)))
+            offset += len(table)
+            return ordered
+
+        self._profile_columns: list[str] = []
+        if self._parts.profiles is not None:
+            self._profile_columns = [c for c in self._parts.profiles.column_names if c != "user_id"]
+            self._db.register("p", with_order(self._parts.profiles))
+        for computation in self.computations:
+            if computation.kind == "audience":
+                members = pa.table({"user_id": self._parts.members[computation.key]})
+                self._db.register(self._name(computation), with_order(members))
+        for computation in self.computations:
+            if computation.kind == "trait":
+                self._db.register(self._name(computation), with_order(self._parts.traits[computation.key].table))
+
+    def _name(self, computation: Computation) -> str:
+        return f"c{self._bit[computation.key]}"
+
+    def _mask_columns(self, bit: int) -> str:
+        return ", ".join(
+            f"{(1 << (bit % _BITS)) if k == bit // _BITS else 0}::BIGINT AS m{k}" for k in range(self._masks)
+        )
+
+    def _hash(self, computation: Computation) -> str:
+        key = _literal(computation.key)
+        if computation.kind == "audience":
+            return f"hash({key}, 'member')"
+        kind = self._parts.traits[computation.key].hash_kind
+        if kind == "mixed":
+            return (
+                f"CASE t WHEN 'n' THEN hash({key}, 'n', vn + 0.0) WHEN 's' THEN hash({key}, 's', vs) "
+                f"WHEN 'b' THEN hash({key}, 'b', vb) ELSE hash({key}, 'j', vs) END"
+            )
+        value = "CAST(v AS DOUBLE) + 0.0" if kind == "n" else "v"
+        return f"hash({key}, '{kind}', {value})"
+
+    def _fold(self) -> None:
+        """One row per user: the fingerprint, the first appearance, the row count and the membership masks."""
+        parts = []
+        if self._parts.profiles is not None:
+            parts.append(f"SELECT user_id, 0::UBIGINT AS h, ord, {self._mask_columns(len(self.computations))} FROM p")
+        for computation in self.computations:
+            bit = self._bit[computation.key]
+            parts.append(
+                f"SELECT user_id, {self._hash(computation)} AS h, ord, {self._mask_columns(bit)} "
+                f"FROM {self._name(computation)}"
+            )
+        masks = ", ".join(f"bit_or(m{k}) AS m{k}" for k in range(self._masks))
+        if not parts:
+            empty = ", ".join(f"0::BIGINT AS m{k}" for k in range(self._masks))
+            parts.append(f"SELECT ''::VARCHAR AS user_id, 0::UBIGINT AS h, 0::BIGINT AS ord, {empty} WHERE false")
+        self._do(
+            f"CREATE TABLE fp AS SELECT user_id, bit_xor(DISTINCT h) AS x, min(ord) AS ord, count(*) AS n, {masks} "
+            f"FROM ({' UNION ALL '.join(parts)}) GROUP BY user_id"
+        )
+
+    def _check_duplicates(self) -> None:
+        """Users listed more than once in one result: identical rows are one row, conflicting ones an error."""
+        present = " + ".join(f"bit_count(m{k})" for k in range(self._masks))
+        dups = self._db.sql(f"SELECT user_id FROM fp WHERE n > {present}").to_arrow_table()
+        self._duplicated = dups.num_rows > 0
+        if not self._duplicated:
+            return
+        self._db.register("dups", dups)
+        if self._parts.profiles is not None and self._profile_columns:
+            row = "hash(" + ", ".join(self._profile_columns) + ")"
+            conflicting = self._conflicts("p", row)
+            if conflicting:
+                raise SourceError(f"profiles: conflicting duplicate rows for user_id {some(conflicting)}")
+        for computation in self.computations:
+            if computation.kind == "trait":
+                conflicting = self._conflicts(self._name(computation), self._hash(computation))
+                if conflicting:
+                    raise SourceError(f"trait {computation.key}: conflicting values for user_id {some(conflicting)}")
+
+    def _conflicts(self, table: str, row_hash: str) -> list[str]:
+        rows = self._db.execute(
+            f"SELECT user_id FROM {table} WHERE user_id IN (SELECT user_id FROM dups) "
+            f"GROUP BY user_id HAVING count(DISTINCT {row_hash}) > 1 ORDER BY min(ord)"
+        ).fetchall()
+        return [str(row[0]) for row in rows]
+
+    # Questions -----------------------------------------------------------------------------------------
+
+    @property
+    def users(self) -> int:
+        """How many users the snapshot has (with a profile, a membership or a trait value)."""
+        return int(self._db.execute("SELECT count(*) FROM fp").fetchall()[0][0])
+
+    def member_counts(self) -> dict[str, int]:
+        """Members per audience."""
+        audiences = [c for c in self.computations if c.kind == "audience"]
+        if not audiences:
+            return {}
+        sums = ", ".join(f"coalesce(sum({self._has(c)}::INTEGER), 0)" for c in audiences)
+        row = self._db.execute(f"SELECT {sums} FROM fp").fetchall()[0]
+        return {c.key: int(v) for c, v in zip(audiences, row, strict=True)}
+
+    def _has(self, computation: Computation, table: str = "") -> str:
+        bit = self._bit[computation.key]
+        prefix = f"{table}." if table else ""
+        return f"(({prefix}m{bit // _BITS} >> {bit % _BITS}) & 1 = 1)"
+
+    def examine(self, stored: pa.Table, force: Set[str] = frozenset()) -> Selection:
+        """The users worth a close look against the ``stored`` fingerprints (``STORED_SCHEMA``):
+
+        - in the snapshot: no recorded fingerprint but something to send, a recorded one that differs, or a
+          value of a ``force`` key (a newly tracked key, or every key of a full run);
+        - gone from the snapshot: an acknowledged state that was not empty (or is not known to be empty).
+        """
+        self._db.register("stored", stored)
+        forced = " OR ".join(self._has(c, "f") for c in self.computations if c.key in force) or "false"
+        signed = _SIGNED.replace("x", "f.x")
+        masks = ", ".join(f"f.m{k}" for k in range(self._masks))
+        self._do(
+            f"CREATE OR REPLACE TABLE sel AS SELECT f.user_id, {signed} AS fp, f.ord, {masks} "
+            "FROM fp f LEFT JOIN stored s ON s.user_id = f.user_id WHERE "
+            f"(s.user_id IS NULL AND f.x <> 0) OR (s.user_id IS NOT NULL AND NOT s.known) "
+            f"OR (s.known AND s.fp <> {signed}) OR {forced}"
+        )
+        gone = self._db.execute(
+            "SELECT s.user_id FROM stored s ANTI JOIN fp f ON f.user_id = s.user_id "
+            "WHERE s.fp <> 0 OR NOT s.known ORDER BY s.user_id"
+        ).fetchall()
+        return Selection(self, self._selected(), [str(row[0]) for row in gone])
+
+    def everyone(self) -> Selection:
+        """Every user of the snapshot, in order of first appearance."""
+        signed = _SIGNED
+        masks = ", ".join(f"m{k}" for k in range(self._masks))
+        self._do(f"CREATE OR REPLACE TABLE sel AS SELECT user_id, {signed} AS fp, ord, {masks} FROM fp")
+        return Selection(self, self._selected(), [])
+
+    def _selected(self) -> pa.Table:
+        """The selected users with their masks and, per trait, the position of their value (or null)."""
+        joins, columns = [], []
+        for computation in self.computations:
+            if computation.kind != "trait":
+                continue
+            name = self._name(computation)
+            source = f"(SELECT user_id, min(vi) AS vi FROM {name} GROUP BY user_id)" if self._duplicated else name
+            joins.append(f"LEFT JOIN {source} {name} ON {name}.user_id = sel.user_id")
+            columns.append(f"{name}.vi AS {name}")
+        extra = "".join(f", {c}" for c in columns)
+        return self._db.sql(f"SELECT sel.*{extra} FROM sel {' '.join(joins)} ORDER BY sel.ord").to_arrow_table()
+
+    def frame(self, table: pa.Table) -> pd.DataFrame:
+        """The wide state of the users of ``table`` (a slice of a selection)."""
+        index = pd.Index(table.column("user_id").to_pylist(), dtype=object, name="user_id")
+        columns: dict[str, Any] = {}
+        for computation in self.computations:
+            bit = self._bit[computation.key]
+            if computation.kind == "audience":
+                masks = table.column(f"m{bit // _BITS}").to_numpy()
+                columns[computation.key] = ((masks >> (bit % _BITS)) & 1).astype(bool)
+            else:
+                positions = table.column(self._name(computation)).fill_null(-1).to_numpy()
+                values = self._parts.traits[computation.key].value_list(np.asarray(positions, dtype=np.int64))
+                column = np.empty(len(values), dtype=object)
+                column[:] = values
+                columns[computation.key] = column
+        return pd.DataFrame(columns, index=index, columns=[c.key for c in self.computations])
+
+    @property
+    def state(self) -> pd.DataFrame:
+        """Every user's state (small snapshots and tests; runs use ``examine``)."""
+        return self.frame(self.everyone().table)
+
+    def profiles_of(self, user_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """The non-null profile fields of each of ``user_ids`` that has a profile."""
+        if self._parts.profiles is None or not user_ids:
+            return {}
+        self._db.register("wanted", pa.table({"user_id": pa.array(list(user_ids), pa.string())}))
+        rows = self._db.sql(
+            "SELECT p.* EXCLUDE (ord) FROM p SEMI JOIN wanted w ON w.user_id = p.user_id ORDER BY p.ord"
+        ).to_arrow_table()
+        return _profile_dicts(rows)
+
+    @property
+    def profiles(self) -> dict[str, dict[str, str]]:
+        """Every profile (small snapshots and tests; runs use ``profiles_of``)."""
+        if self._parts.profiles is None:
+            return {}
+        return _profile_dicts(self._db.sql("SELECT * EXCLUDE (ord) FROM p ORDER BY ord").to_arrow_table())
+
+
+def _profile_dicts(rows: pa.Table) -> dict[str, dict[str, str]]:
+    profiles: dict[str, dict[str, str]] = {}
+    for row in rows.to_pylist():
+        user = row.pop("user_id")
+        profiles.setdefault(user, {k: v for k, v in row.items() if v is not None})
+    return profiles
+
+
+class Selection:
+    """Users picked for a close look: in the snapshot (``table``, in order of first appearance) and gone
+    from it (``gone``)."""
+
+    def __init__(self, snapshot: Snapshot, table: pa.Table, gone: list[str]) -> None:
+        self.snapshot, self.table, self.gone = snapshot, table, gone
+
+    def __len__(self) -> int:
+        return int(self.table.num_rows)
+
+    def batches(self, size: int) -> Iterator[Examined]:
+        """The selected users of the snapshot, ``size`` at a time, with their state."""
+        for start in range(0, self.table.num_rows, size):
+            part = self.table.slice(start, size)
+            yield Examined(
+                part.column("user_id").to_pylist(),
+                part.column("fp").to_pylist(),
+                self.snapshot.frame(part),
+            )
+
+
+def stored_table(user_ids: Sequence[str], fingerprints: Sequence[int | None]) -> pa.Table:
+    """Stored fingerprints as the engine takes them (None: not recorded)."""
+    known = [value is not None for value in fingerprints]
+    values = [value if value is not None else 0 for value in fingerprints]
+    return pa.table(
+        [pa.array(list(user_ids), pa.string()), pa.array(values, pa.int64()), pa.array(known, pa.bool_())],
+        schema=STORED_SCHEMA,
+    )
+
+
+def empty_stored() -> pa.Table:
+    return STORED_SCHEMA.empty_table()
