@@ -139,9 +139,10 @@ class Snapshot:
         if not parts:
             empty = ", ".join(f"0::BIGINT AS m{k}" for k in range(self._masks))
             parts.append(f"SELECT ''::VARCHAR AS user_id, 0::UBIGINT AS h, 0::BIGINT AS ord, {empty} WHERE false")
+        self._rows = " UNION ALL ".join(parts)
         self._do(
-            f"CREATE TABLE fp AS SELECT user_id, bit_xor(DISTINCT h) AS x, min(ord) AS ord, count(*) AS n, {masks} "
-            f"FROM ({' UNION ALL '.join(parts)}) GROUP BY user_id"
+            f"CREATE TABLE fp AS SELECT user_id, bit_xor(h) AS x, min(ord) AS ord, count(*) AS n, {masks} "
+            f"FROM ({self._rows}) GROUP BY user_id"
         )
 
     def _check_duplicates(self) -> None:
@@ -152,8 +153,14 @@ class Snapshot:
         if not self._duplicated:
             return
         self._db.register("dups", dups)
+        # A value listed twice cancels out of an XOR: fold the duplicated users again over distinct values.
+        self._do(
+            "UPDATE fp SET x = d.x FROM (SELECT user_id, bit_xor(DISTINCT h) AS x FROM "
+            f"({self._rows}) WHERE user_id IN (SELECT user_id FROM dups) GROUP BY user_id) d "
+            "WHERE fp.user_id = d.user_id"
+        )
         if self._parts.profiles is not None and self._profile_columns:
-            row = "hash(" + ", ".join(self._profile_columns) + ")"
+            row = "hash(" + ", ".join(f"nullif(trim({c}), '')" for c in self._profile_columns) + ")"
             conflicting = self._conflicts("p", row)
             if conflicting:
                 raise SourceError(f"profiles: conflicting duplicate rows for user_id {some(conflicting)}")
@@ -278,7 +285,7 @@ def _profile_dicts(rows: pa.Table) -> dict[str, dict[str, str]]:
     profiles: dict[str, dict[str, str]] = {}
     for row in rows.to_pylist():
         user = row.pop("user_id")
-        profiles.setdefault(user, {k: v for k, v in row.items() if v is not None})
+        profiles.setdefault(user, {k: v for k, v in row.items() if v is not None and v.strip()})
     return profiles
 
 

@@ -201,6 +201,8 @@ class Runner:
         owner: str | None = None,
         lease_ttl: timedelta = LEASE_TTL,
         grace: timedelta = STOP_GRACE,
+        batch: int = BATCH,
+        keep: int = KEEP,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -211,6 +213,7 @@ class Runner:
         self.owner = owner or process_owner()
         self.lease_ttl = lease_ttl
         self.grace = grace
+        self.batch, self.keep = batch, keep
 
     def run(self, job: JobConfig, options: RunOptions = RunOptions()) -> RunReport:
         """One run; it never raises for a failure of the run itself: the report says what happened."""
@@ -341,10 +344,13 @@ class Runner:
     ) -> None:
         if options.dry_run:
 
-            def sink(updates: list[Update]) -> None:
+            def record(updates: list[Update], _refresh: list[tuple[str, int]]) -> bool:
                 self.store.record_plan(report.run_id, updates, "planned")
+                return True
 
-            plan = self.plan(job, tracked, options.full, sink=sink)
+            plan = self.plan(job, tracked, options.full, sink=record)
+        elif not tracked or not job.guard.enabled or options.force:
+            plan = self._stream(job, tracked, options, report, now, lost)
         else:
             plan = self.plan(job, tracked, options.full)
         self._fill(report, plan)
@@ -359,15 +365,12 @@ class Runner:
         if options.dry_run:
             report.status = "planned"
             return
-        if self.stop.is_set():
-            raise Stopped("stopped before sending")
-        self.store.set_tracked_keys(job.name, plan.snapshot.computations, report.run_id)
-        self.store.refresh_fingerprints(job.name, plan.refresh, report.run_id)
-        for updates in plan.batches():
-            if self.stop.is_set() or lost.is_set():
-                break
-            self.store.record_plan(report.run_id, updates, "pending")
-            asyncio.run(self._deliver(job, report, updates, now, lost))
+        if plan.kept is not None or plan.replan is not None:  # planned in full first, sent now
+            self._begin_sending(job, plan.snapshot, report)
+            self.store.refresh_fingerprints(job.name, plan.refresh, report.run_id)
+            for updates in plan.batches():
+                if not self._send(job, updates, report, now, lost):
+                    break
         if lost.is_set():
             raise SyncError(
                 f"job {job.name!r}: the lease was lost (another process took the job over); delivery stopped"
@@ -378,21 +381,69 @@ class Runner:
         else:
             report.status = "partial" if report.failed else "succeeded"
 
+    def _stream(
+        self,
+        job: JobConfig,
+        tracked: dict[str, str],
+        options: RunOptions,
+        report: RunReport,
+        now: datetime,
+        lost: threading.Event,
+    ) -> Plan:
+        """Plan and send batch by batch, for runs the mass-change guard cannot stop (an initial sync, the
+        guard off, ``--force``): a plan of any size is never held whole."""
+        started = False
+
+        def send(updates: list[Update], refresh: list[tuple[str, int]]) -> bool:
+            nonlocal started
+            if not started:
+                started = True
+                self._begin_sending(job, plan_snapshot[0], report)
+            self.store.refresh_fingerprints(job.name, refresh, report.run_id)
+            return self._send(job, updates, report, now, lost)
+
+        plan_snapshot: list[Snapshot] = []
+        plan = self.plan(job, tracked, options.full, sink=send, snapshot_seen=plan_snapshot.append)
+        if not started:
+            self._begin_sending(job, plan.snapshot, report)
+        plan.kept, plan.replan = None, None
+        return plan
+
+    def _begin_sending(self, job: JobConfig, snapshot: Snapshot, report: RunReport) -> None:
+        if self.stop.is_set():
+            raise Stopped("stopped before sending")
+        self.store.set_tracked_keys(job.name, snapshot.computations, report.run_id)
+
+    def _send(
+        self, job: JobConfig, updates: list[Update], report: RunReport, now: datetime, lost: threading.Event
+    ) -> bool:
+        """Record a batch as pending and deliver it; False once the run must stop sending."""
+        if self.stop.is_set() or lost.is_set():
+            return False
+        if updates:
+            self.store.record_plan(report.run_id, updates, "pending")
+            asyncio.run(self._deliver(job, report, updates, now, lost))
+        return not (self.stop.is_set() or lost.is_set())
+
     def plan(
         self,
         job: JobConfig,
         tracked: dict[str, str],
         full: bool = False,
-        sink: Callable[[list[Update]], None] | None = None,
+        sink: Callable[[list[Update], list[tuple[str, int]]], bool] | None = None,
+        snapshot_seen: Callable[[Snapshot], None] | None = None,
     ) -> Plan:
         """Snapshot, diff against the acknowledged state of ``tracked`` keys, and the updates to send.
 
         Fingerprints pick the users worth a close look; only their acknowledged states are read and diffed,
-        ``BATCH`` users at a time. ``sink`` takes each batch of updates as it is planned (a dry run records
-        them); without it, up to ``KEEP`` updates stay in memory for sending and a larger plan is planned
-        again, batch by batch, when it is sent.
+        ``BATCH`` users at a time. ``sink`` takes each batch of updates and fingerprints to refresh as it is
+        planned (a dry run records them, a streamed run sends them) and returns False to stop; without it,
+        up to ``KEEP`` updates stay in memory for sending and a larger plan is planned again, batch by
+        batch, when it is sent.
         """
         snapshot = read_snapshot(job)
+        if snapshot_seen is not None:
+            snapshot_seen(snapshot)
         comps = snapshot.computations
         force = {c.key for c in comps} if full else {c.key for c in comps if c.key not in tracked}
         selection = snapshot.examine(self.store.stored_fingerprints(job.name), force)
@@ -407,14 +458,16 @@ class Runner:
             plan.traits_changed += int(kinds.get("trait", 0))
             plan.updates_count += len(updates)
             plan.parked += changes["user_id"].nunique() - len(updates)
-            plan.refresh += refresh
             tally(updates, plan.key_counts)
             moves(changes, moved)
             if sink is not None:
-                sink(updates)
-            elif kept is not None:
+                if not sink(updates, refresh):
+                    break
+                continue
+            plan.refresh += refresh
+            if kept is not None:
                 kept.append(updates)
-                kept = kept if plan.updates_count <= KEEP else None
+                kept = kept if plan.updates_count <= self.keep else None
         plan.kept = None if sink is not None else kept
         plan.replan = lambda: (batch for _, batch, _ in self._planned(job, selection, tracked, force, dead))
         if tracked:
@@ -433,7 +486,7 @@ class Runner:
         """Per batch of examined users: the changes, the updates to send and the fingerprints to refresh."""
         comps = selection.snapshot.computations
         gone = Examined(selection.gone, [0] * len(selection.gone), pd.DataFrame(columns=[c.key for c in comps]))
-        for batch in [*selection.batches(BATCH), gone] if selection.gone else selection.batches(BATCH):
+        for batch in [*selection.batches(self.batch), gone] if selection.gone else selection.batches(self.batch):
             examined = batch.user_ids
             baseline = self.store.load_baseline(job.name, comps, tracked, examined)
             changes = diff_states(baseline.state, batch.state, comps, force)
@@ -458,7 +511,8 @@ class Runner:
         report.entered, report.exited, report.traits_changed = plan.entered, plan.exited, plan.traits_changed
         report.updates = plan.updates_count
         report.parked = plan.parked
-        report.key_counts = plan.key_counts
+        for key, counts in plan.key_counts.items():  # delivered counts may be in already (a streamed run)
+            report.key_counts.setdefault(key, {}).update(counts)
         report.skipped_rows = sum(issue.count for issue in plan.snapshot.issues)
         report.issues = [asdict(issue) for issue in plan.snapshot.issues]
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from decimal import Decimal
@@ -115,17 +117,33 @@ def build_snapshot(computations: Sequence[Computation], profiles: Raw | None, re
 
 
 def normalise(computations: Sequence[Computation], profiles: Raw | None, results: Mapping[str, Raw]) -> Parts:
-    issues: list[RowIssue] = []
-    profile_table = normalise_profiles(_table(profiles), issues) if profiles is not None else None
-    members: dict[str, pa.Array] = {}
-    traits: dict[str, TraitPart] = {}
-    for computation in computations:
+    """Every result normalised, several at once (Arrow's kernels release the GIL); issues in result order."""
+
+    def profile_part() -> tuple[pa.Table | None, list[RowIssue]]:
+        issues: list[RowIssue] = []
+        return (normalise_profiles(_table(profiles), issues) if profiles is not None else None), issues
+
+    def part(computation: Computation) -> tuple[pa.Array | TraitPart, list[RowIssue]]:
+        issues: list[RowIssue] = []
         table = _table(results[computation.key])
         label = f"{computation.kind} {computation.key}"
         if computation.kind == "audience":
-            members[computation.key] = normalise_members(table, label, issues)
-        else:
-            traits[computation.key] = normalise_trait(table, label, issues)
+            return normalise_members(table, label, issues), issues
+        return normalise_trait(table, label, issues), issues
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        profile_future = pool.submit(profile_part)
+        futures = [pool.submit(part, computation) for computation in computations]
+        profile_table, issues = profile_future.result()
+        members: dict[str, pa.Array] = {}
+        traits: dict[str, TraitPart] = {}
+        for computation, future in zip(computations, futures, strict=True):
+            normalised, found = future.result()
+            issues += found
+            if isinstance(normalised, TraitPart):
+                traits[computation.key] = normalised
+            else:
+                members[computation.key] = normalised
     return Parts(tuple(computations), profile_table, members, traits, tuple(issues))
 
 
@@ -331,7 +349,7 @@ def _id_texts(array: pa.Array) -> pa.Array | None:
 
 def _blank(ids: pa.Array) -> np.ndarray:
     """Empty or whitespace-only text (nulls are not blank here)."""
-    return _mask(pc.match_substring_regex(ids, r"^\s*$"), False)
+    return _mask(pc.equal(pc.binary_length(pc.utf8_trim_whitespace(ids)), 0), False)
 
 
 def _mask(flags: pa.Array, null: bool) -> np.ndarray:
@@ -340,14 +358,13 @@ def _mask(flags: pa.Array, null: bool) -> np.ndarray:
 
 
 def _texts(table: Columns, name: str) -> pa.Array:
-    """A profile column as text, null where null or blank."""
+    """A profile column as text. Blank texts stay as they are here: they read as null when a profile is
+    looked up (``sync.engine``), so that only the profiles a run sends pay for it."""
     array, objects = _column(table, name)
     if array is not None and (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
-        texts = array.cast(pa.string())
-    else:
-        raw = objects if objects is not None else array.to_pylist()  # type: ignore[union-attr]
-        texts = pa.array([text_or_none(value) for value in raw], pa.string())
-    return pc.if_else(pa.array(_blank(texts)), None, texts)
+        return array.cast(pa.string())
+    raw = objects if objects is not None else array.to_pylist()  # type: ignore[union-attr]
+    return pa.array([text_or_none(value) for value in raw], pa.string())
 
 
 def user_id(value: object) -> str | None:

@@ -147,3 +147,17 @@ def test_a_removed_trait_refreshes_fingerprints_instead_of_sending(
     first = runner.run(without)
     assert first.updates == 0
     assert runner.plan(without, store.tracked_keys("contacts")).examined == 0
+
+
+def test_rows_listed_twice_have_the_fingerprint_of_one_listing() -> None:
+    def build(members: list[str], ids: list[str], values: list[object]) -> Snapshot:
+        results = {
+            "vip": pd.DataFrame({"user_id": members}),
+            "revenue": pd.DataFrame({"user_id": ids, "value": pd.Series(values, dtype=object)}),
+        }
+        return build_snapshot(ALL, None, results)
+
+    once = build(["a", "b"], ["a", "c"], [1.5, "x"])
+    twice = build(["a", "a", "b", "a"], ["a", "c", "a", "c"], [1.5, "x", 1.5, "x"])
+    assert fingerprints(once) == fingerprints(twice)
+    assert len(set(fingerprints(once).values())) == 3
