@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import pandas as pd
@@ -177,6 +178,7 @@ def personas(changes: Sequence[KeyChange], space_id: str | None) -> dict[str, An
     return context
 
 
+@lru_cache(maxsize=256)  # a run stamps every call with the same timestamp
 def iso(moment: datetime) -> str:
     """ISO 8601 in UTC with milliseconds, as Segment writes timestamps."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"

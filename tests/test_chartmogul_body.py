@@ -81,6 +81,19 @@ def test_custom_attributes_carry_only_the_computations_of_the_update() -> None:
 
 def test_a_body_is_compact_json() -> None:
     assert json.loads(encode_body(call())) == send_contact_body(call())
+    unicode = call({"email": "zoë@example.com", "vip": True})
+    assert (
+        encode_body(unicode)
+        == json.dumps(send_contact_body(unicode), separators=(",", ":"), ensure_ascii=False).encode()
+    )
+
+
+def test_values_beyond_64_bits_are_sent_exactly() -> None:
+    message = call({"total_revenue": 2**70})
+    message["context"]["personas"]["computations"].append(
+        {"computation_class": "trait", "computation_key": "total_revenue"}
+    )
+    assert json.loads(encode_body(message))["custom_attributes"]["total_revenue"] == 2**70
 
 
 def test_a_call_without_any_identifier_is_rejected_before_sending() -> None:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import orjson
 from aiolimiter import AsyncLimiter
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 from tenacity.stop import stop_base
@@ -78,7 +79,10 @@ def encode_body(call: Mapping[str, Any]) -> bytes:
         raise PermanentDeliveryError("rejected before sending: user_id or anonymous_id must be present")
     if set(body) <= {"type", "message_id", "timestamp", "sent_at", "user_id", "anonymous_id"}:
         raise PermanentDeliveryError("rejected before sending: the body carries nothing but identifiers")
-    encoded = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    try:  # compact UTF-8 JSON, as json.dumps(separators=(",", ":"), ensure_ascii=False) writes it
+        encoded = orjson.dumps(body)
+    except orjson.JSONEncodeError:  # what orjson does not take (integers beyond 64 bits)
+        encoded = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
     if len(encoded) > MAX_BODY_BYTES:
         raise PermanentDeliveryError(
             f"rejected before sending: body is {len(encoded)} bytes, over the {MAX_BODY_BYTES}-byte limit"

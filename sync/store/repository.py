@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any, cast
 
 import numpy as np
@@ -19,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from sqlalchemy import (
+    Connection,
     Engine,
     Table,
     and_,
@@ -437,16 +439,16 @@ class Store:
         """
         if not results:
             return
-        with Session(self.engine) as session, session.begin():
-            self._count_rejections(session, job, run_id, [(u, r) for u, r in results if is_rejection(r)], dead_after)
+        with self.engine.begin() as connection:  # Core statements built once: a run commits this often
+            self._count_rejections(connection, job, run_id, [(u, r) for u, r in results if is_rejection(r)], dead_after)
             delivered = [u.user_id for u, r in results if r.delivered]
-            if delivered and self._has_failures(session, job):
+            if delivered and self._has_failures(connection, job):
                 for start in range(0, len(delivered), _CHUNK):
                     chunk = delivered[start : start + _CHUNK]
-                    session.execute(
+                    connection.execute(
                         delete(FailedUpdate).where(FailedUpdate.job == job, FailedUpdate.user_id.in_(chunk))
                     )
-            session.connection().execute(
+            connection.execute(
                 _RECORD_OUTCOME,
                 [
                     {
@@ -464,8 +466,8 @@ class Store:
             )
             acknowledged = [(u, r) for u, r in results if r.delivered]
             if acknowledged:
-                session.execute(
-                    self._upsert_state(),
+                connection.execute(
+                    self._state_upsert,
                     [
                         {
                             "job": job,
@@ -482,12 +484,13 @@ class Store:
                 )
 
     @staticmethod
-    def _has_failures(session: Session, job: str) -> bool:
-        return session.execute(select(FailedUpdate.job).where(FailedUpdate.job == job).limit(1)).first() is not None
+    def _has_failures(connection: Connection, job: str) -> bool:
+        query = select(FailedUpdate.job).where(FailedUpdate.job == job).limit(1)
+        return connection.execute(query).first() is not None
 
     def _count_rejections(
         self,
-        session: Session,
+        connection: Connection,
         job: str,
         run_id: int,
         rejected: Sequence[tuple[Update, DeliveryResult]],
@@ -512,7 +515,7 @@ class Store:
                 "last_run_id": statement.excluded.last_run_id,
             },
         )
-        session.execute(
+        connection.execute(
             upsert,
             [
                 {
@@ -552,15 +555,16 @@ class Store:
             revived = update(FailedUpdate).where(FailedUpdate.job == job, FailedUpdate.dead.is_(True))
             return len(session.execute(revived.values(dead=False, failed_runs=0).returning(FailedUpdate.user_id)).all())
 
-    def _upsert_state(self) -> Any:
+    @cached_property
+    def _state_upsert(self) -> Any:
         dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
-        statement = dialect.insert(AckState)
+        statement = dialect.insert(_acked)
         return statement.on_conflict_do_update(
-            index_elements=[AckState.job, AckState.user_id],
+            index_elements=[_acked.c.job, _acked.c.user_id],
             set_={
                 "state": statement.excluded.state,
                 "profile": statement.excluded.profile,
-                "version": AckState.version + 1,
+                "version": _acked.c.version + 1,
                 "fingerprint": statement.excluded.fingerprint,
                 "run_id": statement.excluded.run_id,
                 "updated_at": statement.excluded.updated_at,
