@@ -18,7 +18,7 @@ scheme are treated as unknown, which costs one run a close look at every user, n
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import duckdb
@@ -75,6 +75,7 @@ class Snapshot:
         self._register()
         self._fold()
         self._check_duplicates()
+        self._release_members()
 
     def _do(self, sql: str) -> None:
         self._db.execute(sql).fetchall()
@@ -169,6 +170,13 @@ class Snapshot:
                 conflicting = self._conflicts(self._name(computation), self._hash(computation))
                 if conflicting:
                     raise SourceError(f"trait {computation.key}: conflicting values for user_id {some(conflicting)}")
+
+    def _release_members(self) -> None:
+        """Audience rows are folded into the users' masks: their ids need not stay in memory."""
+        for computation in self.computations:
+            if computation.kind == "audience":
+                self._db.unregister(self._name(computation))
+        self._parts = replace(self._parts, members={})
 
     def _conflicts(self, table: str, row_hash: str) -> list[str]:
         rows = self._db.execute(

@@ -198,7 +198,7 @@ def normalise_profiles(table: Columns, issues: list[RowIssue]) -> pa.Table:
     for name in table:
         if name != "user_id":
             columns[name] = _texts(table, name)
-    return pa.table(columns).filter(usable)
+    return _keep(pa.table(columns), usable)
 
 
 def normalise_members(table: Columns, label: str, issues: list[RowIssue]) -> pa.Array:
@@ -206,7 +206,12 @@ def normalise_members(table: Columns, label: str, issues: list[RowIssue]) -> pa.
     if "user_id" not in table:
         raise SourceError(f"{label}: the result must have a user_id column (columns: {_columns(table)})")
     ids, usable = _user_ids(table, label, issues)
-    return ids.filter(usable)
+    return _keep(ids, usable)
+
+
+def _keep(rows: Any, mask: np.ndarray) -> Any:
+    """The rows of an Arrow array or table where ``mask`` holds; the same object (no copy) when it always does."""
+    return rows if mask.all() else rows.filter(pa.array(mask))
 
 
 def normalise_trait(table: Columns, label: str, issues: list[RowIssue]) -> TraitPart:
@@ -221,13 +226,9 @@ def normalise_trait(table: Columns, label: str, issues: list[RowIssue]) -> Trait
         if typed is not None:
             values, hash_kind, present = typed
             keep = usable & present
-            kept = pa.array(np.flatnonzero(keep))
-            hashed = values.take(kept)
-            return TraitPart(
-                pa.table({"user_id": ids.take(kept), "v": hashed, "vi": pa.array(np.arange(len(kept)))}),
-                hashed,
-                hash_kind,
-            )
+            kept = _keep(values, keep)
+            rows = pa.table({"user_id": _keep(ids, keep), "v": kept, "vi": pa.array(np.arange(len(kept)))})
+            return TraitPart(rows, kept, hash_kind)
         objects = array.to_pylist()
     assert objects is not None
     return _trait_objects(ids, usable, objects, label, issues)
