@@ -17,6 +17,10 @@ scheme are treated as unknown, which costs one run a close look at every user, n
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+import weakref
 from collections.abc import Iterator, Sequence, Set
 from dataclasses import dataclass, replace
 from typing import Any
@@ -36,8 +40,19 @@ _SIGNED = "CASE WHEN x >= 9223372036854775808 THEN (x::HUGEINT - 184467440737095
 STORED_SCHEMA = pa.schema([("user_id", pa.string()), ("fp", pa.int64()), ("known", pa.bool_())])
 
 
-def _connect() -> duckdb.DuckDBPyConnection:
-    return duckdb.connect(":memory:", config={"preserve_insertion_order": False})
+# The engine's working memory; past it, grouping and joining spill to a temporary folder (slower, bounded).
+# AUDIENCE_SYNC_ENGINE_MEMORY overrides it (a DuckDB size: "4GB").
+ENGINE_MEMORY = "1GB"
+
+
+def _connect(spill: str | None = None) -> duckdb.DuckDBPyConnection:
+    config: dict[str, str | bool | int | float | list[str]] = {"preserve_insertion_order": False}
+    if spill is not None:
+        config |= {
+            "memory_limit": os.environ.get("AUDIENCE_SYNC_ENGINE_MEMORY", ENGINE_MEMORY),
+            "temp_directory": spill,
+        }
+    return duckdb.connect(":memory:", config=config)
 
 
 def _scheme() -> str:
@@ -69,7 +84,9 @@ class Snapshot:
         self.computations: tuple[Computation, ...] = parts.computations
         self.issues: tuple[RowIssue, ...] = parts.issues
         self._parts = parts
-        self._db = _connect()
+        spill = tempfile.mkdtemp(prefix="audience-sync-engine-")
+        self._db = _connect(spill)
+        weakref.finalize(self, _close, self._db, spill)
         self._masks = (len(self.computations) + 1) // _BITS + 1
         self._bit = {c.key: i for i, c in enumerate(self.computations)}
         self._register()
@@ -88,7 +105,8 @@ class Snapshot:
 
         def with_order(table: pa.Table) -> pa.Table:
             nonlocal offset
-            ordered = table.append_column("ord", pa.array(np.arange(offset, offset + len(table), dtype=np.int64)))
+            kind = np.int32 if offset + len(table) < 2**31 else np.int64  # 4 bytes a row where they do
+            ordered = table.append_column("ord", pa.array(np.arange(offset, offset + len(table), dtype=kind)))
             offset += len(table)
             return ordered
 
@@ -287,6 +305,11 @@ class Snapshot:
         if self._parts.profiles is None:
             return {}
         return _profile_dicts(self._db.sql("SELECT * EXCLUDE (ord) FROM p ORDER BY ord").to_arrow_table())
+
+
+def _close(db: duckdb.DuckDBPyConnection, spill: str) -> None:
+    db.close()
+    shutil.rmtree(spill, ignore_errors=True)
 
 
 def _profile_dicts(rows: pa.Table) -> dict[str, dict[str, str]]:

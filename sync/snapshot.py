@@ -227,7 +227,7 @@ def normalise_trait(table: Columns, label: str, issues: list[RowIssue]) -> Trait
             values, hash_kind, present = typed
             keep = usable & present
             kept = _keep(values, keep)
-            rows = pa.table({"user_id": _keep(ids, keep), "v": kept, "vi": pa.array(np.arange(len(kept)))})
+            rows = pa.table({"user_id": _keep(ids, keep), "v": kept, "vi": _positions(len(kept))})
             return TraitPart(rows, kept, hash_kind)
         objects = array.to_pylist()
     assert objects is not None
@@ -297,10 +297,14 @@ def _trait_objects(
             "vn": pa.array(numbers, pa.float64()),
             "vs": pa.array(texts, pa.string()),
             "vb": pa.array(flags, pa.bool_()),
-            "vi": pa.array(np.arange(len(keep))),
+            "vi": _positions(len(keep)),
         }
     )
     return TraitPart(table, values, "mixed")
+
+
+def _positions(count: int) -> pa.Array:
+    return pa.array(np.arange(count, dtype=np.int32 if count < 2**31 else np.int64))
 
 
 def _tag(value: object) -> str:
