@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy import Connection, create_engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -13,6 +15,9 @@ from sync.config import ComputationConfig, JobConfig
 from sync.engine import Snapshot
 from sync.errors import SourceError
 from sync.snapshot import Columns, Computation, Raw, arrow_or_list, build_snapshot
+
+# Rows of a query turned into Arrow arrays at a time.
+FETCH = 100_000
 
 
 def computations(job: JobConfig) -> tuple[Computation, ...]:
@@ -58,16 +63,33 @@ def _items(job: JobConfig) -> list[tuple[Computation, ComputationConfig]]:
 
 
 def _query(connection: Connection, sql: str, job: str, label: str) -> Columns:
-    """The query's rows as an Arrow table, read through the driver's cursor (no row objects)."""
+    """The query's rows as Arrow arrays, read through the driver's cursor ``FETCH`` rows at a time (a
+    server-side cursor where the driver has one), so that no more than that many rows are Python objects."""
+    pieces: list[list[pa.Array | list[Any]]] = []
     try:
-        result = connection.exec_driver_sql(sql)
+        result = connection.execution_options(stream_results=True).exec_driver_sql(sql)
         columns = [str(c) for c in result.keys()]
-        rows = result.cursor.fetchall() if result.cursor is not None else []
+        pieces = [[] for _ in columns]
+        cursor = result.cursor
+        while cursor is not None and (rows := cursor.fetchmany(FETCH)):
+            for piece, values in zip(pieces, zip(*rows, strict=True), strict=True):
+                piece.append(arrow_or_list(list(values)))
+        result.close()
     except SQLAlchemyError as exc:
         connection.rollback()
         raise SourceError(f"job {job!r}: the {label} query failed: {_reason(exc)}") from None
-    values = list(zip(*rows, strict=True)) if rows else [()] * len(columns)
-    return {name: arrow_or_list(list(column)) for name, column in zip(columns, values, strict=True)}
+    return {name: _joined(piece) for name, piece in zip(columns, pieces, strict=True)}
+
+
+def _joined(pieces: list[pa.Array | list[Any]]) -> pa.Array | list[Any]:
+    """One column from its pieces: one Arrow array when they agree on a type, else the Python values."""
+    arrays = [p for p in pieces if not isinstance(p, list)]
+    typed = {a.type for a in arrays if not pa.types.is_null(a.type)}
+    if len(arrays) == len(pieces) and len(typed) <= 1:
+        kind = typed.pop() if typed else pa.null()
+        return pa.concat_arrays([a.cast(kind) for a in arrays]) if arrays else pa.array([])
+    values = [v for p in pieces for v in (p if isinstance(p, list) else p.to_pylist())]
+    return arrow_or_list(values)
 
 
 def read_file(path: Path, job: str, label: str) -> Raw:

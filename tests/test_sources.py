@@ -1,0 +1,36 @@
+"""Reading a warehouse: rows come through the driver's cursor in pieces, and the pieces make one column."""
+
+from decimal import Decimal
+
+import pytest
+
+from sync import sources
+from sync.sources import read_snapshot
+from tests.conftest import Warehouse, make_job
+
+
+@pytest.mark.parametrize("fetch", [2, 3, 100])
+def test_pieces_of_a_query_make_the_same_snapshot_whatever_their_size(
+    warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch, fetch: int
+) -> None:
+    monkeypatch.setattr(sources, "FETCH", fetch)
+    warehouse.set_profiles([{"user_id": f"u{i}", "email": f"u{i}@example.com"} for i in range(5)])
+    warehouse.set_members("vip", ["u0", "u1", "u2", "u3", "u4"])
+    # Types change from piece to piece: numbers, nulls only, then text and a decimal.
+    warehouse.set_trait("plan", {"u0": 1, "u1": 2.5, "u2": None, "u3": "pro", "u4": str(Decimal("7"))})
+    job = make_job(
+        warehouse,
+        "http://127.0.0.1:9/x",
+        audiences=[warehouse.audience("VIP", "vip")],
+        traits=[warehouse.trait("Plan", "plan")],
+    )
+    snapshot = read_snapshot(job)
+    assert snapshot.state["vip"].tolist() == [True] * 5
+    assert snapshot.state["plan"].to_dict() == {"u0": 1, "u1": 2.5, "u2": None, "u3": "pro", "u4": "7"}
+    assert snapshot.profiles_of(["u4"]) == {"u4": {"email": "u4@example.com"}}
+
+
+def test_an_empty_result_is_an_empty_audience(warehouse: Warehouse) -> None:
+    job = make_job(warehouse, "http://127.0.0.1:9/x", audiences=[warehouse.audience("VIP", "vip")], profiles=False)
+    snapshot = read_snapshot(job)
+    assert snapshot.users == 0 and snapshot.member_counts() == {"vip": 0}
