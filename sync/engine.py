@@ -22,6 +22,7 @@ import shutil
 import tempfile
 import weakref
 from collections.abc import Iterator, Sequence, Set
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -30,7 +31,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from sync.errors import SourceError
+from sync.errors import EngineError, SourceError
 from sync.snapshot import Computation, Parts, RowIssue, some
 
 # Bits of a membership mask column: 63 keep every mask a positive BIGINT.
@@ -45,14 +46,32 @@ STORED_SCHEMA = pa.schema([("user_id", pa.string()), ("fp", pa.int64()), ("known
 ENGINE_MEMORY = "1GB"
 
 
+def engine_memory() -> str:
+    return os.environ.get("AUDIENCE_SYNC_ENGINE_MEMORY", ENGINE_MEMORY)
+
+
 def _connect(spill: str | None = None) -> duckdb.DuckDBPyConnection:
     config: dict[str, str | bool | int | float | list[str]] = {"preserve_insertion_order": False}
     if spill is not None:
-        config |= {
-            "memory_limit": os.environ.get("AUDIENCE_SYNC_ENGINE_MEMORY", ENGINE_MEMORY),
-            "temp_directory": spill,
-        }
-    return duckdb.connect(":memory:", config=config)
+        config |= {"memory_limit": engine_memory(), "temp_directory": spill}
+    try:
+        return duckdb.connect(":memory:", config=config)
+    except duckdb.Error as exc:
+        raise EngineError(
+            f"AUDIENCE_SYNC_ENGINE_MEMORY={engine_memory()!r} is not a memory size the engine takes "
+            f"(write it like 2GB or 512MB): {str(exc).splitlines()[0]}"
+        ) from None
+
+
+@contextmanager
+def _within_memory() -> Iterator[None]:
+    try:
+        yield
+    except duckdb.OutOfMemoryException:
+        raise EngineError(
+            f"the snapshot engine ran out of its memory (AUDIENCE_SYNC_ENGINE_MEMORY={engine_memory()}); "
+            "give it more, or free memory on this machine"
+        ) from None
 
 
 def _scheme() -> str:
@@ -85,14 +104,19 @@ class Snapshot:
         self.issues: tuple[RowIssue, ...] = parts.issues
         self._parts = parts
         spill = tempfile.mkdtemp(prefix="audience-sync-engine-")
-        self._db = _connect(spill)
+        try:
+            self._db = _connect(spill)
+        except EngineError:
+            shutil.rmtree(spill, ignore_errors=True)
+            raise
         weakref.finalize(self, _close, self._db, spill)
         self._masks = (len(self.computations) + 1) // _BITS + 1
         self._bit = {c.key: i for i, c in enumerate(self.computations)}
-        self._register()
-        self._fold()
-        self._check_duplicates()
-        self._release_members()
+        with _within_memory():
+            self._register()
+            self._fold()
+            self._check_duplicates()
+            self._release_members()
 
     def _do(self, sql: str) -> None:
         self._db.execute(sql).fetchall()
@@ -225,6 +249,10 @@ class Snapshot:
         return f"(({prefix}m{bit // _BITS} >> {bit % _BITS}) & 1 = 1)"
 
     def examine(self, stored: pa.Table, force: Set[str] = frozenset()) -> Selection:
+        with _within_memory():
+            return self._examine(stored, force)
+
+    def _examine(self, stored: pa.Table, force: Set[str]) -> Selection:
         """The users worth a close look against the ``stored`` fingerprints (``STORED_SCHEMA``):
 
         - in the snapshot: no recorded fingerprint but something to send, a recorded one that differs, or a

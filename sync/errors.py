@@ -6,6 +6,7 @@
     ├── ConfigError            bad jobs.yaml or environment; carries every problem at once (exit 2)
     ├── SourceError            the warehouse or a file could not be read, or returned unusable data (run failed)
     ├── StoreError             the state store is unreachable or has an unknown schema (exit 1)
+    ├── EngineError            the snapshot engine cannot work within its memory setting (run failed)
     ├── GuardError             a safety guard stopped the run before anything was sent
     └── DeliveryError          one update could not be delivered
         ├── RetriableDeliveryError   408, 423, 429, 5xx but 501, connection errors, timeouts: try again
@@ -38,6 +39,10 @@ class SourceError(SyncError):
 
 class StoreError(SyncError):
     """The state store cannot be used (unreachable, or a schema this version does not know)."""
+
+
+class EngineError(SyncError):
+    """The snapshot engine cannot start with its settings or work within its memory."""
 
 
 class GuardError(SyncError):

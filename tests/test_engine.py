@@ -1,0 +1,52 @@
+"""The snapshot engine within its memory setting: it spills past it, and says so when it cannot work."""
+
+import glob
+import tempfile
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sync.errors import EngineError
+from sync.receiver import Receiver
+from sync.runner import Runner
+from sync.snapshot import Computation, build_snapshot
+from sync.store import Store
+from tests.conftest import Warehouse, make_job
+
+KEYS = [Computation(f"a{i}", "audience", f"A{i}") for i in range(3)] + [Computation("t", "trait", "T")]
+USERS = np.array([f"user-{i:09d}" for i in range(300_000)], dtype=object)
+RESULTS = {f"a{i}": pd.DataFrame({"user_id": USERS[i::2]}) for i in range(3)} | {
+    "t": pd.DataFrame({"user_id": USERS, "value": np.arange(len(USERS)) % 7})
+}
+
+
+def summary(memory: str, monkeypatch: pytest.MonkeyPatch) -> tuple[int, dict[str, int], list[int]]:
+    monkeypatch.setenv("AUDIENCE_SYNC_ENGINE_MEMORY", memory)
+    snapshot = build_snapshot(KEYS, None, RESULTS)
+    table = snapshot.everyone().table
+    return snapshot.users, snapshot.member_counts(), table.column("fp").to_pylist()
+
+
+def test_a_snapshot_bigger_than_the_engine_memory_spills_and_comes_out_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    roomy = summary("1GB", monkeypatch)
+    tight = summary("64MB", monkeypatch)
+    assert tight == roomy
+    assert roomy[0] == len(USERS) and roomy[1] == {"a0": 150_000, "a1": 150_000, "a2": 149_999}
+    assert not glob.glob(f"{tempfile.gettempdir()}/audience-sync-engine-*/*")  # spill files go with the snapshot
+
+
+def test_too_little_engine_memory_fails_the_run_with_the_setting_named(
+    monkeypatch: pytest.MonkeyPatch, store: Store, warehouse: Warehouse, receiver: Receiver
+) -> None:
+    with pytest.raises(EngineError, match="AUDIENCE_SYNC_ENGINE_MEMORY=4MB"):
+        summary("4MB", monkeypatch)
+    monkeypatch.setenv("AUDIENCE_SYNC_ENGINE_MEMORY", "lots")
+    warehouse.set_members("vip", ["a"])
+    job = make_job(warehouse, receiver.url, audiences=[warehouse.audience("VIP", "vip")], profiles=False)
+    report = Runner(store).run(job)
+    assert report.status == "failed" and report.error is not None
+    assert "AUDIENCE_SYNC_ENGINE_MEMORY='lots' is not a memory size" in report.error
+    assert receiver.accepted() == [] and store.state_size("contacts") == 0
