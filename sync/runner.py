@@ -253,7 +253,7 @@ class Runner:
     def _kind(self, job: JobConfig, tracked: dict[str, str], options: RunOptions) -> str:
         if options.full:
             return "full"
-        return "initial" if not tracked or not self.store.state_size(job.name) else "incremental"
+        return "initial" if not tracked or not self.store.has_state(job.name) else "incremental"
 
     def _skip(self, job: JobConfig, options: RunOptions) -> RunReport:
         now = self.clock()

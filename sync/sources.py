@@ -63,18 +63,16 @@ def _items(job: JobConfig) -> list[tuple[Computation, ComputationConfig]]:
 
 
 def _query(connection: Connection, sql: str, job: str, label: str) -> Columns:
-    """The query's rows as Arrow arrays, read through the driver's cursor ``FETCH`` rows at a time (a
-    server-side cursor where the driver has one), so that no more than that many rows are Python objects."""
+    """The query's rows as Arrow arrays, read ``FETCH`` rows at a time (through a server-side cursor where
+    the driver has one), so that no more than that many rows are Python objects at once."""
     pieces: list[list[pa.Array | list[Any]]] = []
     try:
-        result = connection.execution_options(stream_results=True).exec_driver_sql(sql)
+        result = connection.execution_options(stream_results=True, yield_per=FETCH).exec_driver_sql(sql)
         columns = [str(c) for c in result.keys()]
         pieces = [[] for _ in columns]
-        cursor = result.cursor
-        while cursor is not None and (rows := cursor.fetchmany(FETCH)):
+        for rows in result.partitions(FETCH):
             for piece, values in zip(pieces, zip(*rows, strict=True), strict=True):
                 piece.append(arrow_or_list(list(values)))
-        result.close()
     except SQLAlchemyError as exc:
         connection.rollback()
         raise SourceError(f"job {job!r}: the {label} query failed: {_reason(exc)}") from None

@@ -3,6 +3,7 @@
 from typing import Any
 
 import pandas as pd
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import delete, update
@@ -12,7 +13,7 @@ from sync.engine import Snapshot, stored_table
 from sync.receiver import Receiver
 from sync.runner import Runner
 from sync.snapshot import Computation, build_snapshot
-from sync.store import Store
+from sync.store import Store, repository
 from sync.store.models import AckState, FingerprintIndex
 from tests.conftest import Warehouse, make_job
 
@@ -161,3 +162,17 @@ def test_rows_listed_twice_have_the_fingerprint_of_one_listing() -> None:
     twice = build(["a", "a", "b", "a"], ["a", "c", "a", "c"], [1.5, "x", 1.5, "x"])
     assert fingerprints(once) == fingerprints(twice)
     assert len(set(fingerprints(once).values())) == 3
+
+
+def test_acknowledged_fingerprints_read_in_pieces_are_all_there(
+    store: Store, warehouse: Warehouse, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(repository, "_FETCH", 2)
+    warehouse.set_members("vip", ["a", "b", "c", "d", "e"])
+    job = make_job(warehouse, receiver.url, audiences=[warehouse.audience("VIP", "vip")], profiles=False)
+    Runner(store).run(job)
+    with store.engine.begin() as connection:  # no index: every row is read
+        connection.execute(delete(FingerprintIndex))
+    stored = store.stored_fingerprints("contacts")
+    assert sorted(stored.column("user_id").to_pylist()) == ["a", "b", "c", "d", "e"]
+    assert all(stored.column("known").to_pylist())

@@ -3,10 +3,11 @@
 from decimal import Decimal
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from sync import sources
 from sync.sources import read_snapshot
-from tests.conftest import Warehouse, make_job
+from tests.conftest import Warehouse, make_config, make_job
 
 
 @pytest.mark.parametrize("fetch", [2, 3, 100])
@@ -34,3 +35,32 @@ def test_an_empty_result_is_an_empty_audience(warehouse: Warehouse) -> None:
     job = make_job(warehouse, "http://127.0.0.1:9/x", audiences=[warehouse.audience("VIP", "vip")], profiles=False)
     snapshot = read_snapshot(job)
     assert snapshot.users == 0 and snapshot.member_counts() == {"vip": 0}
+
+
+@pytest.mark.postgres
+def test_a_postgresql_warehouse_is_read_in_pieces_through_a_server_side_cursor(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sources, "FETCH", 2)
+    engine = create_engine(postgres_url)
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE members (user_id TEXT)"))
+        connection.execute(text("CREATE TABLE plans (user_id BIGINT, value NUMERIC)"))
+        connection.execute(text("INSERT INTO members VALUES ('a'), ('b'), ('c'), ('d'), ('e')"))
+        connection.execute(text("INSERT INTO plans VALUES (1, 1.50), (2, 2), (3, NULL)"))
+    engine.dispose()
+    job = make_config(
+        "sqlite://",
+        [
+            {
+                "name": "pg",
+                "source": {"url": postgres_url},
+                "audiences": [{"name": "VIP", "query": "SELECT user_id FROM members"}],
+                "traits": [{"name": "Plan", "query": "SELECT user_id, value FROM plans"}],
+                "destination": {"webhook_url": "http://127.0.0.1:9/x"},
+            }
+        ],
+    ).jobs[0]
+    snapshot = read_snapshot(job)
+    assert snapshot.member_counts() == {"vip": 5} and snapshot.users == 7  # a null value is no value
+    assert snapshot.state["plan"].dropna().to_dict() == {"1": 1.5, "2": 2}

@@ -61,6 +61,10 @@ from sync.store.schema import ensure_schema
 
 # Rows per INSERT/UPDATE statement: keeps SQLite under its bound-parameter limit.
 _CHUNK = 500
+# Values of one IN list when reading states back: under SQLite's 32,766 and PostgreSQL's 65,535 parameters.
+_IN_CHUNK = 5000
+# Rows of (user_id, fingerprint) read from the driver at a time.
+_FETCH = 100_000
 # Users per part of the fingerprint index (a part is one Parquet blob of about 20 MB).
 _INDEX_PART = 1_000_000
 # Rows fetched at a time when streaming the audit trail.
@@ -288,8 +292,8 @@ class Store:
             if user_ids is None:
                 yield from ((row[0], row[1], row[2]) for row in connection.execute(query))
                 return
-            for start in range(0, len(user_ids), _CHUNK):
-                chunk = list(user_ids[start : start + _CHUNK])
+            for start in range(0, len(user_ids), _IN_CHUNK):
+                chunk = list(user_ids[start : start + _IN_CHUNK])
                 rows = connection.execute(query.where(AckState.user_id.in_(chunk)))
                 yield from ((row[0], row[1], row[2]) for row in rows)
 
@@ -326,12 +330,14 @@ class Store:
         if after_run is not None:
             query = query.where(AckState.run_id > after_run)
         compiled = query.compile(self.engine)
-        with self.engine.connect() as connection:  # the driver's cursor: millions of rows, no Row objects
-            cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
-            cursor.execute(str(compiled), _positional(compiled, self.engine.dialect.paramstyle))
-            rows = cursor.fetchall()
-            cursor.close()
-        return stored_table([row[0] for row in rows], [row[1] for row in rows])
+        pieces = []
+        with self.engine.connect() as connection:  # the driver's cursor, in pieces: millions of rows
+            result = connection.execution_options(stream_results=True, yield_per=_FETCH).exec_driver_sql(
+                str(compiled), _positional(compiled, self.engine.dialect.paramstyle)
+            )
+            for rows in result.partitions(_FETCH):
+                pieces.append(stored_table([row[0] for row in rows], [row[1] for row in rows]))
+        return pa.concat_tables(pieces) if pieces else stored_table([], [])
 
     def index_fingerprints(self, job: str, run_id: int, *, share: float = 0.05) -> bool:
         """Rewrite the job's fingerprint index when it is missing, of another scheme, or when the rows
@@ -392,6 +398,11 @@ class Store:
                 )
                 profiles.update({user_id: orjson.loads(profile) for user_id, profile in connection.execute(query)})
         return profiles
+
+    def has_state(self, job: str) -> bool:
+        """Whether the job has any acknowledged state (cheaper than counting it)."""
+        with self.engine.connect() as connection:
+            return connection.execute(select(AckState.user_id).where(AckState.job == job).limit(1)).first() is not None
 
     def state_size(self, job: str) -> int:
         with self.engine.connect() as connection:
