@@ -31,6 +31,7 @@ from sync.config import JobConfig
 from sync.destinations.base import DeliveryResult, Outgoing
 from sync.destinations.chartmogul import ChartMogulDestination, Clock, Sleep, utc_now
 from sync.destinations.outcomes import WEBHOOK_REFUSED
+from sync.destinations.transport import AiohttpTransport
 from sync.diff import diff_states
 from sync.engine import Examined, Selection, Snapshot
 from sync.errors import GuardError, SyncError
@@ -77,8 +78,8 @@ ClientFactory = Callable[[int], httpx.AsyncClient]
 
 
 def default_client(max_connections: int) -> httpx.AsyncClient:
-    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-    return httpx.AsyncClient(limits=limits, follow_redirects=False)
+    """httpx's client on aiohttp's connection pool (``sync.destinations.transport``)."""
+    return httpx.AsyncClient(transport=AiohttpTransport(max_connections), follow_redirects=False)
 
 
 def process_owner() -> str:
