@@ -34,6 +34,9 @@ import pyarrow as pa
 from sync.errors import EngineError, SourceError
 from sync.snapshot import Computation, Parts, RowIssue, some
 
+# Profile columns of a selection are named with this prefix.
+_PROFILE = "profile__"
+_HAS_PROFILE = "has_profile__"
 # Bits of a membership mask column: 63 keep every mask a positive BIGINT.
 _BITS = 63
 _SIGNED = "CASE WHEN x >= 9223372036854775808 THEN (x::HUGEINT - 18446744073709551616)::BIGINT ELSE x::BIGINT END"
@@ -94,6 +97,7 @@ class Examined:
     user_ids: list[str]
     fingerprints: list[int]
     state: pd.DataFrame
+    profiles: dict[str, dict[str, str]]
 
 
 class Snapshot:
@@ -292,6 +296,11 @@ class Snapshot:
             source = f"(SELECT user_id, min(vi) AS vi FROM {name} GROUP BY user_id)" if self._duplicated else name
             joins.append(f"LEFT JOIN {source} {name} ON {name}.user_id = sel.user_id")
             columns.append(f"{name}.vi AS {name}")
+        if self._parts.profiles is not None and self._profile_columns:  # profiles ride along: one join, not one
+            source = "(SELECT DISTINCT ON (user_id) * FROM p)" if self._duplicated else "p"  # lookup per batch
+            joins.append(f"LEFT JOIN {source} p ON p.user_id = sel.user_id")
+            columns += [f"p.{c} AS {_PROFILE}{c}" for c in self._profile_columns]
+            columns.append(f"p.user_id IS NOT NULL AS {_HAS_PROFILE}")
         extra = "".join(f", {c}" for c in columns)
         return self._db.sql(f"SELECT sel.*{extra} FROM sel {' '.join(joins)} ORDER BY sel.ord").to_arrow_table()
 
@@ -362,11 +371,23 @@ class Selection:
         """The selected users of the snapshot, ``size`` at a time, with their state."""
         for start in range(0, self.table.num_rows, size):
             part = self.table.slice(start, size)
+            users = part.column("user_id").to_pylist()
             yield Examined(
-                part.column("user_id").to_pylist(),
-                part.column("fp").to_pylist(),
-                self.snapshot.frame(part),
+                users, part.column("fp").to_pylist(), self.snapshot.frame(part), _batch_profiles(part, users)
             )
+
+
+def _batch_profiles(part: pa.Table, users: list[str]) -> dict[str, dict[str, str]]:
+    """The non-blank profile fields of a batch's users that have a profile."""
+    if _HAS_PROFILE not in part.column_names:
+        return {}
+    names = [n for n in part.column_names if n.startswith(_PROFILE)]
+    columns = [(n.removeprefix(_PROFILE), part.column(n).to_pylist()) for n in names]
+    profiles = {}
+    for row, (user, has) in enumerate(zip(users, part.column(_HAS_PROFILE).to_pylist(), strict=True)):
+        if has:
+            profiles[user] = {name: value[row] for name, value in columns if value[row] and value[row].strip()}
+    return profiles
 
 
 def stored_table(user_ids: Sequence[str], fingerprints: Sequence[int | None]) -> pa.Table:

@@ -486,23 +486,23 @@ class Runner:
     ) -> Iterator[tuple[pd.DataFrame, list[Update], list[tuple[str, int]]]]:
         """Per batch of examined users: the changes, the updates to send and the fingerprints to refresh."""
         comps = selection.snapshot.computations
-        gone = Examined(selection.gone, [0] * len(selection.gone), pd.DataFrame(columns=[c.key for c in comps]))
+        gone = Examined(selection.gone, [0] * len(selection.gone), pd.DataFrame(columns=[c.key for c in comps]), {})
         for batch in [*selection.batches(self.batch), gone] if selection.gone else selection.batches(self.batch):
             examined = batch.user_ids
             baseline = self.store.load_baseline(job.name, comps, tracked, examined)
             changes = diff_states(baseline.state, batch.state, comps, force)
             signed = dict(zip(examined, batch.fingerprints, strict=True))
-            profiles = self._profiles(job, selection.snapshot, changes)
+            profiles = self._profiles(job, batch, changes)
             planned = plan_updates(job.name, changes, comps, batch.state, profiles, baseline.versions, signed)
             updates = [u for u in planned if dead.get(u.user_id) != u.message_id]
             changed = set(changes["user_id"].tolist())
             refresh = [(u, signed[u]) for u in examined if u not in changed and u in baseline.versions]
             yield changes, updates, refresh
 
-    def _profiles(self, job: JobConfig, snapshot: Snapshot, changes: pd.DataFrame) -> dict[str, Mapping[str, str]]:
-        """Profiles of the changed users; the last acknowledged one for users gone from the snapshot."""
+    def _profiles(self, job: JobConfig, batch: Examined, changes: pd.DataFrame) -> dict[str, Mapping[str, str]]:
+        """Profiles of the changed users; the last acknowledged one for users without one in the snapshot."""
         users = changes["user_id"].unique().tolist()
-        profiles: dict[str, Mapping[str, str]] = dict(snapshot.profiles_of(users))
+        profiles: dict[str, Mapping[str, str]] = {u: batch.profiles[u] for u in users if u in batch.profiles}
         profiles.update(self.store.known_profiles(job.name, [u for u in users if u not in profiles]))
         return profiles
 

@@ -840,6 +840,9 @@ def _sqlite_pragmas(connection: Any, _record: Any) -> None:
     # same messageId, and commits stay cheap enough to record every answer as it arrives.
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=30000")
+    # 64 MiB of page cache (the default is 2 MiB): a run looks up thousands of users' rows in tables of
+    # millions, and a cache that small reads the same index pages from disk again and again.
+    cursor.execute("PRAGMA cache_size=-65536")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
