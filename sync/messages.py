@@ -124,16 +124,16 @@ def tally(
 def _present_values(state: pd.DataFrame, users: Sequence[str], keys: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Each user's members-only / non-null values, the form the state store keeps."""
     rows = state.reindex(index=pd.Index(users), columns=pd.Index(keys))
+    columns = [rows[key].tolist() for key in keys]
     result: dict[str, dict[str, Any]] = {}
-    for user_id, values in zip(rows.index.tolist(), rows.itertuples(index=False, name=None), strict=True):
-        result[user_id] = {k: v for k, v in zip(keys, values, strict=True) if _present(v)}
+    for position, user_id in enumerate(rows.index.tolist()):
+        # Inline for speed (a run builds tens of thousands): a member, or a value that is not null or NaN.
+        result[user_id] = {
+            key: value
+            for key, column in zip(keys, columns, strict=True)
+            if (value := column[position]) is not None and value is not False and value == value
+        }
     return result
-
-
-def _present(value: object) -> bool:
-    if value is None or value is False:
-        return False
-    return not (isinstance(value, float) and value != value)
 
 
 def identify_call(
