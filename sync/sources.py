@@ -67,16 +67,34 @@ def _query(connection: Connection, sql: str, job: str, label: str) -> Columns:
     the driver has one), so that no more than that many rows are Python objects at once."""
     pieces: list[list[pa.Array | list[Any]]] = []
     try:
-        result = connection.execution_options(stream_results=True, yield_per=FETCH).exec_driver_sql(sql)
-        columns = [str(c) for c in result.keys()]
-        pieces = [[] for _ in columns]
-        for rows in result.partitions(FETCH):
-            for piece, values in zip(pieces, zip(*rows, strict=True), strict=True):
-                piece.append(arrow_or_list(list(values)))
-    except SQLAlchemyError as exc:
+        cursor = _cursor(connection)
+        try:
+            cursor.execute(sql)
+            columns = [str(d[0]) for d in cursor.description or ()]
+            pieces = [[] for _ in columns]
+            while rows := cursor.fetchmany(FETCH):
+                for position, piece in enumerate(pieces):
+                    piece.append(arrow_or_list([row[position] for row in rows]))
+        finally:
+            cursor.close()
+    except connection.dialect.loaded_dbapi.Error as exc:
         connection.rollback()
-        raise SourceError(f"job {job!r}: the {label} query failed: {_reason(exc)}") from None
+        raise SourceError(f"job {job!r}: the {label} query failed: {_driver_reason(exc)}") from None
     return {name: _joined(piece) for name, piece in zip(columns, pieces, strict=True)}
+
+
+def _cursor(connection: Connection) -> Any:
+    """The driver's own cursor (rows as plain tuples); a server-side one on PostgreSQL, so that the rows
+    stay on the server until they are fetched."""
+    driver = connection.connection.driver_connection
+    if connection.dialect.name == "postgresql" and connection.dialect.driver == "psycopg":
+        return driver.cursor(name="audience_sync_source")  # type: ignore[union-attr]
+    return driver.cursor()  # type: ignore[union-attr]
+
+
+def _driver_reason(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _joined(pieces: list[pa.Array | list[Any]]) -> pa.Array | list[Any]:
