@@ -520,7 +520,7 @@ class Runner:
     async def _deliver(
         self, job: JobConfig, report: RunReport, updates: Sequence[Update], now: datetime, lost: threading.Event
     ) -> None:
-        recorder = _Recorder(self.store, job, report, {u.user_id: u for u in updates}, self.progress)
+        recorder = _Recorder(self.store, job, report, {u.user_id: u for u in updates}, self.progress, self.owner)
         recorder.total = report.updates
 
         def halted() -> bool:
@@ -572,9 +572,16 @@ class _Recorder:
     """
 
     def __init__(
-        self, store: Store, job: JobConfig, report: RunReport, by_user: dict[str, Update], progress: Progress | None
+        self,
+        store: Store,
+        job: JobConfig,
+        report: RunReport,
+        by_user: dict[str, Update],
+        progress: Progress | None,
+        owner: str | None = None,
     ) -> None:
         self.store, self.job, self.report, self.by_user, self.progress = store, job.name, report, by_user, progress
+        self.owner = owner
         self.dead_after = job.destination.dead_after
         self.abort: str | None = None
         self.total = 0
@@ -607,9 +614,12 @@ class _Recorder:
             self._writing = asyncio.create_task(asyncio.to_thread(self.record, batch))
 
     def record(self, ready: list[DeliveryResult]) -> None:
-        self.store.record_results(
-            self.job, self.report.run_id, [(self.by_user[r.user_id], r) for r in ready], self.dead_after
-        )
+        pairs = [(self.by_user[r.user_id], r) for r in ready]
+        if not self.store.record_results(self.job, self.report.run_id, pairs, self.dead_after, self.owner):
+            log.warning(
+                "answers recorded without advancing the state: the job's lease was taken over",
+                extra={"job": self.job, "run_id": self.report.run_id, "answers": len(ready)},
+            )
         tally([self.by_user[r.user_id] for r in ready if r.delivered], self.report.key_counts, "delivered_")
         for result in ready:
             self.report.delivered += result.delivered

@@ -152,3 +152,16 @@ def test_the_migrations_build_exactly_the_models(store: Store) -> None:
     with store.engine.connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     assert differences == []
+
+
+def test_a_run_that_lost_its_lease_records_answers_but_leaves_the_state(store: Store) -> None:
+    run_id = store.start_run("contacts", "initial", False, NOW)
+    assert store.acquire_lease("contacts", "host:1:old", NOW, timedelta(seconds=60))
+    first, second = update("u1", {"vip": True}), update("u2", {"vip": True})
+    store.record_plan(run_id, [first, second], "pending")
+    assert store.record_results("contacts", run_id, [(first, result(first, True))], owner="host:1:old")
+    later = NOW + timedelta(minutes=2)  # the lease expired and another process took the job over
+    assert store.acquire_lease("contacts", "host:2:new", later, timedelta(seconds=60))
+    assert not store.record_results("contacts", run_id, [(second, result(second, True))], owner="host:1:old")
+    assert store.acknowledged("contacts", "u1") is not None and store.acknowledged("contacts", "u2") is None
+    assert {u.user_id: u.status for u in store.updates_of(run_id)} == {"u1": "delivered", "u2": "delivered"}

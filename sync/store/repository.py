@@ -442,14 +442,22 @@ class Store:
         return count
 
     def record_results(
-        self, job: str, run_id: int, results: Sequence[tuple[Update, DeliveryResult]], dead_after: int = 5
-    ) -> None:
+        self,
+        job: str,
+        run_id: int,
+        results: Sequence[tuple[Update, DeliveryResult]],
+        dead_after: int = 5,
+        owner: str | None = None,
+    ) -> bool:
         """Record delivery outcomes; advance the acknowledged state of every delivered user, atomically.
 
         Rejections of the record itself are counted per user in ``failed_updates``; a delivery clears them.
+        With ``owner``, the state advances only while ``owner`` holds the job's lease (checked in the same
+        transaction): a run that lost its lease records its answers but leaves the state to the run that
+        took over, which sends those updates again with the same messageIds. Returns whether it advanced.
         """
         if not results:
-            return
+            return True
         with self.engine.begin() as connection:  # Core statements built once: a run commits this often
             self._count_rejections(connection, job, run_id, [(u, r) for u, r in results if is_rejection(r)], dead_after)
             delivered = [u.user_id for u, r in results if r.delivered]
@@ -476,6 +484,8 @@ class Store:
                 ],
             )
             acknowledged = [(u, r) for u, r in results if r.delivered]
+            if acknowledged and owner is not None and not self._holds_lease(connection, job, owner):
+                return False
             if acknowledged:
                 connection.execute(
                     self._state_upsert,
@@ -493,6 +503,15 @@ class Store:
                         for u, r in acknowledged
                     ],
                 )
+        return True
+
+    def _holds_lease(self, connection: Connection, job: str, owner: str) -> bool:
+        """Whether ``owner`` holds the job's lease; on PostgreSQL the lease row stays locked until commit,
+        so that no one takes it over in between (SQLite's write lock, taken above, does the same)."""
+        query = select(JobLease.owner).where(JobLease.job == job)
+        if self.engine.dialect.name == "postgresql":
+            query = query.with_for_update()
+        return connection.execute(query).scalar() == owner
 
     @staticmethod
     def _has_failures(connection: Connection, job: str) -> bool:
