@@ -245,10 +245,15 @@ def measure_delivery(repeat: int, workdir: Path) -> dict[str, Any]:
     records = [json.loads(line) for line in out.read_text().splitlines()]
     start = min(r["at"] for r in records)
     late_429 = sum(1 for r in records if r["status"] == 429 and r["at"] > start + 1)
+    # The achieved rate as the receiver saw it: accepted requests over the time from the first to the last
+    # (the run's wall clock also holds its process start, planning and bookkeeping).
+    accepted = sorted(r["at"] for r in records if 200 <= r["status"] < 300)
+    seen_rate = (len(accepted) - 1) / (accepted[-1] - accepted[0]) if len(accepted) > 1 else 0.0
     return {
         "delivery_rps": median(ours),
         "bare_httpx_rps": median(bare),
-        "rate_limited_rps": limited["rps"],
+        "rate_limited_rps": seen_rate,
+        "rate_limited_wall_rps": limited["rps"],
         "answered_429": late_429,
         "answered_429_total": sum(1 for r in records if r["status"] == 429),
     }
@@ -304,7 +309,9 @@ def report(
         f"| our path (send + record), {CONCURRENCY} in flight, updates/s | {delivery['delivery_rps']:.0f} |",
         f"| bare httpx loop, same bodies and concurrency, requests/s | {delivery['bare_httpx_rps']:.0f} |",
         f"| ratio | {delivery['delivery_rps'] / delivery['bare_httpx_rps']:.2f} |",
-        f"| against a 40 requests/s receiver, updates/s | {delivery['rate_limited_rps']:.1f} |",
+        f"| against a 40 requests/s receiver, updates/s as it received them (first to last) | "
+        f"{delivery['rate_limited_rps']:.1f} |",
+        f"| the same, over the run's wall clock less its planning | {delivery['rate_limited_wall_rps']:.1f} |",
         f"| 429 answers after the first second (all) | {delivery['answered_429']} ({delivery['answered_429_total']}) |",
     ]
     incremental = sync["incremental_files"]
