@@ -258,7 +258,7 @@ def _typed_values(array: pa.Array) -> tuple[pa.Array, str, np.ndarray] | None:
             return None
         return numbers, "n", _present(numbers)
     if pa.types.is_null(kind):
-        return pa.array([], pa.string()), "s", np.zeros(len(array), dtype=bool)
+        return pa.nulls(len(array), pa.string()), "s", np.zeros(len(array), dtype=bool)
     return None
 
 

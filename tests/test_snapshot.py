@@ -90,3 +90,11 @@ def test_unicode_whitespace_and_long_user_ids_are_kept_as_given() -> None:
     ids = ["ünïcødé", " padded ", "x" * 500]
     snapshot = build_snapshot([AUD], None, {"vip": frame(user_id=ids)})
     assert list(snapshot.state.index) == ids
+
+
+def test_a_trait_whose_every_value_is_null_has_no_values() -> None:
+    snapshot = build_snapshot(
+        [AUD, TRAIT], None, {"vip": frame(user_id=["u1"]), "revenue": frame(user_id=["u1", "u2"], value=[None, None])}
+    )
+    assert snapshot.users == 1
+    assert snapshot.state["revenue"].tolist() == [None]
