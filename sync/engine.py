@@ -296,8 +296,8 @@ class Snapshot:
             source = f"(SELECT user_id, min(vi) AS vi FROM {name} GROUP BY user_id)" if self._duplicated else name
             joins.append(f"LEFT JOIN {source} {name} ON {name}.user_id = sel.user_id")
             columns.append(f"{name}.vi AS {name}")
-        if self._parts.profiles is not None and self._profile_columns:  # profiles ride along: one join, not one
-            source = "(SELECT DISTINCT ON (user_id) * FROM p)" if self._duplicated else "p"  # lookup per batch
+        if self._parts.profiles is not None:  # profiles ride along: one join, not one lookup per batch
+            source = "(SELECT DISTINCT ON (user_id) * FROM p)" if self._duplicated else "p"
             joins.append(f"LEFT JOIN {source} p ON p.user_id = sel.user_id")
             columns += [f"p.{c} AS {_PROFILE}{c}" for c in self._profile_columns]
             columns.append(f"p.user_id IS NOT NULL AS {_HAS_PROFILE}")
@@ -326,35 +326,15 @@ class Snapshot:
         """Every user's state (small snapshots and tests; runs use ``examine``)."""
         return self.frame(self.everyone().table)
 
-    def profiles_of(self, user_ids: Sequence[str]) -> dict[str, dict[str, str]]:
-        """The non-null profile fields of each of ``user_ids`` that has a profile."""
-        if self._parts.profiles is None or not user_ids:
-            return {}
-        self._db.register("wanted", pa.table({"user_id": pa.array(list(user_ids), pa.string())}))
-        rows = self._db.sql(
-            "SELECT p.* EXCLUDE (ord) FROM p SEMI JOIN wanted w ON w.user_id = p.user_id ORDER BY p.ord"
-        ).to_arrow_table()
-        return _profile_dicts(rows)
-
     @property
     def profiles(self) -> dict[str, dict[str, str]]:
-        """Every profile (small snapshots and tests; runs use ``profiles_of``)."""
-        if self._parts.profiles is None:
-            return {}
-        return _profile_dicts(self._db.sql("SELECT * EXCLUDE (ord) FROM p ORDER BY ord").to_arrow_table())
+        """Every profile (small snapshots and tests; runs take them batch by batch from a selection)."""
+        return _batch_profiles(self.everyone().table)
 
 
 def _close(db: duckdb.DuckDBPyConnection, spill: str) -> None:
     db.close()
     shutil.rmtree(spill, ignore_errors=True)
-
-
-def _profile_dicts(rows: pa.Table) -> dict[str, dict[str, str]]:
-    profiles: dict[str, dict[str, str]] = {}
-    for row in rows.to_pylist():
-        user = row.pop("user_id")
-        profiles.setdefault(user, {k: v for k, v in row.items() if v is not None and v.strip()})
-    return profiles
 
 
 class Selection:
@@ -371,18 +351,21 @@ class Selection:
         """The selected users of the snapshot, ``size`` at a time, with their state."""
         for start in range(0, self.table.num_rows, size):
             part = self.table.slice(start, size)
-            users = part.column("user_id").to_pylist()
             yield Examined(
-                users, part.column("fp").to_pylist(), self.snapshot.frame(part), _batch_profiles(part, users)
+                part.column("user_id").to_pylist(),
+                part.column("fp").to_pylist(),
+                self.snapshot.frame(part),
+                _batch_profiles(part),
             )
 
 
-def _batch_profiles(part: pa.Table, users: list[str]) -> dict[str, dict[str, str]]:
-    """The non-blank profile fields of a batch's users that have a profile."""
+def _batch_profiles(part: pa.Table) -> dict[str, dict[str, str]]:
+    """The non-blank profile fields of the users of ``part`` (a slice of a selection) that have a profile."""
     if _HAS_PROFILE not in part.column_names:
         return {}
     names = [n for n in part.column_names if n.startswith(_PROFILE)]
     columns = [(n.removeprefix(_PROFILE), part.column(n).to_pylist()) for n in names]
+    users = part.column("user_id").to_pylist()
     profiles = {}
     for row, (user, has) in enumerate(zip(users, part.column(_HAS_PROFILE).to_pylist(), strict=True)):
         if has:

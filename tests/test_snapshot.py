@@ -98,3 +98,10 @@ def test_a_trait_whose_every_value_is_null_has_no_values() -> None:
     )
     assert snapshot.users == 1
     assert snapshot.state["revenue"].tolist() == [None]
+
+
+def test_a_profile_of_ids_alone_is_an_empty_profile_not_a_missing_one() -> None:
+    snapshot = build_snapshot([AUD], frame(user_id=["u1"]), {"vip": frame(user_id=["u1", "u2"])})
+    assert snapshot.profiles == {"u1": {}}
+    batch = next(snapshot.everyone().batches(10))
+    assert batch.profiles == {"u1": {}}

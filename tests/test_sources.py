@@ -28,7 +28,7 @@ def test_pieces_of_a_query_make_the_same_snapshot_whatever_their_size(
     snapshot = read_snapshot(job)
     assert snapshot.state["vip"].tolist() == [True] * 5
     assert snapshot.state["plan"].to_dict() == {"u0": 1, "u1": 2.5, "u2": None, "u3": "pro", "u4": "7"}
-    assert snapshot.profiles_of(["u4"]) == {"u4": {"email": "u4@example.com"}}
+    assert snapshot.profiles["u4"] == {"email": "u4@example.com"}
 
 
 def test_an_empty_result_is_an_empty_audience(warehouse: Warehouse) -> None:
