@@ -39,7 +39,6 @@ _PROFILE = "profile__"
 _HAS_PROFILE = "has_profile__"
 # Bits of a membership mask column: 63 keep every mask a positive BIGINT.
 _BITS = 63
-_SIGNED = "CASE WHEN x >= 9223372036854775808 THEN (x::HUGEINT - 18446744073709551616)::BIGINT ELSE x::BIGINT END"
 # The stored fingerprints a snapshot is compared with: user_id text, fp BIGINT, known BOOLEAN.
 STORED_SCHEMA = pa.schema([("user_id", pa.string()), ("fp", pa.int64()), ("known", pa.bool_())])
 
@@ -83,6 +82,14 @@ def _scheme() -> str:
 
 
 SCHEME = _scheme()
+
+
+def _signed(column: str) -> str:
+    """A UBIGINT column as the BIGINT of the same 64 bits (the state store keeps signed integers)."""
+    return (
+        f"CASE WHEN {column} >= 9223372036854775808 THEN ({column}::HUGEINT - 18446744073709551616)::BIGINT "
+        f"ELSE {column}::BIGINT END"
+    )
 
 
 def _literal(text: str) -> str:
@@ -265,7 +272,7 @@ class Snapshot:
         """
         self._db.register("stored", stored)
         forced = " OR ".join(self._has(c, "f") for c in self.computations if c.key in force) or "false"
-        signed = _SIGNED.replace("x", "f.x")
+        signed = _signed("f.x")
         masks = ", ".join(f"f.m{k}" for k in range(self._masks))
         self._do(
             f"CREATE OR REPLACE TABLE sel AS SELECT f.user_id, {signed} AS fp, f.ord, {masks} "
@@ -281,9 +288,8 @@ class Snapshot:
 
     def everyone(self) -> Selection:
         """Every user of the snapshot, in order of first appearance."""
-        signed = _SIGNED
         masks = ", ".join(f"m{k}" for k in range(self._masks))
-        self._do(f"CREATE OR REPLACE TABLE sel AS SELECT user_id, {signed} AS fp, ord, {masks} FROM fp")
+        self._do(f"CREATE OR REPLACE TABLE sel AS SELECT user_id, {_signed('x')} AS fp, ord, {masks} FROM fp")
         return Selection(self, self._selected(), [])
 
     def _selected(self) -> pa.Table:

@@ -37,7 +37,7 @@ from sync.engine import Examined, Selection, Snapshot
 from sync.errors import GuardError, SyncError
 from sync.guard import guard_problems, moves
 from sync.messages import Update, identify_call, plan_updates, tally
-from sync.sources import read_snapshot
+from sync.sources import computations, read_snapshot
 from sync.store import Store
 from sync.store.repository import store_reason
 
@@ -343,6 +343,8 @@ class Runner:
         now: datetime,
         lost: threading.Event,
     ) -> None:
+        # Runs the mass-change guard cannot stop plan and send batch by batch; the others plan in full first.
+        streamed = not options.dry_run and (not tracked or not job.guard.enabled or options.force)
         if options.dry_run:
 
             def record(updates: list[Update], _refresh: list[tuple[str, int]]) -> bool:
@@ -350,7 +352,7 @@ class Runner:
                 return True
 
             plan = self.plan(job, tracked, options.full, sink=record)
-        elif not tracked or not job.guard.enabled or options.force:
+        elif streamed:
             plan = self._stream(job, tracked, options, report, now, lost)
         else:
             plan = self.plan(job, tracked, options.full)
@@ -366,8 +368,8 @@ class Runner:
         if options.dry_run:
             report.status = "planned"
             return
-        if plan.kept is not None or plan.replan is not None:  # planned in full first, sent now
-            self._begin_sending(job, plan.snapshot, report)
+        if not streamed:  # planned in full first, sent now
+            self._begin_sending(job, report)
             self.store.refresh_fingerprints(job.name, plan.refresh, report.run_id)
             for updates in plan.batches():
                 if not self._send(job, updates, report, now, lost):
@@ -399,21 +401,19 @@ class Runner:
             nonlocal started
             if not started:
                 started = True
-                self._begin_sending(job, plan_snapshot[0], report)
+                self._begin_sending(job, report)
             self.store.refresh_fingerprints(job.name, refresh, report.run_id)
             return self._send(job, updates, report, now, lost)
 
-        plan_snapshot: list[Snapshot] = []
-        plan = self.plan(job, tracked, options.full, sink=send, snapshot_seen=plan_snapshot.append)
+        plan = self.plan(job, tracked, options.full, sink=send)
         if not started:
-            self._begin_sending(job, plan.snapshot, report)
-        plan.kept, plan.replan = None, None
+            self._begin_sending(job, report)
         return plan
 
-    def _begin_sending(self, job: JobConfig, snapshot: Snapshot, report: RunReport) -> None:
+    def _begin_sending(self, job: JobConfig, report: RunReport) -> None:
         if self.stop.is_set():
             raise Stopped("stopped before sending")
-        self.store.set_tracked_keys(job.name, snapshot.computations, report.run_id)
+        self.store.set_tracked_keys(job.name, computations(job), report.run_id)
 
     def _send(
         self, job: JobConfig, updates: list[Update], report: RunReport, now: datetime, lost: threading.Event
@@ -432,7 +432,6 @@ class Runner:
         tracked: dict[str, str],
         full: bool = False,
         sink: Callable[[list[Update], list[tuple[str, int]]], bool] | None = None,
-        snapshot_seen: Callable[[Snapshot], None] | None = None,
     ) -> Plan:
         """Snapshot, diff against the acknowledged state of ``tracked`` keys, and the updates to send.
 
@@ -443,8 +442,6 @@ class Runner:
         batch, when it is sent.
         """
         snapshot = read_snapshot(job)
-        if snapshot_seen is not None:
-            snapshot_seen(snapshot)
         comps = snapshot.computations
         force = {c.key for c in comps} if full else {c.key for c in comps if c.key not in tracked}
         selection = snapshot.examine(self.store.stored_fingerprints(job.name), force)
@@ -470,7 +467,8 @@ class Runner:
                 kept.append(updates)
                 kept = kept if plan.updates_count <= self.keep else None
         plan.kept = None if sink is not None else kept
-        plan.replan = lambda: (batch for _, batch, _ in self._planned(job, selection, tracked, force, dead))
+        if sink is None and kept is None:
+            plan.replan = lambda: (batch for _, batch, _ in self._planned(job, selection, tracked, force, dead))
         if tracked:
             members = snapshot.member_counts()
             plan.guard = tuple(guard_problems(members, moved, comps, set(tracked), job.guard))
