@@ -86,7 +86,7 @@ def _query(connection: Connection, sql: str, job: str, label: str) -> Columns:
             cursor.close()
     except connection.dialect.loaded_dbapi.Error as exc:
         connection.rollback()
-        raise SourceError(f"job {job!r}: the {label} query failed: {_driver_reason(exc)}") from None
+        raise SourceError(f"job {job!r}: the {label} query failed: {_first_line(exc, type(exc).__name__)}") from None
     return {name: _joined(piece) for name, piece in zip(columns, pieces, strict=True)}
 
 
@@ -97,11 +97,6 @@ def _cursor(connection: Connection) -> Any:
     if connection.dialect.name == "postgresql" and connection.dialect.driver == "psycopg":
         return driver.cursor(name="audience_sync_source")  # type: ignore[union-attr]
     return driver.cursor()  # type: ignore[union-attr]
-
-
-def _driver_reason(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _joined(pieces: list[pa.Array | list[Any]]) -> pa.Array | list[Any]:
@@ -131,5 +126,10 @@ def _label(computation: Computation) -> str:
 
 def _reason(exc: SQLAlchemyError) -> str:
     """The driver's own message, without SQLAlchemy's statement echo and background link."""
-    orig = getattr(exc, "orig", None)
-    return str(orig).strip().splitlines()[0] if orig is not None and str(orig).strip() else type(exc).__name__
+    return _first_line(getattr(exc, "orig", None), type(exc).__name__)
+
+
+def _first_line(exc: BaseException | None, fallback: str) -> str:
+    """The first line of a driver's error message, or ``fallback`` when it has none."""
+    text = str(exc).strip() if exc is not None else ""
+    return text.splitlines()[0] if text else fallback
