@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy import delete, update
+from sqlalchemy import delete, select, update
 
 from sync.diff import diff_states
 from sync.engine import Snapshot, stored_table
@@ -176,3 +176,48 @@ def test_acknowledged_fingerprints_read_in_pieces_are_all_there(
     stored = store.stored_fingerprints("contacts")
     assert sorted(stored.column("user_id").to_pylist()) == ["a", "b", "c", "d", "e"]
     assert all(stored.column("known").to_pylist())
+
+
+def test_the_index_with_the_rows_written_since_is_the_truth_and_is_rewritten_past_its_share(
+    store: Store, warehouse: Warehouse, receiver: Receiver
+) -> None:
+    users = [f"u{i:02d}" for i in range(40)]
+    job = make_job(warehouse, receiver.url, audiences=[warehouse.audience("VIP", "vip")], profiles=False)
+    runner = Runner(store)
+
+    def index_run() -> int:
+        with store.engine.connect() as connection:
+            return int(connection.execute(select(FingerprintIndex.as_of_run).limit(1)).scalar_one())
+
+    def truth() -> list[tuple[str, int]]:
+        rows = store._fingerprint_rows("contacts").to_pylist()  # every row of ack_state, no index
+        return sorted((r["user_id"], r["fp"]) for r in rows)
+
+    def read() -> list[tuple[str, int]]:
+        return sorted((r["user_id"], r["fp"]) for r in store.stored_fingerprints("contacts").to_pylist())
+
+    warehouse.set_members("vip", users)
+    first = runner.run(job).run_id
+    assert index_run() == first and read() == truth()
+    warehouse.set_members("vip", users[1:])  # 1 of 40 changes: within 5 %, the index stays
+    runner.run(job)
+    assert index_run() == first and read() == truth()
+    warehouse.set_members("vip", users[4:])  # 4 of 40 since the index: past 5 %, rewritten
+    third = runner.run(job).run_id
+    assert index_run() == third and read() == truth()
+    assert runner.plan(job, store.tracked_keys("contacts")).examined == 0
+
+
+def test_an_index_of_another_hash_scheme_is_compared_in_full_once_then_rewritten(
+    store: Store, warehouse: Warehouse, receiver: Receiver
+) -> None:
+    warehouse.set_members("vip", ["a", "b", "c"])
+    job = make_job(warehouse, receiver.url, audiences=[warehouse.audience("VIP", "vip")], profiles=False)
+    runner = Runner(store)
+    runner.run(job)
+    with store.engine.begin() as connection:
+        connection.execute(update(FingerprintIndex).values(scheme="another-hash"))
+    assert not any(store.stored_fingerprints("contacts").column("known").to_pylist())
+    assert runner.plan(job, store.tracked_keys("contacts")).examined == 3
+    assert runner.run(job).updates == 0
+    assert runner.plan(job, store.tracked_keys("contacts")).examined == 0
