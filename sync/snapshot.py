@@ -249,10 +249,8 @@ def _typed_values(array: pa.Array) -> tuple[pa.Array, str, np.ndarray] | None:
         if not finite[present].all():
             return None  # infinities are reported row by row
         return numbers, "n", present
-    if pa.types.is_integer(kind):
-        numbers = array.cast(pa.int64()) if not pa.types.is_uint64(kind) else None
-        if numbers is None:
-            return None
+    if pa.types.is_integer(kind) and not pa.types.is_uint64(kind):
+        numbers = array.cast(pa.int64())
         largest = pc.max(pc.abs(numbers)).as_py()
         if largest is not None and largest >= _EXACT_INT:
             return None
@@ -336,12 +334,10 @@ def _user_ids(table: Columns, label: str, issues: list[RowIssue]) -> tuple[pa.Ar
 def _id_texts(array: pa.Array) -> pa.Array | None:
     """Text ids from a typed column, vectorised; None when values must be converted one by one."""
     kind = array.type
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        return array.cast(pa.string())
-    if pa.types.is_integer(kind):
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_integer(kind):
         return array.cast(pa.string())
     if pa.types.is_null(kind):
-        return pa.array([None] * len(array), pa.string())
+        return pa.nulls(len(array), pa.string())
     if pa.types.is_floating(kind):
         numbers = pc.if_else(pc.is_nan(array), None, array.cast(pa.float64()))
         whole = pc.all(pc.equal(pc.floor(numbers), numbers)).as_py()
