@@ -55,7 +55,7 @@ def initial(args: argparse.Namespace) -> dict[str, Any]:
     runner = Runner(store)
     run_id = store.start_run("bench", "initial", False, NOW)
     store.set_tracked_keys("bench", computations(job), run_id)
-    planning = recording = 0.0
+    recording = 0.0
 
     def record(updates: list[Any], _refresh: list[Any]) -> bool:
         nonlocal recording
