@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import delete, select, update
 
+from sync.config import JobConfig
 from sync.diff import diff_states
 from sync.engine import Snapshot, stored_table
 from sync.receiver import Receiver
@@ -113,13 +114,19 @@ def test_an_incremental_run_examines_only_changed_users(store: Store, warehouse:
     assert {u.user_id for u in plan.updates} == {"u000", "u010", "u149", "u199"}
 
 
-def test_states_without_a_fingerprint_are_compared_in_full_then_get_one(
-    store: Store, warehouse: Warehouse, receiver: Receiver
-) -> None:
-    warehouse.set_members("vip", ["a", "b", "c"])
+def synced_vip(store: Store, warehouse: Warehouse, receiver: Receiver, members: list[str]) -> tuple[JobConfig, Runner]:
+    """A job of one audience, VIP, with ``members``, synced once."""
+    warehouse.set_members("vip", members)
     job = make_job(warehouse, receiver.url, audiences=[warehouse.audience("VIP", "vip")], profiles=False)
     runner = Runner(store)
     runner.run(job)
+    return job, runner
+
+
+def test_states_without_a_fingerprint_are_compared_in_full_then_get_one(
+    store: Store, warehouse: Warehouse, receiver: Receiver
+) -> None:
+    job, runner = synced_vip(store, warehouse, receiver, ["a", "b", "c"])
     with store.engine.begin() as connection:  # as after an upgrade: fingerprints of another hash were cleared
         connection.execute(update(AckState).values(fingerprint=None))
         connection.execute(delete(FingerprintIndex))
@@ -211,10 +218,7 @@ def test_the_index_with_the_rows_written_since_is_the_truth_and_is_rewritten_pas
 def test_an_index_of_another_hash_scheme_is_compared_in_full_once_then_rewritten(
     store: Store, warehouse: Warehouse, receiver: Receiver
 ) -> None:
-    warehouse.set_members("vip", ["a", "b", "c"])
-    job = make_job(warehouse, receiver.url, audiences=[warehouse.audience("VIP", "vip")], profiles=False)
-    runner = Runner(store)
-    runner.run(job)
+    job, runner = synced_vip(store, warehouse, receiver, ["a", "b", "c"])
     with store.engine.begin() as connection:
         connection.execute(update(FingerprintIndex).values(scheme="another-hash"))
     assert not any(store.stored_fingerprints("contacts").column("known").to_pylist())
