@@ -28,7 +28,7 @@ import pandas as pd
 from sqlalchemy.exc import SQLAlchemyError
 
 from sync.config import JobConfig
-from sync.destinations.base import DeliveryResult, Outgoing
+from sync.destinations.base import DeliveryResult, Outgoing, SendWindow
 from sync.destinations.chartmogul import ChartMogulDestination, Clock, Sleep, utc_now
 from sync.destinations.outcomes import WEBHOOK_REFUSED
 from sync.destinations.transport import AiohttpTransport
@@ -49,6 +49,9 @@ REFUSALS_TO_STOP = 3
 LEASE_TTL = timedelta(seconds=60)
 # After a stop request, requests in flight get this long to finish before they are abandoned.
 STOP_GRACE = timedelta(seconds=20)
+# Messages sent but not yet recorded, per connection: those in flight and those answered during one commit.
+# A process killed at any moment sends at most this many again on the next run.
+WINDOW_PER_CONNECTION = 2
 
 # What `run --json` prints, in this order.
 SUMMARY_FIELDS = (
@@ -518,7 +521,9 @@ class Runner:
     async def _deliver(
         self, job: JobConfig, report: RunReport, updates: Sequence[Update], now: datetime, lost: threading.Event
     ) -> None:
-        recorder = _Recorder(self.store, job, report, {u.user_id: u for u in updates}, self.progress, self.owner)
+        window = SendWindow(WINDOW_PER_CONNECTION * job.destination.max_connections)
+        by_user = {u.user_id: u for u in updates}
+        recorder = _Recorder(self.store, job, report, by_user, window, self.progress, self.owner)
         recorder.total = report.updates
 
         def halted() -> bool:
@@ -527,7 +532,7 @@ class Runner:
         async with self.client_factory(job.destination.max_connections) as client:
             destination = ChartMogulDestination(client, job.destination, sleep=self.sleep, clock=self.clock)
             messages = self._outgoing(job, updates, now, halted)
-            consumer = asyncio.create_task(recorder.consume(destination.send(messages)))
+            consumer = asyncio.create_task(recorder.consume(destination.send(messages, window)))
             watchdog = asyncio.create_task(self._watchdog(consumer, halted))
             try:
                 await consumer
@@ -566,7 +571,8 @@ class _Recorder:
     """Records delivery results as they arrive, in a worker thread so that sending goes on meanwhile.
 
     Commits follow one another without pause; each takes every answer that arrived since the previous one
-    started, so an answer waits for at most one commit before it is durable.
+    started, so an answer waits for at most one commit before it is durable. Each commit gives its answers'
+    slots in the send window back, so no more than the window's size is ever answered and unrecorded.
     """
 
     def __init__(
@@ -575,11 +581,12 @@ class _Recorder:
         job: JobConfig,
         report: RunReport,
         by_user: dict[str, Update],
+        window: SendWindow,
         progress: Progress | None,
         owner: str | None = None,
     ) -> None:
         self.store, self.job, self.report, self.by_user, self.progress = store, job.name, report, by_user, progress
-        self.owner = owner
+        self.window, self.owner = window, owner
         self.dead_after = job.destination.dead_after
         self.abort: str | None = None
         self.total = 0
@@ -594,22 +601,32 @@ class _Recorder:
                 self._pending.extend(ready)
                 for result in ready:
                     self._watch_for_refusal(result)
-                if self._writing is None or self._writing.done():
-                    await self._next_write()
+                if self._writing is None:
+                    self._writing = asyncio.create_task(self._write_pending())
         await self.drain()
 
     async def drain(self) -> None:
-        """Wait for the write in progress and record whatever is still waiting."""
+        """Wait for the commits under way and record whatever is still waiting; raises what a commit raised."""
         while self._writing is not None or self._pending:
-            await self._next_write()
+            if self._writing is None:
+                self._writing = asyncio.create_task(self._write_pending())
+            await self._writing
 
-    async def _next_write(self) -> None:
-        if self._writing is not None:
-            writing, self._writing = self._writing, None
-            await writing  # a failed write fails the run here
-        if self._pending:
+    async def _write_pending(self) -> None:
+        """Commit what waits, then what arrived meanwhile, until nothing waits.
+
+        The chain does not depend on new answers arriving to go on: with the window full, none would.
+        A failed commit closes the window, so that nothing more is sent, and stays the task's outcome.
+        """
+        while self._pending:
             batch, self._pending = self._pending, []
-            self._writing = asyncio.create_task(asyncio.to_thread(self.record, batch))
+            try:
+                await asyncio.to_thread(self.record, batch)
+            except BaseException:
+                self.window.close()
+                raise
+            self.window.give_back(len(batch))
+        self._writing = None
 
     def record(self, ready: list[DeliveryResult]) -> None:
         pairs = [(self.by_user[r.user_id], r) for r in ready]

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from sync.config import DestinationConfig
-from sync.destinations.base import DeliveryResult, Outgoing
+from sync.destinations.base import DeliveryResult, Outgoing, SendWindow
 from sync.destinations.chartmogul import ChartMogulDestination
 from sync.receiver import Action, Faults, Receiver
 from tests.conftest import RecordingSleep
@@ -181,3 +181,32 @@ def test_concurrency_is_bounded_by_max_connections(sleep: RecordingSleep) -> Non
         results = deliver(counting, outgoing(30), sleep, max_connections=3)
     assert len(results) == 30 and all(r.delivered for r in results.values())
     assert 1 <= peak[0] <= 3
+
+
+def test_a_send_window_holds_sending_until_slots_come_back_and_stops_senders_when_closed(
+    receiver: Receiver, sleep: RecordingSleep
+) -> None:
+    async def go() -> tuple[int, int, int]:
+        window = SendWindow(3)
+        async with httpx.AsyncClient() as client:
+            destination = ChartMogulDestination(client, settings(receiver.url, max_connections=2), sleep=sleep)
+            results = destination.send(outgoing(10), window)
+            first = await results.__anext__()
+            while len(first) < 3:  # the answers to the three messages the window lets out
+                first += await results.__anext__()
+            await asyncio.sleep(0.2)
+            held = len(receiver.records)  # nothing more was sent while no slot came back
+            window.give_back(2)
+            more = await results.__anext__()
+            while len(first) + len(more) < 5:
+                more += await results.__anext__()
+            await asyncio.sleep(0.2)
+            after_two = len(receiver.records)
+            window.close()
+            rest = [r async for ready in results for r in ready]
+            return held, after_two, len(first) + len(more) + len(rest)
+
+    held, after_two, answered = asyncio.run(go())
+    assert held == 3
+    assert after_two == 5
+    assert answered == 5 == len(receiver.records)  # closing stopped the senders waiting for a slot

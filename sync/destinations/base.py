@@ -3,6 +3,7 @@ the results that are ready together."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,5 +32,37 @@ class DeliveryResult:
     retriable: bool = False
 
 
+class SendWindow:
+    """At most ``size`` messages sent and not yet recorded.
+
+    A sender takes a slot before each message and the recorder gives slots back once the answers are
+    committed, so a process that dies at any moment leaves at most ``size`` answered but unrecorded
+    messages: the only ones the next run sends again.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._slots = asyncio.Semaphore(size)
+        self._closed = False
+
+    async def take(self) -> bool:
+        """Wait for a slot; False once the window is closed (nothing more is to be sent)."""
+        await self._slots.acquire()
+        if self._closed:
+            self._slots.release()  # wakes the next sender waiting, which stops too
+            return False
+        return True
+
+    def give_back(self, count: int) -> None:
+        for _ in range(count):
+            self._slots.release()
+
+    def close(self) -> None:
+        """Stop every sender at its next slot, including those waiting for one now."""
+        self._closed = True
+        self._slots.release()
+
+
 class Destination(Protocol):
-    def send(self, batch: Iterable[Outgoing]) -> AsyncGenerator[list[DeliveryResult]]: ...
+    def send(
+        self, batch: Iterable[Outgoing], window: SendWindow | None = None
+    ) -> AsyncGenerator[list[DeliveryResult]]: ...

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,7 +20,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 from tenacity.stop import stop_base
 
 from sync.config import DestinationConfig
-from sync.destinations.base import DeliveryResult, Outgoing
+from sync.destinations.base import DeliveryResult, Outgoing, SendWindow
 from sync.destinations.outcomes import Outcome, classify, retry_after_seconds
 from sync.errors import DeliveryError, PermanentDeliveryError, RetriableDeliveryError
 from sync.messages import iso
@@ -123,15 +123,20 @@ class ChartMogulDestination:
         # One request per 1/rate seconds, no bursts: a burst could trip a per-second limit on the other side.
         self._limiter = AsyncLimiter(1, 1.0 / settings.requests_per_second)
 
-    async def send(self, batch: Iterable[Outgoing]) -> AsyncGenerator[list[DeliveryResult]]:
+    async def send(
+        self, batch: Iterable[Outgoing], window: SendWindow | None = None
+    ) -> AsyncGenerator[list[DeliveryResult]]:
         """Deliver every message of ``batch``; yield the results as they finish, each time all that are ready.
 
         Yielding what is ready (rather than waiting for a fixed count) lets the caller record answers as soon
-        as they arrive, and in larger groups when they arrive faster than it records them.
+        as they arrive, and in larger groups when they arrive faster than it records them. With a ``window``,
+        each message waits for a slot in it before it is sent; the caller gives slots back.
         """
         messages = iter(batch)
         results: asyncio.Queue[DeliveryResult | None] = asyncio.Queue(maxsize=4 * self._settings.max_connections)
-        workers = [asyncio.create_task(self._worker(messages, results)) for _ in range(self._settings.max_connections)]
+        workers = [
+            asyncio.create_task(self._worker(messages, results, window)) for _ in range(self._settings.max_connections)
+        ]
         running = len(workers)
         try:
             while running:
@@ -147,9 +152,19 @@ class ChartMogulDestination:
                 worker.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
 
-    async def _worker(self, messages: Iterable[Outgoing], results: asyncio.Queue[DeliveryResult | None]) -> None:
+    async def _worker(
+        self,
+        messages: Iterator[Outgoing],
+        results: asyncio.Queue[DeliveryResult | None],
+        window: SendWindow | None,
+    ) -> None:
         try:
-            for message in messages:
+            while window is None or await window.take():
+                message = next(messages, None)
+                if message is None:
+                    if window is not None:
+                        window.give_back(1)
+                    return
                 await results.put(await self.deliver(message))
         finally:
             await results.put(None)
