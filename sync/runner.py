@@ -18,10 +18,12 @@ import socket
 import threading
 import uuid
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from itertools import chain, islice
+from typing import Any, TypeVar
 
 import httpx
 import pandas as pd
@@ -39,7 +41,7 @@ from sync.guard import guard_problems, moves
 from sync.messages import Update, identify_call, plan_updates, tally
 from sync.sources import computations, read_snapshot
 from sync.store import Store
-from sync.store.repository import store_reason
+from sync.store.repository import Baseline, store_reason
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,8 @@ STOP_GRACE = timedelta(seconds=20)
 # Messages sent but not yet recorded, per connection: those in flight and those answered during one commit.
 # A process killed at any moment sends at most this many again on the next run.
 WINDOW_PER_CONNECTION = 2
+
+_Loaded = TypeVar("_Loaded")
 
 # What `run --json` prints, in this order.
 SUMMARY_FIELDS = (
@@ -349,12 +353,7 @@ class Runner:
         # Runs the mass-change guard cannot stop plan and send batch by batch; the others plan in full first.
         streamed = not options.dry_run and (not tracked or not job.guard.enabled or options.force)
         if options.dry_run:
-
-            def record(updates: list[Update], _refresh: list[tuple[str, int]]) -> bool:
-                self.store.record_plan(report.run_id, updates, "planned")
-                return True
-
-            plan = self.plan(job, tracked, options.full, sink=record)
+            plan = self._dry_run(job, tracked, options, report)
         elif streamed:
             plan = self._stream(job, tracked, options, report, now, lost)
         else:
@@ -386,6 +385,23 @@ class Runner:
             report.status = "interrupted"
         else:
             report.status = "partial" if report.failed else "succeeded"
+
+    def _dry_run(self, job: JobConfig, tracked: dict[str, str], options: RunOptions, report: RunReport) -> Plan:
+        """Plan and record every update as ``planned``; a batch is written while the next one is planned."""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="audience-sync-audit") as writer:
+            written: Future[int] | None = None
+
+            def record(updates: list[Update], _refresh: list[tuple[str, int]]) -> bool:
+                nonlocal written
+                if written is not None:
+                    written.result()  # one batch in writing at a time; a failed write stops the run here
+                written = writer.submit(self.store.record_plan, report.run_id, updates, "planned")
+                return True
+
+            plan = self.plan(job, tracked, options.full, sink=record)
+            if written is not None:
+                written.result()
+        return plan
 
     def _stream(
         self,
@@ -488,9 +504,13 @@ class Runner:
         """Per batch of examined users: the changes, the updates to send and the fingerprints to refresh."""
         comps = selection.snapshot.computations
         gone = Examined(selection.gone, [0] * len(selection.gone), pd.DataFrame(columns=[c.key for c in comps]), {})
-        for batch in [*selection.batches(self.batch), gone] if selection.gone else selection.batches(self.batch):
+        batches = chain(selection.batches(self.batch), [gone] if selection.gone else [])
+
+        def load(batch: Examined) -> tuple[Examined, Baseline]:
+            return batch, self.store.load_baseline(job.name, comps, tracked, batch.user_ids)
+
+        for batch, baseline in _prefetched(load, batches):
             examined = batch.user_ids
-            baseline = self.store.load_baseline(job.name, comps, tracked, examined)
             changes = diff_states(baseline.state, batch.state, comps, force)
             signed = dict(zip(examined, batch.fingerprints, strict=True))
             profiles = self._profiles(job, batch, changes)
@@ -686,3 +706,16 @@ class _Heartbeat:
                 self.lost.set()
                 log.error("the job's lease was taken over; stopping this run", extra={"job": self.job})
                 return
+
+
+def _prefetched(load: Callable[[Examined], _Loaded], batches: Iterator[Examined]) -> Iterator[_Loaded]:
+    """``load`` of each batch, the next one loading in a thread while the caller works on the current one.
+
+    The store's reads wait on the database with the GIL released, so they overlap the caller's Python work.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="audience-sync-prefetch") as pool:
+        ahead = [pool.submit(load, batch) for batch in islice(batches, 1)]
+        while ahead:
+            loaded = ahead.pop().result()
+            ahead = [pool.submit(load, batch) for batch in islice(batches, 1)]
+            yield loaded

@@ -1,7 +1,7 @@
 """The snapshot engine within its memory setting: it spills past it, and says so when it cannot work."""
 
-import glob
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,13 +29,14 @@ def summary(memory: str, monkeypatch: pytest.MonkeyPatch) -> tuple[int, dict[str
 
 
 def test_a_snapshot_bigger_than_the_engine_memory_spills_and_comes_out_the_same(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # this test's spill folders, not other processes'
     roomy = summary("1GB", monkeypatch)
     tight = summary("64MB", monkeypatch)
     assert tight == roomy
     assert roomy[0] == len(USERS) and roomy[1] == {"a0": 150_000, "a1": 150_000, "a2": 149_999}
-    assert not glob.glob(f"{tempfile.gettempdir()}/audience-sync-engine-*/*")  # spill files go with the snapshot
+    assert not list(tmp_path.iterdir())  # spill files and their folder go with the snapshot
 
 
 def test_too_little_engine_memory_fails_the_run_with_the_setting_named(
