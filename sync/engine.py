@@ -45,7 +45,7 @@ STORED_SCHEMA = pa.schema([("user_id", pa.string()), ("fp", pa.int64()), ("known
 
 # The engine's working memory; past it, grouping and joining spill to a temporary folder (slower, bounded).
 # AUDIENCE_SYNC_ENGINE_MEMORY overrides it (a DuckDB size: "4GB").
-ENGINE_MEMORY = "1GB"
+ENGINE_MEMORY = "512MB"
 
 
 def engine_memory() -> str:

@@ -45,12 +45,25 @@ PROFILE_COLUMNS = (
     "company_id",
     "company_name",
 )
+# Arrow's buffers come from jemalloc told to hand freed memory back to the system at once. Arrow's default
+# pool keeps freed memory for reuse, and the C library's allocator fragments across reader threads: with
+# either, a run's peak memory grew by much of what it had read (bench/README.md).
+# ARROW_DEFAULT_MEMORY_POOL, when set, still decides.
+if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
+    try:
+        pa.set_memory_pool(pa.jemalloc_memory_pool())
+        pa.jemalloc_set_decay_ms(0)
+    except NotImplementedError:  # a pyarrow built without jemalloc
+        pa.set_memory_pool(pa.system_memory_pool())
+
 # How many offending user ids an error message lists before it says "and N more".
 SHOWN_IDS = 10
 # Integers beyond this are not exact as float64: such a trait column is hashed by its JSON text instead.
 _EXACT_INT = 2**53
 
-Columns: TypeAlias = dict[str, pa.Array | list[Any]]
+# A column of a result: one Arrow array, or the chunks a reader produced (kept as they are: no copy).
+Arrow: TypeAlias = pa.Array | pa.ChunkedArray
+Columns: TypeAlias = dict[str, Arrow | list[Any]]
 Raw: TypeAlias = pd.DataFrame | pa.Table | Columns
 
 
@@ -152,8 +165,8 @@ def _table(raw: Raw) -> Columns:
     cannot type (values of mixed types)."""
     if isinstance(raw, dict):
         return raw
-    if isinstance(raw, pa.Table):
-        return {name: raw.column(name).combine_chunks() for name in raw.column_names}
+    if isinstance(raw, pa.Table):  # the reader's chunks, as they are: joining them would copy every column
+        return {name: raw.column(name) for name in raw.column_names}
     columns: Columns = {}
     for name in raw.columns:
         column = raw[name]
@@ -179,7 +192,7 @@ def arrow_or_list(values: list[Any]) -> pa.Array | list[Any]:
         return values
 
 
-def _column(table: Columns, name: str) -> tuple[pa.Array | None, list[Any] | None]:
+def _column(table: Columns, name: str) -> tuple[Arrow | None, list[Any] | None]:
     """A column as one Arrow array, or as Python objects when Arrow could not type it."""
     column = table[name]
     return (None, column) if isinstance(column, list) else (column, None)

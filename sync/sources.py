@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sync.config import ComputationConfig, JobConfig
 from sync.engine import Snapshot
 from sync.errors import SourceError
-from sync.snapshot import Columns, Computation, Raw, arrow_or_list, build_snapshot
+from sync.snapshot import Columns, Computation, Raw, arrow_or_list, normalise
 
 # Rows of a query turned into Arrow arrays at a time.
 FETCH = 100_000
@@ -60,7 +60,9 @@ def read_snapshot(job: JobConfig) -> Snapshot:
         else:
             profiles = table
     try:
-        return build_snapshot(computations(job), profiles, raw)
+        parts = normalise(computations(job), profiles, raw)
+        del read, raw, profiles  # what normalising did not keep (wider offsets, skipped rows) goes before the engine
+        return Snapshot(parts)
     except SourceError as exc:
         raise SourceError(f"job {job.name!r}: {exc}") from None
 
@@ -105,7 +107,7 @@ def _joined(pieces: list[pa.Array | list[Any]]) -> pa.Array | list[Any]:
     typed = {a.type for a in arrays if not pa.types.is_null(a.type)}
     if len(arrays) == len(pieces) and len(typed) <= 1:
         kind = typed.pop() if typed else pa.null()
-        return pa.concat_arrays([a.cast(kind) for a in arrays]) if arrays else pa.array([])
+        return pa.chunked_array([a.cast(kind) for a in arrays], kind) if arrays else pa.array([])
     values = [v for p in pieces for v in (p if isinstance(p, list) else p.to_pylist())]
     return arrow_or_list(values)
 
@@ -114,10 +116,23 @@ def read_file(path: Path, job: str, label: str) -> Raw:
     """A CSV or Parquet file; user ids are read as text so that ``007`` stays ``007``."""
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
-            return pq.read_table(path)
+            return _parquet(path)
         return pd.read_csv(path, dtype={"user_id": str}, keep_default_na=True)
     except (OSError, ValueError) as exc:
         raise SourceError(f"job {job!r}: cannot read the {label} file {path.name}: {exc}") from None
+
+
+def _parquet(path: Path) -> pa.Table:
+    """A Parquet file, its large text columns read as text with 4-byte offsets (half the offsets' memory,
+    and the form the snapshot keeps); as written when a row group holds more text than those can address."""
+    schema = pq.read_schema(path)
+    narrow = pa.schema([f.with_type(pa.string()) if pa.types.is_large_string(f.type) else f for f in schema])
+    if narrow.equals(schema):
+        return pq.read_table(path)
+    try:
+        return pq.read_table(path, schema=narrow)
+    except pa.ArrowException:
+        return pq.read_table(path)
 
 
 def _label(computation: Computation) -> str:

@@ -3,6 +3,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from sync.errors import SourceError
@@ -105,3 +106,29 @@ def test_a_profile_of_ids_alone_is_an_empty_profile_not_a_missing_one() -> None:
     assert snapshot.profiles == {"u1": {}}
     batch = next(snapshot.everyone().batches(10))
     assert batch.profiles == {"u1": {}}
+
+
+def test_results_in_several_chunks_read_as_in_one() -> None:
+    """A reader's chunks (Parquet row groups, fetched pages) are kept as they are, never joined first."""
+    profiles = {"user_id": ["u1", None, "u2", "u3", " ", "u4"], "email": ["a@x.io", "b@x.io", None, "", "c", "d@x.io"]}
+    members = {"user_id": ["u1", "", "u3", "u3", None, "u9"]}
+    traits = {"user_id": ["u1", "u2", None, "u3", "u4", "u9"], "value": [1.5, None, 2.0, float("nan"), 7, 3]}
+
+    def table(columns: dict[str, list[object]], chunks: int) -> pa.Table:
+        whole = pa.table(columns)
+        size = -(-whole.num_rows // chunks)
+        return pa.Table.from_batches(whole.slice(start, size).to_batches()[0] for start in range(0, 6, size))
+
+    def summary(chunks: int) -> tuple[object, ...]:
+        snapshot = build_snapshot(
+            [AUD, TRAIT], table(profiles, chunks), {"vip": table(members, chunks), "revenue": table(traits, chunks)}
+        )
+        return snapshot.state.to_dict(), snapshot.profiles, snapshot.issues
+
+    assert table(members, 3).column("user_id").num_chunks == 3
+    one, three = summary(1), summary(3)
+    assert three == one
+    assert one[0] == {
+        "vip": {"u1": True, "u2": False, "u3": True, "u4": False, "u9": True},
+        "revenue": {"u1": 1.5, "u2": None, "u3": None, "u4": 7.0, "u9": 3.0},
+    }

@@ -1,7 +1,10 @@
 """Reading a warehouse: rows come through the driver's cursor in pieces, and the pieces make one column."""
 
 from decimal import Decimal
+from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import create_engine, text
 
@@ -64,3 +67,20 @@ def test_a_postgresql_warehouse_is_read_in_pieces_through_a_server_side_cursor(
     snapshot = read_snapshot(job)
     assert snapshot.member_counts() == {"vip": 5} and snapshot.users == 7  # a null value is no value
     assert snapshot.state["plan"].dropna().to_dict() == {"1": 1.5, "2": 2}
+
+
+def test_large_text_columns_of_a_parquet_file_are_read_as_text_with_the_same_values(tmp_path: Path) -> None:
+    written = pa.table(
+        {
+            "user_id": pa.array(["u1", "u2", None, "ü3"], pa.large_string()),
+            "value": pa.array(["pro", None, "free", "∞"], pa.large_string()),
+            "n": pa.array([1, 2, 3, 4], pa.int64()),
+        }
+    )
+    path = tmp_path / "plan.parquet"
+    pq.write_table(written, path, row_group_size=2)
+    read = sources.read_file(path, "contacts", "trait plan")
+    assert isinstance(read, pa.Table)
+    assert read.schema.types == [pa.string(), pa.string(), pa.int64()]
+    assert read.column("user_id").num_chunks == 2  # row groups stay chunks: no copy to join them
+    assert read.to_pylist() == written.to_pylist()
