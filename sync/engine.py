@@ -274,16 +274,20 @@ class Snapshot:
         forced = " OR ".join(self._has(c, "f") for c in self.computations if c.key in force) or "false"
         signed = _signed("f.x")
         masks = ", ".join(f"f.m{k}" for k in range(self._masks))
+        # One join of every user of both sides; only the few worth a look come out of it.
         self._do(
-            f"CREATE OR REPLACE TABLE sel AS SELECT f.user_id, {signed} AS fp, f.ord, {masks} "
-            "FROM fp f LEFT JOIN stored s ON s.user_id = f.user_id WHERE "
-            f"(s.user_id IS NULL AND f.x <> 0) OR (s.user_id IS NOT NULL AND NOT s.known) "
-            f"OR (s.known AND s.fp <> {signed}) OR {forced}"
+            f"CREATE OR REPLACE TABLE looked AS SELECT coalesce(f.user_id, s.user_id) AS user_id, "
+            f"f.user_id IS NULL AS gone, {signed} AS fp, f.ord, {masks} "
+            "FROM fp f FULL OUTER JOIN stored s ON s.user_id = f.user_id WHERE "
+            f"(f.user_id IS NOT NULL AND ((s.user_id IS NULL AND f.x <> 0) OR (s.user_id IS NOT NULL AND NOT s.known) "
+            f"OR (s.known AND s.fp <> {signed}) OR {forced})) "
+            "OR (f.user_id IS NULL AND (s.fp <> 0 OR NOT s.known))"
         )
-        gone = self._db.execute(
-            "SELECT s.user_id FROM stored s ANTI JOIN fp f ON f.user_id = s.user_id "
-            "WHERE s.fp <> 0 OR NOT s.known ORDER BY s.user_id"
-        ).fetchall()
+        self._db.unregister("stored")
+        columns = ", ".join(f"m{k}" for k in range(self._masks))
+        self._do(f"CREATE OR REPLACE TABLE sel AS SELECT user_id, fp, ord, {columns} FROM looked WHERE NOT gone")
+        gone = self._db.execute("SELECT user_id FROM looked WHERE gone ORDER BY user_id").fetchall()
+        self._do("DROP TABLE looked")
         return Selection(self, self._selected(), [str(row[0]) for row in gone])
 
     def everyone(self) -> Selection:
