@@ -1,4 +1,4 @@
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
@@ -112,9 +112,12 @@ def test_results_in_several_chunks_read_as_in_one() -> None:
     """A reader's chunks (Parquet row groups, fetched pages) are kept as they are, never joined first."""
     profiles = {"user_id": ["u1", None, "u2", "u3", " ", "u4"], "email": ["a@x.io", "b@x.io", None, "", "c", "d@x.io"]}
     members = {"user_id": ["u1", "", "u3", "u3", None, "u9"]}
-    traits = {"user_id": ["u1", "u2", None, "u3", "u4", "u9"], "value": [1.5, None, 2.0, float("nan"), 7, 3]}
+    traits: dict[str, list[object]] = {
+        "user_id": ["u1", "u2", None, "u3", "u4", "u9"],
+        "value": [1.5, None, 2.0, float("nan"), 7, 3],
+    }
 
-    def table(columns: dict[str, list[object]], chunks: int) -> pa.Table:
+    def table(columns: Mapping[str, Sequence[object]], chunks: int) -> pa.Table:
         whole = pa.table(columns)
         size = -(-whole.num_rows // chunks)
         return pa.Table.from_batches(whole.slice(start, size).to_batches()[0] for start in range(0, 6, size))
