@@ -297,15 +297,17 @@ class Snapshot:
         return Selection(self, self._selected(), [])
 
     def _selected(self) -> pa.Table:
-        """The selected users with their masks and, per trait, the position of their value (or null)."""
+        """The selected users with their masks and, per trait, its value or (mixed types) its position."""
         joins, columns = [], []
         for computation in self.computations:
             if computation.kind != "trait":
                 continue
             name = self._name(computation)
-            source = f"(SELECT user_id, min(vi) AS vi FROM {name} GROUP BY user_id)" if self._duplicated else name
-            joins.append(f"LEFT JOIN {source} {name} ON {name}.user_id = sel.user_id")
-            columns.append(f"{name}.vi AS {name}")
+            # A typed trait's values come out as they are; a mixed one's as positions in its list of values.
+            value = "vi" if self._parts.traits[computation.key].hash_kind == "mixed" else "v"
+            first = f"(SELECT user_id, arg_min({value}, vi) AS {value} FROM {name} GROUP BY user_id)"
+            joins.append(f"LEFT JOIN {first if self._duplicated else name} {name} ON {name}.user_id = sel.user_id")
+            columns.append(f"{name}.{value} AS {name}")
         if self._parts.profiles is not None:  # profiles ride along: one join, not one lookup per batch
             source = "(SELECT DISTINCT ON (user_id) * FROM p)" if self._duplicated else "p"
             joins.append(f"LEFT JOIN {source} p ON p.user_id = sel.user_id")
@@ -324,8 +326,12 @@ class Snapshot:
                 masks = table.column(f"m{bit // _BITS}").to_numpy()
                 columns[computation.key] = ((masks >> (bit % _BITS)) & 1).astype(bool)
             else:
-                positions = table.column(self._name(computation)).fill_null(-1).to_numpy()
-                values = self._parts.traits[computation.key].value_list(np.asarray(positions, dtype=np.int64))
+                part, selected = self._parts.traits[computation.key], table.column(self._name(computation))
+                if part.hash_kind == "mixed":
+                    positions = np.asarray(selected.fill_null(-1).to_numpy(), dtype=np.int64)
+                    values = part.value_list(positions)
+                else:
+                    values = selected.to_pylist()
                 column = np.empty(len(values), dtype=object)
                 column[:] = values
                 columns[computation.key] = column

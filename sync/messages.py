@@ -56,13 +56,12 @@ class Update:
     fingerprint: int | None = None  # of ``state``, stored with it once acknowledged
 
 
+# The text a messageId hashes; the same encoder for every call (json.dumps with options builds one per call).
+_ID_PAYLOAD = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
+
+
 def message_id(job: str, user_id: str, version: int, changes: Sequence[KeyChange]) -> str:
-    payload = json.dumps(
-        [job, user_id, version, sorted((c.key, c.new) for c in changes)],
-        sort_keys=True,
-        separators=(",", ":"),
-        default=str,
-    )
+    payload = _ID_PAYLOAD.encode([job, user_id, version, sorted((c.key, c.new) for c in changes)])
     return MESSAGE_ID_PREFIX + hashlib.sha256(payload.encode()).hexdigest()[:40]
 
 

@@ -1,3 +1,5 @@
+import hashlib
+import json
 from datetime import UTC, datetime
 
 import pandas as pd
@@ -118,3 +120,13 @@ def test_a_single_computation_uses_engage_s_personas_fields_and_no_anonymous_id_
 
 def test_iso_is_utc_with_milliseconds() -> None:
     assert iso(datetime(2026, 1, 2, 3, 4, 5, 6000, tzinfo=UTC)) == "2026-01-02T03:04:05.006Z"
+
+
+def test_message_id_hashes_the_documented_payload_so_ids_survive_an_upgrade() -> None:
+    changes = [KeyChange("plan", "trait", "free", "pro"), KeyChange("vip", "audience", False, True)]
+    payload = json.dumps(
+        ["contacts", "u1", 3, [["plan", "pro"], ["vip", True]]], sort_keys=True, separators=(",", ":"), default=str
+    )
+    assert payload == '["contacts","u1",3,[["plan","pro"],["vip",true]]]'
+    expected = "as-" + hashlib.sha256(payload.encode()).hexdigest()[:40]
+    assert message_id("contacts", "u1", 3, list(reversed(changes))) == expected
