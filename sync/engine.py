@@ -43,9 +43,10 @@ _BITS = 63
 STORED_SCHEMA = pa.schema([("user_id", pa.string()), ("fp", pa.int64()), ("known", pa.bool_())])
 
 
-# The engine's working memory; past it, grouping and joining spill to a temporary folder (slower, bounded).
-# AUDIENCE_SYNC_ENGINE_MEMORY overrides it (a DuckDB size: "4GB").
-ENGINE_MEMORY = "512MB"
+# The engine's memory; past it, grouping and joining spill to a temporary folder. The table of users stays in
+# it (about 50 bytes a user: 480 MB at ten million), so the rest of 1GB is what grouping and joining get;
+# at 512MB, ten million users sometimes ran out. AUDIENCE_SYNC_ENGINE_MEMORY overrides it ("4GB").
+ENGINE_MEMORY = "1GB"
 
 
 def engine_memory() -> str:
