@@ -306,7 +306,7 @@ class Snapshot:
             name = self._name(computation)
             # A typed trait's values come out as they are; a mixed one's as positions in its list of values.
             value = "vi" if self._parts.traits[computation.key].hash_kind == "mixed" else "v"
-            first = f"(SELECT user_id, arg_min({value}, vi) AS {value} FROM {name} GROUP BY user_id)"
+            first = f"(SELECT user_id, arg_min({value}, ord) AS {value} FROM {name} GROUP BY user_id)"
             joins.append(f"LEFT JOIN {first if self._duplicated else name} {name} ON {name}.user_id = sel.user_id")
             columns.append(f"{name}.{value} AS {name}")
         if self._parts.profiles is not None:  # profiles ride along: one join, not one lookup per batch

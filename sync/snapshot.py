@@ -86,10 +86,11 @@ class Computation:
 
 @dataclass(frozen=True)
 class TraitPart:
-    """A trait's rows: ``table`` has ``user_id``, what the fingerprint hashes and ``vi``, the row's
-    position in ``values``. ``hash_kind`` says what is hashed: ``v`` as a number (``n``), a text (``s``)
-    or a boolean (``b``); or (``mixed``) per row, by its tag ``t``, ``vn``, ``vs`` or ``vb``, the
-    canonical JSON text ``vs`` (``j``) for anything else. ``values`` holds the JSON values sent."""
+    """A trait's rows: ``table`` has ``user_id`` and what the fingerprint hashes. ``hash_kind`` says what
+    that is: ``v`` as a number (``n``), a text (``s``) or a boolean (``b``), and then ``v`` is also the
+    JSON value sent; or (``mixed``) per row, by its tag ``t``, ``vn``, ``vs`` or ``vb``, the canonical
+    JSON text ``vs`` (``j``) for anything else, with ``vi``, the row's position in ``values``, the JSON
+    values sent."""
 
     table: pa.Table
     values: pa.Array | list[Any]
@@ -240,7 +241,7 @@ def normalise_trait(table: Columns, label: str, issues: list[RowIssue]) -> Trait
             values, hash_kind, present = typed
             keep = usable & present
             kept = _keep(values, keep)
-            rows = pa.table({"user_id": _keep(ids, keep), "v": kept, "vi": _positions(len(kept))})
+            rows = pa.table({"user_id": _keep(ids, keep), "v": kept})
             return TraitPart(rows, kept, hash_kind)
         objects = array.to_pylist()
     assert objects is not None
