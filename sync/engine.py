@@ -49,6 +49,18 @@ STORED_SCHEMA = pa.schema([("user_id", pa.string()), ("fp", pa.int64()), ("known
 ENGINE_MEMORY = "1GB"
 
 
+# Arrow's buffers come from jemalloc told to hand freed memory back to the system at once. Arrow's default
+# pool keeps freed memory for reuse, and the C library's allocator fragments across reader threads: with
+# either, a run's peak memory grew by much of what it had read (bench/README.md).
+# ARROW_DEFAULT_MEMORY_POOL, when set, still decides.
+if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
+    try:
+        pa.set_memory_pool(pa.jemalloc_memory_pool())
+        pa.jemalloc_set_decay_ms(0)
+    except NotImplementedError:  # a pyarrow built without jemalloc
+        pa.set_memory_pool(pa.system_memory_pool())
+
+
 def engine_memory() -> str:
     return os.environ.get("AUDIENCE_SYNC_ENGINE_MEMORY", ENGINE_MEMORY)
 

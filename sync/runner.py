@@ -621,16 +621,19 @@ class _Recorder:
                 self._pending.extend(ready)
                 for result in ready:
                     self._watch_for_refusal(result)
-                if self._writing is None:
-                    self._writing = asyncio.create_task(self._write_pending())
+                self._write()
         await self.drain()
 
     async def drain(self) -> None:
         """Wait for the commits under way and record whatever is still waiting; raises what a commit raised."""
         while self._writing is not None or self._pending:
-            if self._writing is None:
-                self._writing = asyncio.create_task(self._write_pending())
-            await self._writing
+            await self._write()
+
+    def _write(self) -> asyncio.Task[None]:
+        """The chain of commits under way, started when there is none."""
+        if self._writing is None:
+            self._writing = asyncio.create_task(self._write_pending())
+        return self._writing
 
     async def _write_pending(self) -> None:
         """Commit what waits, then what arrived meanwhile, until nothing waits.

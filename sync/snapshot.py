@@ -45,17 +45,6 @@ PROFILE_COLUMNS = (
     "company_id",
     "company_name",
 )
-# Arrow's buffers come from jemalloc told to hand freed memory back to the system at once. Arrow's default
-# pool keeps freed memory for reuse, and the C library's allocator fragments across reader threads: with
-# either, a run's peak memory grew by much of what it had read (bench/README.md).
-# ARROW_DEFAULT_MEMORY_POOL, when set, still decides.
-if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
-    try:
-        pa.set_memory_pool(pa.jemalloc_memory_pool())
-        pa.jemalloc_set_decay_ms(0)
-    except NotImplementedError:  # a pyarrow built without jemalloc
-        pa.set_memory_pool(pa.system_memory_pool())
-
 # How many offending user ids an error message lists before it says "and N more".
 SHOWN_IDS = 10
 # Integers beyond this are not exact as float64: such a trait column is hashed by its JSON text instead.
@@ -90,10 +79,10 @@ class TraitPart:
     that is: ``v`` as a number (``n``), a text (``s``) or a boolean (``b``), and then ``v`` is also the
     JSON value sent; or (``mixed``) per row, by its tag ``t``, ``vn``, ``vs`` or ``vb``, the canonical
     JSON text ``vs`` (``j``) for anything else, with ``vi``, the row's position in ``values``, the JSON
-    values sent."""
+    values sent (empty for the other kinds)."""
 
     table: pa.Table
-    values: pa.Array | list[Any]
+    values: list[Any]
     hash_kind: str
 
     def value_list(self, positions: np.ndarray) -> list[Any]:
@@ -103,10 +92,7 @@ class TraitPart:
         if not present.any():
             return out
         where = np.flatnonzero(present)
-        if isinstance(self.values, list):
-            picked = [self.values[i] for i in positions[present].tolist()]
-        else:
-            picked = self.values.take(pa.array(positions[present])).to_pylist()
+        picked = [self.values[i] for i in positions[present].tolist()]
         for slot, value in zip(where.tolist(), picked, strict=True):
             out[slot] = value
         return out
@@ -242,7 +228,7 @@ def normalise_trait(table: Columns, label: str, issues: list[RowIssue]) -> Trait
             keep = usable & present
             kept = _keep(values, keep)
             rows = pa.table({"user_id": _keep(ids, keep), "v": kept})
-            return TraitPart(rows, kept, hash_kind)
+            return TraitPart(rows, [], hash_kind)
         objects = array.to_pylist()
     assert objects is not None
     return _trait_objects(ids, usable, objects, label, issues)
