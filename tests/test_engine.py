@@ -1,5 +1,8 @@
 """The snapshot engine within its memory setting: it spills past it, and says so when it cannot work."""
 
+import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -51,3 +54,13 @@ def test_too_little_engine_memory_fails_the_run_with_the_setting_named(
     assert report.status == "failed" and report.error is not None
     assert "AUDIENCE_SYNC_ENGINE_MEMORY='lots' is not a memory size" in report.error
     assert receiver.accepted() == [] and store.state_size("contacts") == 0
+
+
+def test_arrow_memory_comes_from_jemalloc_unless_the_environment_says_otherwise() -> None:
+    code = "import sync.engine, pyarrow as pa; print(pa.default_memory_pool().backend_name)"
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    chosen = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert chosen.stdout.strip() == "jemalloc"
+    env["ARROW_DEFAULT_MEMORY_POOL"] = "system"
+    chosen = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert chosen.stdout.strip() == "system"
