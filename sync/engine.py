@@ -32,11 +32,12 @@ import pandas as pd
 import pyarrow as pa
 
 from sync.errors import EngineError, SourceError
-from sync.snapshot import Computation, Parts, RowIssue, some
+from sync.snapshot import Computation, Parts, ProfilePart, RowIssue, some
 
 # Profile columns of a selection are named with this prefix.
 _PROFILE = "profile__"
 _HAS_PROFILE = "has_profile__"
+_PROFILE_ROW = "profile_row__"
 # Bits of a membership mask column: 63 keep every mask a positive BIGINT.
 _BITS = 63
 # The stored fingerprints a snapshot is compared with: user_id text, fp BIGINT, known BOOLEAN.
@@ -105,6 +106,10 @@ def _signed(column: str) -> str:
     )
 
 
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
@@ -158,10 +163,8 @@ class Snapshot:
             offset += len(table)
             return ordered
 
-        self._profile_columns: list[str] = []
-        if self._parts.profiles is not None:
-            self._profile_columns = [c for c in self._parts.profiles.column_names if c != "user_id"]
-            self._db.register("p", with_order(self._parts.profiles))
+        if self._parts.profiles is not None:  # ids only: fields are read for the users looked at
+            self._db.register("p", with_order(pa.table({"user_id": self._parts.profiles.ids})))
         for computation in self.computations:
             if computation.kind == "audience":
                 members = pa.table({"user_id": self._parts.members[computation.key]})
@@ -226,9 +229,19 @@ class Snapshot:
             f"({self._rows}) WHERE user_id IN (SELECT user_id FROM dups) GROUP BY user_id) d "
             "WHERE fp.user_id = d.user_id"
         )
-        if self._parts.profiles is not None and self._profile_columns:
-            row = "hash(" + ", ".join(f"nullif(trim({c}), '')" for c in self._profile_columns) + ")"
-            conflicting = self._conflicts("p", row)
+        profiles = self._parts.profiles
+        if profiles is not None and profiles.names:
+            rows = self._db.sql(
+                "SELECT user_id, ord FROM p WHERE user_id IN (SELECT user_id FROM dups)"
+            ).to_arrow_table()
+            ords = rows.column("ord").to_numpy().astype(np.int64)
+            fields = profiles.fields(ords, rows.column("user_id"))
+            self._db.register(
+                "pd", pa.Table.from_arrays([*rows.columns, *fields.columns], [*rows.column_names, *fields.column_names])
+            )
+            row = "hash(" + ", ".join(f"nullif(trim({_quoted(c)}), '')" for c in profiles.names) + ")"
+            conflicting = self._conflicts("pd", row)
+            self._db.unregister("pd")
             if conflicting:
                 raise SourceError(f"profiles: conflicting duplicate rows for user_id {some(conflicting)}")
         for computation in self.computations:
@@ -321,13 +334,27 @@ class Snapshot:
             first = f"(SELECT user_id, arg_min({value}, ord) AS {value} FROM {name} GROUP BY user_id)"
             joins.append(f"LEFT JOIN {first if self._duplicated else name} {name} ON {name}.user_id = sel.user_id")
             columns.append(f"{name}.{value} AS {name}")
-        if self._parts.profiles is not None:  # profiles ride along: one join, not one lookup per batch
-            source = "(SELECT DISTINCT ON (user_id) * FROM p)" if self._duplicated else "p"
+        if self._parts.profiles is not None:  # each user's profile row: its fields are read below
+            source = "(SELECT user_id, min(ord) AS ord FROM p GROUP BY user_id)" if self._duplicated else "p"
             joins.append(f"LEFT JOIN {source} p ON p.user_id = sel.user_id")
-            columns += [f"p.{c} AS {_PROFILE}{c}" for c in self._profile_columns]
-            columns.append(f"p.user_id IS NOT NULL AS {_HAS_PROFILE}")
+            columns.append(f"p.ord AS {_PROFILE_ROW}")
         extra = "".join(f", {c}" for c in columns)
-        return self._db.sql(f"SELECT sel.*{extra} FROM sel {' '.join(joins)} ORDER BY sel.ord").to_arrow_table()
+        table = self._db.sql(f"SELECT sel.*{extra} FROM sel {' '.join(joins)} ORDER BY sel.ord").to_arrow_table()
+        return table if self._parts.profiles is None else self._with_profiles(table, self._parts.profiles)
+
+    def _with_profiles(self, table: pa.Table, profiles: ProfilePart) -> pa.Table:
+        """The selected users' profile fields, read from the source for them alone, as columns of ``table``."""
+        row = table.column(_PROFILE_ROW)
+        present = np.asarray(row.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        ords = np.asarray(row.drop_null().to_numpy(), dtype=np.int64)
+        fields = profiles.fields(ords, table.column("user_id").filter(pa.array(present)))
+        slots = np.full(len(present), -1, dtype=np.int64)
+        slots[present] = np.arange(len(ords))
+        picks = pa.array(slots, mask=~present)
+        table = table.drop_columns([_PROFILE_ROW])
+        for name in profiles.names:
+            table = table.append_column(f"{_PROFILE}{name}", fields.column(name).take(picks))
+        return table.append_column(_HAS_PROFILE, pa.array(present))
 
     def frame(self, table: pa.Table) -> pd.DataFrame:
         """The wide state of the users of ``table`` (a slice of a selection)."""

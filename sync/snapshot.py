@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -98,30 +98,104 @@ class TraitPart:
         return out
 
 
+class ProfileRows(Protocol):
+    """Where a profiles result's rows are read from, a few at a time."""
+
+    def take(self, rows: np.ndarray) -> Columns:
+        """Every column at the row positions ``rows``, in that order."""
+        ...
+
+
+@dataclass(frozen=True)
+class Profiles:
+    """A profiles result before it is normalised: its column names, its user ids and where its rows are
+    read from. The fields themselves are read only for the users a run looks at (``ProfilePart.fields``),
+    so a source that can read rows on demand (a Parquet file) never holds every profile in memory.
+    ``where`` names the result in errors."""
+
+    names: tuple[str, ...]
+    user_ids: Arrow | list[Any] | None
+    rows: ProfileRows
+    where: str = "profiles"
+
+
+class _InMemory:
+    """The rows of a result already read."""
+
+    def __init__(self, columns: Columns) -> None:
+        self._columns = columns
+
+    def take(self, rows: np.ndarray) -> Columns:
+        picked: Columns = {}
+        for name, column in self._columns.items():
+            if isinstance(column, list):
+                picked[name] = [column[i] for i in rows.tolist()]
+            else:
+                picked[name] = column.take(pa.array(rows, pa.int64()))
+        return picked
+
+
+def profiles_of(raw: Raw) -> Profiles:
+    """A profiles result read whole (a query's rows, a CSV file, a data frame)."""
+    table = _table(raw)
+    return Profiles(tuple(table), table.get("user_id"), _InMemory(table))
+
+
+@dataclass(frozen=True)
+class ProfilePart:
+    """The usable profile rows: their user ids, in row order, and the names of their fields."""
+
+    ids: Arrow
+    names: tuple[str, ...]
+    source: Profiles
+    rows: np.ndarray | None  # the source row of each id; None when every row is kept (the same position)
+
+    def fields(self, positions: np.ndarray, user_ids: Arrow) -> pa.Table:
+        """The fields, as text, of the rows at ``positions`` (of ``ids``), which belong to ``user_ids``.
+        Raises SourceError when the source has changed since its ids were read."""
+        rows = positions if self.rows is None else self.rows[positions]
+        read = self.source.rows.take(rows)
+        ids, _ = _user_ids(read, self.source.where, [])
+        if len(ids) != len(user_ids) or ids.null_count or (len(ids) and not pc.all(pc.equal(ids, user_ids)).as_py()):
+            raise SourceError(f"{self.source.where}: it changed while it was being read; run again")
+        return pa.table({name: _texts(read, name) for name in self.names}, schema=_text_schema(self.names))
+
+
+def _text_schema(names: Sequence[str]) -> pa.Schema:
+    return pa.schema([(name, pa.string()) for name in names])
+
+
 @dataclass(frozen=True)
 class Parts:
     """Normalised results, ready for the engine: profiles, audience member ids and trait rows."""
 
     computations: tuple[Computation, ...]
-    profiles: pa.Table | None  # user_id + profile text columns
+    profiles: ProfilePart | None
     members: Mapping[str, pa.Array]  # key -> member ids (text), duplicates possible
     traits: Mapping[str, TraitPart]
     issues: tuple[RowIssue, ...]
 
 
-def build_snapshot(computations: Sequence[Computation], profiles: Raw | None, results: Mapping[str, Raw]) -> Snapshot:
+def build_snapshot(
+    computations: Sequence[Computation], profiles: Raw | Profiles | None, results: Mapping[str, Raw]
+) -> Snapshot:
     """Assemble a snapshot from the profiles query and one raw result per computation key."""
     from sync.engine import Snapshot
 
     return Snapshot(normalise(computations, profiles, results))
 
 
-def normalise(computations: Sequence[Computation], profiles: Raw | None, results: Mapping[str, Raw]) -> Parts:
+def normalise(
+    computations: Sequence[Computation], profiles: Raw | Profiles | None, results: Mapping[str, Raw]
+) -> Parts:
     """Every result normalised, several at once (Arrow's kernels release the GIL); issues in result order."""
 
-    def profile_part() -> tuple[pa.Table | None, list[RowIssue]]:
+    def profile_part() -> tuple[ProfilePart | None, list[RowIssue]]:
         issues: list[RowIssue] = []
-        return (normalise_profiles(_table(profiles), issues) if profiles is not None else None), issues
+        if profiles is None:
+            return None, issues
+        whole = profiles if isinstance(profiles, Profiles) else profiles_of(profiles)
+        return normalise_profiles(whole, issues), issues
 
     def part(computation: Computation) -> tuple[pa.Array | TraitPart, list[RowIssue]]:
         issues: list[RowIssue] = []
@@ -185,20 +259,19 @@ def _column(table: Columns, name: str) -> tuple[Arrow | None, list[Any] | None]:
     return (None, column) if isinstance(column, list) else (column, None)
 
 
-def normalise_profiles(table: Columns, issues: list[RowIssue]) -> pa.Table:
-    unknown = [c for c in table if c not in PROFILE_COLUMNS]
+def normalise_profiles(profiles: Profiles, issues: list[RowIssue]) -> ProfilePart:
+    """The usable user ids of a profiles result; its fields are read later, for the users a run sends."""
+    unknown = [c for c in profiles.names if c not in PROFILE_COLUMNS]
     if unknown:
         raise SourceError(
             f"profiles: unknown column(s) {', '.join(unknown)}; accepted columns: {', '.join(PROFILE_COLUMNS)}"
         )
-    if "user_id" not in table:
+    if profiles.user_ids is None:
         raise SourceError("profiles: the query must return a user_id column")
-    ids, usable = _user_ids(table, "profiles", issues)
-    columns = {"user_id": ids}
-    for name in table:
-        if name != "user_id":
-            columns[name] = _texts(table, name)
-    return _keep(pa.table(columns), usable)
+    ids, usable = _user_ids({"user_id": profiles.user_ids}, "profiles", issues)
+    names = tuple(name for name in profiles.names if name != "user_id")
+    rows = None if usable.all() else np.flatnonzero(usable)
+    return ProfilePart(_keep(ids, usable), names, profiles, rows)
 
 
 def normalise_members(table: Columns, label: str, issues: list[RowIssue]) -> pa.Array:
@@ -317,7 +390,7 @@ def _present(array: pa.Array) -> np.ndarray:
     return _mask(pc.is_valid(array), False)
 
 
-def _user_ids(table: Columns, label: str, issues: list[RowIssue]) -> tuple[pa.Array, np.ndarray]:
+def _user_ids(table: Columns, label: str, issues: list[RowIssue]) -> tuple[Arrow, np.ndarray]:
     """User ids as text and which rows have a usable one; the others are reported."""
     array, objects = _column(table, "user_id")
     ids = _id_texts(array) if array is not None else None

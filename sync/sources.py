@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sync.config import ComputationConfig, JobConfig
 from sync.engine import Snapshot
 from sync.errors import SourceError
-from sync.snapshot import Columns, Computation, Raw, arrow_or_list, normalise
+from sync.snapshot import Arrow, Columns, Computation, Profiles, Raw, arrow_or_list, normalise
 
 # Rows of a query turned into Arrow arrays at a time.
 FETCH = 100_000
@@ -33,7 +34,7 @@ def computations(job: JobConfig) -> tuple[Computation, ...]:
 def read_snapshot(job: JobConfig) -> Snapshot:
     """Run every query and read every file of the job; raise SourceError naming the one that failed."""
     raw: dict[str, Raw] = {}
-    profiles: Raw | None = None
+    profiles: Raw | Profiles | None = None
     sql_items = [(c, item) for c, item in _items(job) if item.query is not None]
     if job.source.url and (sql_items or job.source.profiles):
         engine = create_engine(job.source.url)
@@ -50,15 +51,14 @@ def read_snapshot(job: JobConfig) -> Snapshot:
         finally:
             engine.dispose()
     files = [(c.key, Path(item.file), _label(c)) for c, item in _items(job) if item.file is not None]
-    if job.source.profiles_file:
-        files.insert(0, ("", Path(job.source.profiles_file), "profiles"))
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # Arrow's readers release the GIL
+        profile_file = (
+            pool.submit(read_profiles, Path(job.source.profiles_file), job.name) if job.source.profiles_file else None
+        )
         read = list(pool.map(lambda file: read_file(file[1], job.name, file[2]), files))
+        profiles = profile_file.result() if profile_file is not None else profiles
     for (key, _path, _label_text), table in zip(files, read, strict=True):
-        if key:
-            raw[key] = table
-        else:
-            profiles = table
+        raw[key] = table
     try:
         parts = normalise(computations(job), profiles, raw)
         del read, raw, profiles  # what normalising did not keep (wider offsets, skipped rows) goes before the engine
@@ -120,6 +120,61 @@ def read_file(path: Path, job: str, label: str) -> Raw:
         return pd.read_csv(path, dtype={"user_id": str}, keep_default_na=True)
     except (OSError, ValueError) as exc:
         raise SourceError(f"job {job!r}: cannot read the {label} file {path.name}: {exc}") from None
+
+
+def read_profiles(path: Path, job: str) -> Raw | Profiles:
+    """A profiles file. A Parquet file's user ids are read now, and its other columns later, for the users
+    a run looks at (the file stays open, so a file replaced meanwhile is still read as it was)."""
+    if path.suffix.lower() not in (".parquet", ".pq"):
+        return read_file(path, job, "profiles")
+    where = f"job {job!r}: the profiles file {path.name}"
+    try:
+        file = pq.ParquetFile(path)
+        names = tuple(file.schema_arrow.names)
+        ids = _narrow(file.read(columns=["user_id"]).column(0)) if "user_id" in names else None
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"job {job!r}: cannot read the profiles file {path.name}: {exc}") from None
+    return Profiles(names, ids, _ParquetRows(file, names, where), where)
+
+
+class _ParquetRows:
+    """The rows of an open Parquet file, read a row group at a time and only where some are asked for."""
+
+    def __init__(self, file: pq.ParquetFile, names: tuple[str, ...], where: str) -> None:
+        self._file, self._names, self._where = file, list(names), where
+        sizes = [file.metadata.row_group(g).num_rows for g in range(file.metadata.num_row_groups)]
+        self._starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+
+    def take(self, rows: np.ndarray) -> Columns:
+        order = np.argsort(rows, kind="stable")
+        wanted = rows[order]
+        bounds = np.searchsorted(wanted, self._starts)
+        pieces = []
+        try:
+            for group in range(len(self._starts) - 1):
+                low, high = int(bounds[group]), int(bounds[group + 1])
+                if low < high:
+                    read = self._file.read_row_group(group, columns=self._names)
+                    picked = read.take(pa.array(wanted[low:high] - self._starts[group]))
+                    pieces.append(pa.table([_narrow(c) for c in picked.columns], names=picked.column_names))
+        except (OSError, ValueError) as exc:
+            raise SourceError(f"{self._where}: cannot be read: {exc}") from None
+        if not pieces:
+            return {name: pa.array([], pa.string()) for name in self._names}
+        whole = pa.concat_tables(pieces)
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        ordered = whole.take(pa.array(back))
+        return {name: ordered.column(name) for name in self._names}
+
+
+def _narrow(column: Arrow) -> Arrow:
+    """Large text as text with 4-byte offsets, chunk by chunk."""
+    if not pa.types.is_large_string(column.type):
+        return column
+    if isinstance(column, pa.ChunkedArray):
+        return pa.chunked_array([chunk.cast(pa.string()) for chunk in column.chunks], pa.string())
+    return column.cast(pa.string())
 
 
 def _parquet(path: Path) -> pa.Table:

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
+from sync.engine import stored_table
 from sync.errors import EngineError
 from sync.receiver import Receiver
 from sync.runner import Runner
-from sync.snapshot import Computation, build_snapshot
+from sync.snapshot import Columns, Computation, Profiles, build_snapshot
 from sync.store import Store
 from tests.conftest import Warehouse, make_job
 
@@ -64,3 +66,33 @@ def test_arrow_memory_comes_from_jemalloc_unless_the_environment_says_otherwise(
     env["ARROW_DEFAULT_MEMORY_POOL"] = "system"
     chosen = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert chosen.stdout.strip() == "system"
+
+
+class CountedRows:
+    """Profile rows held in memory that remember which rows were asked for."""
+
+    def __init__(self, columns: dict[str, pa.Array]) -> None:
+        self.columns = columns
+        self.asked: list[list[int]] = []
+
+    def take(self, rows: np.ndarray) -> Columns:
+        self.asked.append(rows.tolist())
+        return {name: column.take(pa.array(rows)) for name, column in self.columns.items()}
+
+
+def test_profile_fields_are_read_only_for_the_users_a_run_looks_at_and_duplicated_ones() -> None:
+    ids = pa.array([f"u{i}" for i in range(1000)] + ["u500"])
+    emails = pa.array([f"u{i}@example.com" for i in range(1000)] + ["u500@example.com"])
+    rows = CountedRows({"user_id": ids, "email": emails})
+    audience = Computation("a", "audience", "A")
+    snapshot = build_snapshot(
+        [audience], Profiles(("user_id", "email"), ids, rows), {"a": pa.table({"user_id": ["u42", "u7"]})}
+    )
+    assert rows.asked == [[500, 1000]]  # only the duplicated user, to compare its rows
+    stored = stored_table([f"u{i}" for i in range(1000) if i not in (7, 42)], [0] * 998)
+    selection = snapshot.examine(stored)
+    assert rows.asked[1:] == [[7, 42]]  # in order of first appearance: the profiles come first
+    assert next(selection.batches(10)).profiles == {
+        "u7": {"email": "u7@example.com"},
+        "u42": {"email": "u42@example.com"},
+    }

@@ -1,5 +1,7 @@
 """Reading a warehouse: rows come through the driver's cursor in pieces, and the pieces make one column."""
 
+import io
+import os
 from decimal import Decimal
 from pathlib import Path
 
@@ -9,6 +11,9 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from sync import sources
+from sync.config import JobConfig
+from sync.engine import stored_table
+from sync.errors import SourceError
 from sync.sources import read_snapshot
 from tests.conftest import Warehouse, make_config, make_job
 
@@ -84,3 +89,84 @@ def test_large_text_columns_of_a_parquet_file_are_read_as_text_with_the_same_val
     assert read.schema.types == [pa.string(), pa.string(), pa.int64()]
     assert read.column("user_id").num_chunks == 2  # row groups stay chunks: no copy to join them
     assert read.to_pylist() == written.to_pylist()
+
+
+def file_job(folder: Path) -> JobConfig:
+    return make_config(
+        "sqlite://",
+        [
+            {
+                "name": "files",
+                "source": {"profiles_file": str(folder / "profiles.parquet")},
+                "audiences": [{"name": "VIP", "file": str(folder / "vip.parquet")}],
+                "destination": {"webhook_url": "http://127.0.0.1:9/x"},
+            }
+        ],
+    ).jobs[0]
+
+
+def write_profiles(folder: Path, user_ids: list[str | None], **columns: pa.Array) -> None:
+    table = pa.table({"user_id": pa.array(user_ids, pa.large_string()), **columns})
+    pq.write_table(table, folder / "profiles.parquet", row_group_size=3)
+
+
+def test_parquet_profiles_are_read_for_the_users_looked_at_from_the_row_groups_that_hold_them(tmp_path: Path) -> None:
+    ids: list[str | None] = [f"u{i}" for i in range(10)]
+    ids[1] = None  # skipped: the rows after it keep their own fields
+    write_profiles(
+        tmp_path,
+        ids,
+        email=pa.array([f"u{i}@example.com" for i in range(10)], pa.large_string()),
+        phone=pa.array(range(100, 110), pa.int64()),
+    )
+    pq.write_table(pa.table({"user_id": ["u8", "u3", "u12"]}), tmp_path / "vip.parquet")
+    snapshot = read_snapshot(file_job(tmp_path))
+    stored = stored_table(["u0", "u2", "u4", "u5", "u6", "u7", "u9"], [0] * 7)  # known, with nothing in them
+    selection = snapshot.examine(stored)
+    assert selection.table.column("user_id").to_pylist() == ["u3", "u8", "u12"]  # in order of first appearance
+    assert [b.profiles for b in selection.batches(2)] == [
+        {"u3": {"email": "u3@example.com", "phone": "103"}, "u8": {"email": "u8@example.com", "phone": "108"}},
+        {},
+    ]
+    assert snapshot.profiles["u9"] == {"email": "u9@example.com", "phone": "109"}
+    assert snapshot.issues[0].problem == "null or empty user_id"
+
+
+def test_a_parquet_profiles_file_replaced_during_a_run_is_still_read_as_it_was(tmp_path: Path) -> None:
+    write_profiles(tmp_path, ["u1", "u2"], email=pa.array(["old1@example.com", "old2@example.com"]))
+    pq.write_table(pa.table({"user_id": ["u2"]}), tmp_path / "vip.parquet")
+    snapshot = read_snapshot(file_job(tmp_path))
+    replacement = tmp_path / "new.parquet"
+    pq.write_table(pa.table({"user_id": ["u2", "u1"], "email": ["new2@example.com", "x"]}), replacement)
+    os.replace(replacement, tmp_path / "profiles.parquet")
+    assert snapshot.profiles == {"u1": {"email": "old1@example.com"}, "u2": {"email": "old2@example.com"}}
+
+
+def test_a_parquet_profiles_file_rewritten_in_place_during_a_run_fails_the_run_by_name(tmp_path: Path) -> None:
+    write_profiles(tmp_path, ["u1", "u2"], email=pa.array(["a@example.com", "b@example.com"]))
+    pq.write_table(pa.table({"user_id": ["u2"]}), tmp_path / "vip.parquet")
+    snapshot = read_snapshot(file_job(tmp_path))
+    path = tmp_path / "profiles.parquet"
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"user_id": ["u9", "u8"], "email": ["c@example.com", "d@example.com"]}), buffer)
+    with path.open("r+b") as file:  # the same file, other rows: as a writer that truncates and rewrites would leave it
+        file.write(buffer.getvalue())
+        file.truncate()
+    with pytest.raises(SourceError) as caught:
+        snapshot.examine(stored_table([], []))
+    message = str(caught.value)
+    assert "job 'files': the profiles file profiles.parquet" in message
+    assert "example.com" not in message
+
+
+def test_conflicting_duplicate_profiles_in_a_parquet_file_are_refused_and_equal_ones_are_one(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"user_id": ["u2"]}), tmp_path / "vip.parquet")
+    write_profiles(tmp_path, ["u1", "u2", "u1", "u3"], email=pa.array(["a@x.io", "b@x.io", "z@x.io", None]))
+    with pytest.raises(SourceError, match="job 'files': profiles: conflicting duplicate rows for user_id 'u1'"):
+        read_snapshot(file_job(tmp_path))
+    write_profiles(tmp_path, ["u1", "u2", "u1", "u3"], email=pa.array(["a@x.io", "b@x.io", " a@x.io ", None]))
+    assert read_snapshot(file_job(tmp_path)).profiles == {
+        "u1": {"email": "a@x.io"},
+        "u2": {"email": "b@x.io"},
+        "u3": {},
+    }
