@@ -53,7 +53,7 @@ LEASE_TTL = timedelta(seconds=60)
 STOP_GRACE = timedelta(seconds=20)
 # Messages sent but not yet recorded, per connection: those in flight and those answered during one commit.
 # A process killed at any moment sends at most this many again on the next run.
-WINDOW_PER_CONNECTION = 2
+WINDOW_PER_CONNECTION = 4
 
 _Loaded = TypeVar("_Loaded")
 
