@@ -132,7 +132,7 @@ def read_profiles(path: Path, job: str) -> Raw | Profiles:
         file = pq.ParquetFile(path)
         names = tuple(file.schema_arrow.names)
         ids = _narrow(file.read(columns=["user_id"]).column(0)) if "user_id" in names else None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, pa.ArrowException) as exc:
         raise SourceError(f"job {job!r}: cannot read the profiles file {path.name}: {exc}") from None
     return Profiles(names, ids, _ParquetRows(file, names, where), where)
 
@@ -157,7 +157,7 @@ class _ParquetRows:
                     read = self._file.read_row_group(group, columns=self._names)
                     picked = read.take(pa.array(wanted[low:high] - self._starts[group]))
                     pieces.append(pa.table([_narrow(c) for c in picked.columns], names=picked.column_names))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, IndexError, pa.ArrowException) as exc:  # a file rewritten in place
             raise SourceError(f"{self._where}: cannot be read: {exc}") from None
         if not pieces:
             return {name: pa.array([], pa.string()) for name in self._names}

@@ -142,13 +142,16 @@ def test_a_parquet_profiles_file_replaced_during_a_run_is_still_read_as_it_was(t
     assert snapshot.profiles == {"u1": {"email": "old1@example.com"}, "u2": {"email": "old2@example.com"}}
 
 
-def test_a_parquet_profiles_file_rewritten_in_place_during_a_run_fails_the_run_by_name(tmp_path: Path) -> None:
+@pytest.mark.parametrize("rewritten", [["u9", "u8"], ["u9"]])
+def test_a_parquet_profiles_file_rewritten_in_place_during_a_run_fails_the_run_by_name(
+    tmp_path: Path, rewritten: list[str]
+) -> None:
     write_profiles(tmp_path, ["u1", "u2"], email=pa.array(["a@example.com", "b@example.com"]))
     pq.write_table(pa.table({"user_id": ["u2"]}), tmp_path / "vip.parquet")
     snapshot = read_snapshot(file_job(tmp_path))
     path = tmp_path / "profiles.parquet"
     buffer = io.BytesIO()
-    pq.write_table(pa.table({"user_id": ["u9", "u8"], "email": ["c@example.com", "d@example.com"]}), buffer)
+    pq.write_table(pa.table({"user_id": rewritten, "email": [f"{u}@example.com" for u in rewritten]}), buffer)
     with path.open("r+b") as file:  # the same file, other rows: as a writer that truncates and rewrites would leave it
         file.write(buffer.getvalue())
         file.truncate()
