@@ -352,8 +352,9 @@ class Snapshot:
         slots[present] = np.arange(len(ords))
         picks = pa.array(slots, mask=~present)
         table = table.drop_columns([_PROFILE_ROW])
-        for name in profiles.names:
-            table = table.append_column(f"{_PROFILE}{name}", fields.column(name).take(picks))
+        for name in profiles.names:  # every user with a profile (an initial sync, often): no copy
+            column = fields.column(name) if present.all() else fields.column(name).take(picks)
+            table = table.append_column(f"{_PROFILE}{name}", column)
         return table.append_column(_HAS_PROFILE, pa.array(present))
 
     def frame(self, table: pa.Table) -> pd.DataFrame:

@@ -146,8 +146,9 @@ class _ParquetRows:
         self._starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
 
     def take(self, rows: np.ndarray) -> Columns:
-        order = np.argsort(rows, kind="stable")
-        wanted = rows[order]
+        ascending = bool(np.all(rows[1:] > rows[:-1]))  # in file order, each once: as an initial sync asks
+        order = None if ascending else np.argsort(rows, kind="stable")
+        wanted = rows if order is None else rows[order]
         bounds = np.searchsorted(wanted, self._starts)
         pieces = []
         try:
@@ -155,17 +156,19 @@ class _ParquetRows:
                 low, high = int(bounds[group]), int(bounds[group + 1])
                 if low < high:
                     read = self._file.read_row_group(group, columns=self._names)
-                    picked = read.take(pa.array(wanted[low:high] - self._starts[group]))
+                    whole_group = ascending and high - low == read.num_rows  # every row: no copy
+                    picked = read if whole_group else read.take(pa.array(wanted[low:high] - self._starts[group]))
                     pieces.append(pa.table([_narrow(c) for c in picked.columns], names=picked.column_names))
         except (OSError, ValueError, IndexError, pa.ArrowException) as exc:  # a file rewritten in place
             raise SourceError(f"{self._where}: cannot be read: {exc}") from None
         if not pieces:
             return {name: pa.array([], pa.string()) for name in self._names}
         whole = pa.concat_tables(pieces)
-        back = np.empty_like(order)
-        back[order] = np.arange(len(order))
-        ordered = whole.take(pa.array(back))
-        return {name: ordered.column(name) for name in self._names}
+        if order is not None:
+            back = np.empty_like(order)
+            back[order] = np.arange(len(order))
+            whole = whole.take(pa.array(back))
+        return {name: whole.column(name) for name in self._names}
 
 
 def _narrow(column: Arrow) -> Arrow:
