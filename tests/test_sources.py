@@ -4,7 +4,9 @@ import io
 import os
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -14,6 +16,7 @@ from sync import sources
 from sync.config import JobConfig
 from sync.engine import stored_table
 from sync.errors import SourceError
+from sync.snapshot import Arrow, Profiles
 from sync.sources import read_snapshot
 from tests.conftest import Warehouse, make_config, make_job
 
@@ -173,3 +176,16 @@ def test_conflicting_duplicate_profiles_in_a_parquet_file_are_refused_and_equal_
         "u2": {"email": "b@x.io"},
         "u3": {},
     }
+
+
+@pytest.mark.parametrize("rows", [[5, 0, 7, 0], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], [3, 4, 5], [9], []])
+def test_rows_of_a_parquet_profiles_file_come_back_in_the_order_asked(tmp_path: Path, rows: list[int]) -> None:
+    write_profiles(tmp_path, [f"u{i}" for i in range(10)], email=pa.array([f"e{i}" for i in range(10)]))
+    profiles = sources.read_profiles(tmp_path / "profiles.parquet", "files")
+    assert isinstance(profiles, Profiles)
+    taken = profiles.rows.take(np.array(rows, dtype=np.int64))
+    assert [values(taken["user_id"]), values(taken["email"])] == [[f"u{i}" for i in rows], [f"e{i}" for i in rows]]
+
+
+def values(column: Arrow | list[Any]) -> list[Any]:
+    return column if isinstance(column, list) else column.to_pylist()
