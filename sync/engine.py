@@ -340,22 +340,7 @@ class Snapshot:
             columns.append(f"p.ord AS {_PROFILE_ROW}")
         extra = "".join(f", {c}" for c in columns)
         table = self._db.sql(f"SELECT sel.*{extra} FROM sel {' '.join(joins)} ORDER BY sel.ord").to_arrow_table()
-        return table if self._parts.profiles is None else self._with_profiles(table, self._parts.profiles)
-
-    def _with_profiles(self, table: pa.Table, profiles: ProfilePart) -> pa.Table:
-        """The selected users' profile fields, read from the source for them alone, as columns of ``table``."""
-        row = table.column(_PROFILE_ROW)
-        present = np.asarray(row.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
-        ords = np.asarray(row.drop_null().to_numpy(), dtype=np.int64)
-        fields = profiles.fields(ords, table.column("user_id").filter(pa.array(present)))
-        slots = np.full(len(present), -1, dtype=np.int64)
-        slots[present] = np.arange(len(ords))
-        picks = pa.array(slots, mask=~present)
-        table = table.drop_columns([_PROFILE_ROW])
-        for name in profiles.names:  # every user with a profile (an initial sync, often): no copy
-            column = fields.column(name) if present.all() else fields.column(name).take(picks)
-            table = table.append_column(f"{_PROFILE}{name}", column)
-        return table.append_column(_HAS_PROFILE, pa.array(present))
+        return table if self._parts.profiles is None else _with_profiles(table, self._parts.profiles)
 
     def frame(self, table: pa.Table) -> pd.DataFrame:
         """The wide state of the users of ``table`` (a slice of a selection)."""
@@ -387,6 +372,24 @@ class Snapshot:
     def profiles(self) -> dict[str, dict[str, str]]:
         """Every profile (small snapshots and tests; runs take them batch by batch from a selection)."""
         return _batch_profiles(self.everyone().table)
+
+
+def _with_profiles(table: pa.Table, profiles: ProfilePart) -> pa.Table:
+    """The selected users' profile fields, read from the source for them alone, as columns of ``table``."""
+    row = table.column(_PROFILE_ROW)
+    present = np.asarray(row.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    ords = np.asarray(row.drop_null().to_numpy(), dtype=np.int64)
+    fields = profiles.fields(ords, table.column("user_id").filter(pa.array(present)))
+    picks = None  # every user with a profile (an initial sync, often): the fields as read, no copy
+    if not present.all():
+        slots = np.full(len(present), -1, dtype=np.int64)
+        slots[present] = np.arange(len(ords))
+        picks = pa.array(slots, mask=~present)
+    table = table.drop_columns([_PROFILE_ROW])
+    for name in profiles.names:
+        column = fields.column(name)
+        table = table.append_column(f"{_PROFILE}{name}", column if picks is None else column.take(picks))
+    return table.append_column(_HAS_PROFILE, pa.array(present))
 
 
 def _close(db: duckdb.DuckDBPyConnection, spill: str) -> None:

@@ -126,12 +126,10 @@ class _InMemory:
         self._columns = columns
 
     def take(self, rows: np.ndarray) -> Columns:
+        positions, indices = rows.tolist(), pa.array(rows, pa.int64())
         picked: Columns = {}
         for name, column in self._columns.items():
-            if isinstance(column, list):
-                picked[name] = [column[i] for i in rows.tolist()]
-            else:
-                picked[name] = column.take(pa.array(rows, pa.int64()))
+            picked[name] = [column[i] for i in positions] if isinstance(column, list) else column.take(indices)
         return picked
 
 
@@ -143,21 +141,23 @@ def profiles_of(raw: Raw) -> Profiles:
 
 @dataclass(frozen=True)
 class ProfilePart:
-    """The usable profile rows: their user ids, in row order, and the names of their fields."""
+    """The usable profile rows: their user ids, in row order, the names of their fields and where those are
+    read from (``where`` names the result in errors)."""
 
     ids: Arrow
     names: tuple[str, ...]
-    source: Profiles
+    reader: ProfileRows
+    where: str
     rows: np.ndarray | None  # the source row of each id; None when every row is kept (the same position)
 
     def fields(self, positions: np.ndarray, user_ids: Arrow) -> pa.Table:
         """The fields, as text, of the rows at ``positions`` (of ``ids``), which belong to ``user_ids``.
         Raises SourceError when the source has changed since its ids were read."""
         rows = positions if self.rows is None else self.rows[positions]
-        read = self.source.rows.take(rows)
-        ids, _ = _user_ids(read, self.source.where, [])
+        read = self.reader.take(rows)
+        ids, _ = _user_ids(read, self.where, [])
         if len(ids) != len(user_ids) or ids.null_count or (len(ids) and not pc.all(pc.equal(ids, user_ids)).as_py()):
-            raise SourceError(f"{self.source.where}: it changed while it was being read; run again")
+            raise SourceError(f"{self.where}: it changed while it was being read; run again")
         return pa.table({name: _texts(read, name) for name in self.names}, schema=_text_schema(self.names))
 
 
@@ -271,7 +271,7 @@ def normalise_profiles(profiles: Profiles, issues: list[RowIssue]) -> ProfilePar
     ids, usable = _user_ids({"user_id": profiles.user_ids}, "profiles", issues)
     names = tuple(name for name in profiles.names if name != "user_id")
     rows = None if usable.all() else np.flatnonzero(usable)
-    return ProfilePart(_keep(ids, usable), names, profiles, rows)
+    return ProfilePart(_keep(ids, usable), names, profiles.rows, profiles.where, rows)
 
 
 def normalise_members(table: Columns, label: str, issues: list[RowIssue]) -> pa.Array:

@@ -115,7 +115,7 @@ def _joined(pieces: list[pa.Array | list[Any]]) -> pa.Array | list[Any]:
 def read_file(path: Path, job: str, label: str) -> Raw:
     """A CSV or Parquet file; user ids are read as text so that ``007`` stays ``007``."""
     try:
-        if path.suffix.lower() in (".parquet", ".pq"):
+        if _is_parquet(path):
             return _parquet(path)
         return pd.read_csv(path, dtype={"user_id": str}, keep_default_na=True)
     except (OSError, ValueError) as exc:
@@ -125,7 +125,7 @@ def read_file(path: Path, job: str, label: str) -> Raw:
 def read_profiles(path: Path, job: str) -> Raw | Profiles:
     """A profiles file. A Parquet file's user ids are read now, and its other columns later, for the users
     a run looks at (the file stays open, so a file replaced meanwhile is still read as it was)."""
-    if path.suffix.lower() not in (".parquet", ".pq"):
+    if not _is_parquet(path):
         return read_file(path, job, "profiles")
     where = f"job {job!r}: the profiles file {path.name}"
     try:
@@ -169,6 +169,10 @@ class _ParquetRows:
             back[order] = np.arange(len(order))
             whole = whole.take(pa.array(back))
         return {name: whole.column(name) for name in self._names}
+
+
+def _is_parquet(path: Path) -> bool:
+    return path.suffix.lower() in (".parquet", ".pq")
 
 
 def _narrow(column: Arrow) -> Arrow:
