@@ -13,6 +13,7 @@ initial sync of a newly tracked key, and every key of a ``--full`` run.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -26,69 +27,110 @@ def diff_states(
     old: pd.DataFrame, new: pd.DataFrame, computations: Sequence[Computation], force: Collection[str] = ()
 ) -> pd.DataFrame:
     """One row per (user, key) to send: ``user_id, key, old, new, change``, users in ``new`` order first."""
-    users = new.index.append(old.index.difference(new.index))
-    known = users.isin(old.index)
-    parts = []
+    gone = old.index.difference(new.index)
+    # Object arrays throughout: pandas would otherwise infer its text dtype, whose lookups run value by value.
+    users = np.concatenate([new.index.to_numpy(dtype=object), gone.to_numpy(dtype=object)])
+    at_old = (
+        old.index.get_indexer(pd.Index(users, dtype=object))
+        if len(old.index)
+        else np.full(len(users), -1, dtype=np.intp)
+    )
+    known = at_old >= 0
+    parts: list[_Part] = []
     for computation in computations:
         tracked = computation.key in old.columns
         forced = computation.key in force
         if computation.kind == "audience":
-            parts.append(_audience_changes(old, new, users, known, computation.key, tracked, forced))
+            parts.append(_audience_changes(old, new, at_old, known, computation.key, tracked, forced))
         else:
-            parts.append(_trait_changes(old, new, users, known, computation.key, tracked, forced))
-    changes = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=CHANGE_COLUMNS)
-    return _in_user_order(changes, users)
+            parts.append(_trait_changes(old, new, at_old, computation.key, tracked, forced))
+    if not parts:
+        return pd.DataFrame(columns=CHANGE_COLUMNS)
+    # Users in order, each user's keys in the order of ``computations``.
+    order = np.argsort(np.concatenate([p.rows for p in parts]), kind="stable")
+    rows = np.concatenate([p.rows for p in parts])[order]
+
+    def joined(values: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(values)[order] if values else np.empty(0, dtype=object)
+
+    return pd.DataFrame(
+        {
+            "user_id": users[rows],
+            "key": joined([np.full(len(p.rows), p.key, dtype=object) for p in parts]),
+            "old": joined([p.old for p in parts]),
+            "new": joined([p.new for p in parts]),
+            "change": joined([p.change for p in parts]),
+        },
+        columns=CHANGE_COLUMNS,
+    )
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One key's changes: the changed users' rows in the diff's user order, their old and new values and the
+    kind of change, as object arrays."""
+
+    key: str
+    rows: np.ndarray
+    old: np.ndarray
+    new: np.ndarray
+    change: np.ndarray
 
 
 def _audience_changes(
-    old: pd.DataFrame,
-    new: pd.DataFrame,
-    users: pd.Index,
-    known: np.ndarray,
-    key: str,
-    tracked: bool,
-    forced: bool,
-) -> pd.DataFrame:
-    was = _column(old, key, users, False).astype(bool).to_numpy() if tracked else np.zeros(len(users), bool)
-    now = _column(new, key, users, False).astype(bool).to_numpy()
+    old: pd.DataFrame, new: pd.DataFrame, at_old: np.ndarray, known: np.ndarray, key: str, tracked: bool, forced: bool
+) -> _Part:
+    was = _taken(_flags(old[key]), at_old, False) if tracked else np.zeros(len(at_old), bool)
+    now = np.zeros(len(at_old), bool)
+    if key in new.columns:
+        now[: len(new)] = _flags(new[key])
     send = (was != now) | (now & forced)
-    old_values = pd.Series(was, dtype=object).where(known & tracked, None).to_numpy()[send]
-    return pd.DataFrame(
-        {
-            "user_id": users[send],
-            "key": key,
-            "old": old_values,
-            "new": now[send],
-            "change": np.where(now[send], "entered", "exited"),
-        }
-    )
+    rows = np.flatnonzero(send)
+    old_values = was[rows].astype(object)
+    if not tracked:
+        old_values[:] = None
+    else:
+        old_values[~known[rows]] = None
+    now_sent = now[rows]
+    return _Part(key, rows, old_values, now_sent.astype(object), np.where(now_sent, "entered", "exited").astype(object))
 
 
 def _trait_changes(
-    old: pd.DataFrame,
-    new: pd.DataFrame,
-    users: pd.Index,
-    known: np.ndarray,
-    key: str,
-    tracked: bool,
-    forced: bool,
-) -> pd.DataFrame:
-    was = _column(old, key, users, None).tolist() if tracked else [None] * len(users)
-    now = _column(new, key, users, None).tolist()
+    old: pd.DataFrame, new: pd.DataFrame, at_old: np.ndarray, key: str, tracked: bool, forced: bool
+) -> _Part:
+    was = _taken(_values(old[key]), at_old, None) if tracked else np.full(len(at_old), None, dtype=object)
+    now = np.full(len(at_old), None, dtype=object)
+    if key in new.columns:
+        now[: len(new)] = _values(new[key])
     send = [
         (w is None) != (n is None) or (n is not None and (forced or not _same(w, n)))
-        for w, n in zip(was, now, strict=True)
+        for w, n in zip(was.tolist(), now.tolist(), strict=True)
     ]
-    mask = np.array(send, dtype=bool)
-    return pd.DataFrame(
-        {
-            "user_id": users[mask],
-            "key": key,
-            "old": pd.Series(was, dtype=object)[mask].to_numpy(),
-            "new": pd.Series(now, dtype=object)[mask].to_numpy(),
-            "change": "trait",
-        }
-    )
+    rows = np.flatnonzero(np.array(send, dtype=bool))
+    return _Part(key, rows, was[rows], now[rows], np.full(len(rows), "trait", dtype=object))
+
+
+def _flags(column: pd.Series) -> np.ndarray:
+    """An audience column as booleans, ``False`` where it is null."""
+    if column.dtype == bool:
+        return column.to_numpy()
+    return column.astype(object).where(column.notna(), False).to_numpy().astype(bool)
+
+
+def _values(column: pd.Series) -> np.ndarray:
+    """A trait column as objects, ``None`` where it is null (None, NaN or pandas' missing value)."""
+    values = np.array(column.to_numpy(dtype=object), dtype=object)  # a copy: it may be a read-only view
+    values[pd.isna(values)] = None
+    return values
+
+
+def _taken(values: np.ndarray, at: np.ndarray, fill: object) -> np.ndarray:
+    """``values[at]``, ``fill`` where ``at`` is -1 (the user is not in that frame)."""
+    taken = values[np.maximum(at, 0)] if len(values) else np.empty(len(at), dtype=values.dtype)
+    if fill is None:
+        taken = taken.astype(object)
+    taken[at < 0] = fill
+    return taken
 
 
 def _same(old: object, new: object) -> bool:
@@ -102,19 +144,6 @@ def _same(old: object, new: object) -> bool:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _column(frame: pd.DataFrame, key: str, users: pd.Index, fill: object) -> pd.Series:
-    if key not in frame.columns:
-        return pd.Series([fill] * len(users), index=users, dtype=object)
-    column = frame[key].reindex(users)
-    return column.astype(object).where(column.notna(), fill)
-
-
-def _in_user_order(changes: pd.DataFrame, users: pd.Index) -> pd.DataFrame:
-    position = pd.Series(np.arange(len(users)), index=users)
-    order = position.reindex(changes["user_id"]).to_numpy()
-    return changes.iloc[np.argsort(order, kind="stable")].reset_index(drop=True)[CHANGE_COLUMNS]
 
 
 def apply_changes(old: pd.DataFrame, changes: pd.DataFrame, computations: Sequence[Computation]) -> pd.DataFrame:

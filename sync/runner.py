@@ -513,19 +513,12 @@ class Runner:
             examined = batch.user_ids
             changes = diff_states(baseline.state, batch.state, comps, force)
             signed = dict(zip(examined, batch.fingerprints, strict=True))
-            profiles = self._profiles(job, batch, changes)
+            profiles = _profiles(batch, baseline, changes)
             planned = plan_updates(job.name, changes, comps, batch.state, profiles, baseline.versions, signed)
             updates = [u for u in planned if dead.get(u.user_id) != u.message_id]
             changed = set(changes["user_id"].tolist())
             refresh = [(u, signed[u]) for u in examined if u not in changed and u in baseline.versions]
             yield changes, updates, refresh
-
-    def _profiles(self, job: JobConfig, batch: Examined, changes: pd.DataFrame) -> dict[str, Mapping[str, str]]:
-        """Profiles of the changed users; the last acknowledged one for users without one in the snapshot."""
-        users = changes["user_id"].unique().tolist()
-        profiles: dict[str, Mapping[str, str]] = {u: batch.profiles[u] for u in users if u in batch.profiles}
-        profiles.update(self.store.known_profiles(job.name, [u for u in users if u not in profiles]))
-        return profiles
 
     @staticmethod
     def _fill(report: RunReport, plan: Plan) -> None:
@@ -709,6 +702,16 @@ class _Heartbeat:
                 self.lost.set()
                 log.error("the job's lease was taken over; stopping this run", extra={"job": self.job})
                 return
+
+
+def _profiles(batch: Examined, baseline: Baseline, changes: pd.DataFrame) -> dict[str, Mapping[str, str]]:
+    """Profiles of the changed users; the last acknowledged one for users without one in the snapshot."""
+    profiles: dict[str, Mapping[str, str]] = {}
+    for user_id in changes["user_id"].unique().tolist():
+        known = batch.profiles[user_id] if user_id in batch.profiles else baseline.profile(user_id)
+        if known is not None:
+            profiles[user_id] = known
+    return profiles
 
 
 def _prefetched(load: Callable[[Examined], _Loaded], batches: Iterator[Examined]) -> Iterator[_Loaded]:

@@ -127,3 +127,32 @@ def test_applying_the_diff_to_the_old_state_gives_the_new_state(
     assert set(changes["user_id"]) == {
         u for u in set(old) | set(new) if present(state({u: old.get(u, {})})) != present(state({u: new.get(u, {})}))
     }
+
+
+def test_values_are_plain_python_and_every_form_of_null_is_none() -> None:
+    """Membership is a Python bool (messages test ``is True``); NaN, pandas' NA and a missing value of a
+    text column are all a null trait."""
+    old = state({"u1": {"vip": True, "revenue": 5.0}, "u2": {"revenue": "x"}, "u3": {"revenue": 2}})
+    new = pd.DataFrame(
+        {
+            "vip": [False, True, False],
+            "beta": [False, False, False],
+            "revenue": pd.array([None, "y", None], dtype="str"),
+        },
+        index=pd.Index(["u1", "u2", "u3"], dtype=object),
+    )
+    listed = list(diff_states(old, new, ALL).itertuples(index=False, name=None))
+    assert listed == [
+        ("u1", "vip", True, False, "exited"),
+        ("u1", "revenue", 5.0, None, "trait"),
+        ("u2", "vip", False, True, "entered"),
+        ("u2", "revenue", "x", "y", "trait"),
+        ("u3", "revenue", 2, None, "trait"),
+    ]
+    assert all(type(row[2]) is bool and type(row[3]) is bool for row in listed if row[1] == "vip")
+    floats = pd.DataFrame({"revenue": [float("nan"), pd.NA]}, index=pd.Index(["u3", "u4"], dtype=object), dtype=object)
+    assert list(diff_states(old, floats, [REV]).itertuples(index=False, name=None)) == [
+        ("u3", "revenue", 2, None, "trait"),
+        ("u1", "revenue", 5.0, None, "trait"),
+        ("u2", "revenue", "x", None, "trait"),
+    ]

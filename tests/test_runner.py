@@ -87,6 +87,25 @@ def test_incremental_sync_sends_only_changes_and_exits_vanished_users(
     assert runner.run(job).updates == 0
 
 
+def test_a_user_whose_profile_row_went_keeps_the_identifiers_last_acknowledged(
+    runner: Runner, warehouse: Warehouse, receiver: Receiver
+) -> None:
+    seed(warehouse)
+    job = job_for(warehouse, receiver)
+    runner.run(job)
+    first = len(receiver.accepted())
+    blank = {"user_id": "u4", "email": " ", "first_name": "", "anonymous_id": ""}
+    warehouse.set_profiles([p for p in PEOPLE if p["user_id"] not in ("u2", "u4")] + [blank])
+    warehouse.set_members("vip", ["u1", "u3"])
+    warehouse.set_members("beta", ["u3"])
+    runner.run(job)
+    bodies = by_user(receiver.accepted()[first:])
+    assert sent(receiver, first) == {"u2": {"vip_customers": False}, "u4": {"beta_testers": False}}
+    # No profile row: the last acknowledged one. A profile row with blank fields is what the snapshot says.
+    assert (bodies["u2"]["email"], bodies["u2"]["anonymous_id"]) == ("user2@example.com", "anon-2")
+    assert "email" not in bodies["u4"] and "anonymous_id" not in bodies["u4"]
+
+
 def test_a_new_audience_gets_its_own_initial_sync(runner: Runner, warehouse: Warehouse, receiver: Receiver) -> None:
     seed(warehouse)
     runner.run(job_for(warehouse, receiver))

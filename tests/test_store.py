@@ -90,7 +90,9 @@ def test_the_baseline_holds_tracked_keys_only(store: Store) -> None:
     assert list(baseline.state.loc["u2"]) == [False, "x"]
     assert baseline.versions == {"u1": 1, "u2": 1}
     assert list(store.load_baseline("contacts", [VIP, REV], tracked={"vip"}).state.columns) == ["vip"]
-    assert store.known_profiles("contacts", ["u2", "nobody"]) == {"u2": {"email": "u2@x.io"}}
+    looked_up = store.load_baseline("contacts", [VIP], tracked={"vip"}, user_ids=["u2", "nobody"])
+    assert list(looked_up.state.index) == ["u2"]
+    assert (looked_up.profile("u2"), looked_up.profile("nobody")) == ({"email": "u2@x.io"}, None)
     assert store.load_baseline("other", [VIP], tracked={"vip"}).state.empty
 
 

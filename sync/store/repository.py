@@ -84,10 +84,16 @@ COUNT_FIELDS = (
 
 @dataclass(frozen=True)
 class Baseline:
-    """The acknowledged state of a job: a wide frame like a snapshot's, and each user's version."""
+    """The acknowledged state of a job: a wide frame like a snapshot's, each user's version and each user's
+    last acknowledged profile (as stored JSON, read from the same row; ``profile`` decodes one)."""
 
     state: pd.DataFrame
     versions: Mapping[str, int]
+    profiles: Mapping[str, str]
+
+    def profile(self, user_id: str) -> dict[str, str] | None:
+        stored = self.profiles.get(user_id)
+        return None if stored is None else cast(dict[str, str], orjson.loads(stored))
 
 
 @dataclass(frozen=True)
@@ -269,10 +275,12 @@ class Store:
         users: list[str] = []
         states: list[dict[str, Any]] = []
         versions: dict[str, int] = {}
-        for user_id, state, version in self._states(job, user_ids):
+        profiles: dict[str, str] = {}
+        for user_id, state, version, profile in self._states(job, user_ids):
             users.append(user_id)
             states.append(orjson.loads(state))
             versions[user_id] = version
+            profiles[user_id] = profile
         index = pd.Index(users, dtype=object, name="user_id")
         columns: dict[str, Any] = {}
         for computation in computations:
@@ -284,18 +292,18 @@ class Store:
             else:
                 columns[computation.key] = pd.Series(values, index=index, dtype=object)
         frame = pd.DataFrame(columns, index=index, columns=pd.Index(keys))
-        return Baseline(frame, versions)
+        return Baseline(frame, versions, profiles)
 
-    def _states(self, job: str, user_ids: Sequence[str] | None) -> Iterator[tuple[str, str, int]]:
-        query = select(AckState.user_id, AckState.state, AckState.version).where(AckState.job == job)
+    def _states(self, job: str, user_ids: Sequence[str] | None) -> Iterator[tuple[str, str, int, str]]:
+        query = select(AckState.user_id, AckState.state, AckState.version, AckState.profile).where(AckState.job == job)
         with self.engine.connect() as connection:
             if user_ids is None:
-                yield from ((row[0], row[1], row[2]) for row in connection.execute(query))
+                yield from ((row[0], row[1], row[2], row[3]) for row in connection.execute(query))
                 return
             for start in range(0, len(user_ids), _IN_CHUNK):
                 chunk = list(user_ids[start : start + _IN_CHUNK])
                 rows = connection.execute(query.where(AckState.user_id.in_(chunk)))
-                yield from ((row[0], row[1], row[2]) for row in rows)
+                yield from ((row[0], row[1], row[2], row[3]) for row in rows)
 
     def stored_fingerprints(self, job: str) -> pa.Table:
         """Every acknowledged user of the job with its fingerprint (``sync.engine.STORED_SCHEMA``).
@@ -386,18 +394,6 @@ class Store:
                         for user_id, value in fingerprints[start : start + _CHUNK]
                     ],
                 )
-
-    def known_profiles(self, job: str, user_ids: Sequence[str]) -> dict[str, dict[str, str]]:
-        """The last acknowledged profile of each of ``user_ids`` (for users gone from the snapshot)."""
-        profiles: dict[str, dict[str, str]] = {}
-        with self.engine.connect() as connection:
-            for start in range(0, len(user_ids), _CHUNK):
-                chunk = list(user_ids[start : start + _CHUNK])
-                query = select(AckState.user_id, AckState.profile).where(
-                    AckState.job == job, AckState.user_id.in_(chunk)
-                )
-                profiles.update({user_id: orjson.loads(profile) for user_id, profile in connection.execute(query)})
-        return profiles
 
     def has_state(self, job: str) -> bool:
         """Whether the job has any acknowledged state (cheaper than counting it)."""
