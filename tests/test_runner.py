@@ -43,6 +43,14 @@ def sent(receiver: Receiver, start: int = 0) -> dict[str, dict[str, Any]]:
     return {b["user_id"]: dict(b["custom_attributes"]) for b in receiver.accepted()[start:]}
 
 
+def after_initial_sync(runner: Runner, warehouse: Warehouse, receiver: Receiver) -> tuple[Any, int]:
+    """The seeded warehouse synced once: the job, and how many bodies the receiver has."""
+    seed(warehouse)
+    job = job_for(warehouse, receiver)
+    runner.run(job)
+    return job, len(receiver.accepted())
+
+
 def test_initial_sync_sends_every_member_and_trait_value_once(
     runner: Runner, warehouse: Warehouse, receiver: Receiver
 ) -> None:
@@ -66,10 +74,7 @@ def test_initial_sync_sends_every_member_and_trait_value_once(
 def test_incremental_sync_sends_only_changes_and_exits_vanished_users(
     runner: Runner, warehouse: Warehouse, receiver: Receiver
 ) -> None:
-    seed(warehouse)
-    job = job_for(warehouse, receiver)
-    runner.run(job)
-    first = len(receiver.accepted())
+    job, first = after_initial_sync(runner, warehouse, receiver)
     warehouse.set_profiles([p for p in PEOPLE if p["user_id"] != "u3"])  # u3 is gone everywhere
     warehouse.set_members("vip", ["u1", "u2", "u6"])
     warehouse.set_members("beta", ["u4"])
@@ -90,10 +95,7 @@ def test_incremental_sync_sends_only_changes_and_exits_vanished_users(
 def test_a_user_whose_profile_row_went_keeps_the_identifiers_last_acknowledged(
     runner: Runner, warehouse: Warehouse, receiver: Receiver
 ) -> None:
-    seed(warehouse)
-    job = job_for(warehouse, receiver)
-    runner.run(job)
-    first = len(receiver.accepted())
+    job, first = after_initial_sync(runner, warehouse, receiver)
     blank = {"user_id": "u4", "email": " ", "first_name": "", "anonymous_id": ""}
     warehouse.set_profiles([p for p in PEOPLE if p["user_id"] not in ("u2", "u4")] + [blank])
     warehouse.set_members("vip", ["u1", "u3"])
@@ -136,10 +138,7 @@ def test_a_removed_audience_is_not_exited_and_gets_a_new_initial_sync_when_added
 def test_full_resends_current_values_and_still_sends_exits(
     runner: Runner, warehouse: Warehouse, receiver: Receiver
 ) -> None:
-    seed(warehouse)
-    job = job_for(warehouse, receiver)
-    runner.run(job)
-    first = len(receiver.accepted())
+    job, first = after_initial_sync(runner, warehouse, receiver)
     warehouse.set_members("beta", ["u4"])
     report = runner.run(job, RunOptions(full=True))
     assert report.kind == "full"

@@ -1,0 +1,135 @@
+"""What the audit trail's per-user index costs a run on a large SQLite state store.
+
+`python bench/audit_index.py --rows 10000000 --new 200000 [--repeat 3] [--dir DIR]` seeds a SQLite state
+store with ROWS audit rows of one earlier run (one per user, in user order, as an initial sync writes them),
+copies it and drops `ix_run_updates_user_id_run_id` (a user's history, for `audit --user` and `diff --user`)
+from the copy. It then times `Store.record_plan` of NEW updates of random users, 20,000 at a time as a dry
+run writes them, alternating between the two stores; medians of R. Prints one JSON object as its last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sync.messages import KeyChange, Update  # noqa: E402
+from sync.store import Store  # noqa: E402
+
+NOW = datetime(2026, 11, 22, tzinfo=UTC)
+BATCH = 20_000
+SEED_CHUNK = 100_000
+
+
+def user(number: int) -> str:
+    return f"u{number:010d}"
+
+
+def seed(path: Path, rows: int) -> None:
+    """A state store whose audit trail holds ``rows`` rows of one run, written in user order."""
+    store = Store.open(f"sqlite:///{path}")
+    run_id = store.start_run("bench", "initial", False, NOW)
+    store.close()
+    connection = sqlite3.connect(path)
+    changes = '[["audience_3","audience",null,true],["ltv","trait",null,12.5]]'
+    for start in range(0, rows, SEED_CHUNK):
+        connection.executemany(
+            "INSERT INTO run_updates (run_id, user_id, message_id, changes, profile, status, attempts) "
+            "VALUES (?, ?, ?, ?, ?, 'delivered', 1)",
+            (
+                (run_id, user(n), f"as-{n:040x}", changes, f'{{"email":"{user(n)}@example.com","first_name":"F"}}')
+                for n in range(start, min(start + SEED_CHUNK, rows))
+            ),
+        )
+        connection.commit()
+    connection.close()
+
+
+def updates(rows: int, new: int, rng: random.Random) -> list[Update]:
+    """``new`` updates of random users, one in fifty of them not seen before."""
+    chosen = rng.sample(range(rows + rows // 50), new)
+    return [
+        Update(
+            user_id=user(n),
+            message_id=f"as-{rng.getrandbits(160):040x}",
+            changes=(KeyChange("audience_3", "audience", True, False), KeyChange("ltv", "trait", 12.5, 13.0)),
+            profile={"email": f"{user(n)}@example.com", "first_name": "F"},
+            state={"ltv": 13.0},
+        )
+        for n in chosen
+    ]
+
+
+def record(store: Store, batch: list[Update]) -> float:
+    run_id = store.start_run("bench", "incremental", True, NOW)
+    started = time.perf_counter()
+    for start in range(0, len(batch), BATCH):
+        store.record_plan(run_id, batch[start : start + BATCH], "planned")
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--new", type=int, default=20_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--dir", type=Path, default=None, help="where the two stores go (default: a temporary folder)")
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="audit-index-", dir=args.dir))
+    try:
+        indexed, plain = folder / "indexed.db", folder / "plain.db"
+        started = time.perf_counter()
+        seed(indexed, args.rows)
+        shutil.copyfile(indexed, plain)
+        connection = sqlite3.connect(plain)
+        connection.execute("DROP INDEX ix_run_updates_user_id_run_id")
+        connection.close()
+        print(f"seeded {args.rows:,} audit rows in {time.perf_counter() - started:.0f} s", flush=True)
+        stores = {
+            "with the per-user index": Store.open(f"sqlite:///{indexed}"),
+            "without it": Store.open(f"sqlite:///{plain}"),
+        }
+        rng = random.Random(5)
+        found: dict[str, list[float]] = {name: [] for name in stores}
+        for _ in range(args.repeat):
+            batch = updates(args.rows, args.new, rng)
+            for name, store in stores.items():
+                found[name].append(record(store, batch))
+        for store in stores.values():
+            store.close()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    medians = {name: statistics.median(times) for name, times in found.items()}
+    base = medians["without it"]
+    print(
+        f"| {args.new:,} audit rows into {args.rows:,}, SQLite, medians of {args.repeat} "
+        "| seconds | µs a row | × without |"
+    )
+    print("|---|---|---|---|")
+    for name, seconds in medians.items():
+        print(f"| {name} | {seconds:.2f} | {seconds / args.new * 1e6:.0f} | {seconds / base:.2f} |")
+    print(
+        json.dumps(
+            {
+                "rows": args.rows,
+                "new": args.new,
+                "with_index_s": round(medians["with the per-user index"], 3),
+                "without_index_s": round(base, 3),
+                "ratio": round(medians["with the per-user index"] / base, 2),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
