@@ -35,27 +35,26 @@ def diff_states(
         if len(old.index)
         else np.full(len(users), -1, dtype=np.intp)
     )
-    known = at_old >= 0
     parts: list[_Part] = []
     for computation in computations:
         tracked = computation.key in old.columns
         forced = computation.key in force
         if computation.kind == "audience":
-            parts.append(_audience_changes(old, new, at_old, known, computation.key, tracked, forced))
+            parts.append(_audience_changes(old, new, at_old, computation.key, tracked, forced))
         else:
             parts.append(_trait_changes(old, new, at_old, computation.key, tracked, forced))
     if not parts:
         return pd.DataFrame(columns=CHANGE_COLUMNS)
     # Users in order, each user's keys in the order of ``computations``.
-    order = np.argsort(np.concatenate([p.rows for p in parts]), kind="stable")
-    rows = np.concatenate([p.rows for p in parts])[order]
+    positions = np.concatenate([p.rows for p in parts])
+    order = np.argsort(positions, kind="stable")
 
     def joined(values: list[np.ndarray]) -> np.ndarray:
-        return np.concatenate(values)[order] if values else np.empty(0, dtype=object)
+        return np.concatenate(values)[order]
 
     return pd.DataFrame(
         {
-            "user_id": users[rows],
+            "user_id": users[positions[order]],
             "key": joined([np.full(len(p.rows), p.key, dtype=object) for p in parts]),
             "old": joined([p.old for p in parts]),
             "new": joined([p.new for p in parts]),
@@ -78,7 +77,7 @@ class _Part:
 
 
 def _audience_changes(
-    old: pd.DataFrame, new: pd.DataFrame, at_old: np.ndarray, known: np.ndarray, key: str, tracked: bool, forced: bool
+    old: pd.DataFrame, new: pd.DataFrame, at_old: np.ndarray, key: str, tracked: bool, forced: bool
 ) -> _Part:
     was = _taken(_flags(old[key]), at_old, False) if tracked else np.zeros(len(at_old), bool)
     now = np.zeros(len(at_old), bool)
@@ -87,10 +86,7 @@ def _audience_changes(
     send = (was != now) | (now & forced)
     rows = np.flatnonzero(send)
     old_values = was[rows].astype(object)
-    if not tracked:
-        old_values[:] = None
-    else:
-        old_values[~known[rows]] = None
+    old_values[at_old[rows] < 0 if tracked else slice(None)] = None  # not known before: no old value
     now_sent = now[rows]
     return _Part(key, rows, old_values, now_sent.astype(object), np.where(now_sent, "entered", "exited").astype(object))
 
