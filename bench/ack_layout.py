@@ -1,0 +1,170 @@
+"""What acknowledging costs in a large SQLite state store, with `ack_state` as it is and as a WITHOUT ROWID table.
+
+`python bench/ack_layout.py --rows 10000000 --acknowledge 200000 [--repeat 3] [--dir DIR]` seeds a SQLite
+state store with ROWS acknowledged users of one earlier run (in user order, as an initial sync writes them),
+copies it and rebuilds the copy's `ack_state` WITHOUT ROWID: its rows then live in the primary key's own
+B-tree, so that finding a user's row is one lookup instead of the key's index and then the table. Per
+repetition, ACKNOWLEDGE random users (one in three new, as 1 % changed and 0.5 % new users are) are planned
+in a run of their own, untimed, then `Store.record_results` is timed acknowledging them 5,000 at a time, as
+`bench/steps.py acknowledge` does, alternating between the two stores; medians of R. Prints one JSON
+object as its last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sync.destinations.base import DeliveryResult  # noqa: E402
+from sync.messages import KeyChange, Update  # noqa: E402
+from sync.store import Store  # noqa: E402
+
+NOW = datetime(2026, 11, 22, tzinfo=UTC)
+GROUP = 5_000  # answers recorded together, as delivery records them
+SEED_CHUNK = 100_000
+JOB = "bench"
+
+
+def user(number: int) -> str:
+    return f"u{number:010d}"
+
+
+def state(number: int) -> str:
+    return f'{{"audience_{number % 10}":true,"audience_{(number + 3) % 10}":true,"ltv":{number % 997}.5,"plan":"pro"}}'
+
+
+def profile(number: int) -> str:
+    return f'{{"email":"{user(number)}@example.com","first_name":"First","last_name":"Last{number % 100}"}}'
+
+
+def seed(path: Path, rows: int) -> None:
+    """A state store whose ``ack_state`` holds ``rows`` users acknowledged by one run, written in user order."""
+    store = Store.open(f"sqlite:///{path}")
+    run_id = store.start_run(JOB, "initial", False, NOW)
+    store.close()
+    connection = sqlite3.connect(path)
+    for start in range(0, rows, SEED_CHUNK):
+        connection.executemany(
+            "INSERT INTO ack_state (job, user_id, state, profile, version, run_id, updated_at, fingerprint) "
+            "VALUES (?, ?, ?, ?, 1, ?, ?, ?)",
+            (
+                (JOB, user(n), state(n), profile(n), run_id, NOW.isoformat(), n * 2654435761 % (1 << 62))
+                for n in range(start, min(start + SEED_CHUNK, rows))
+            ),
+        )
+        connection.commit()
+    connection.close()
+
+
+def without_rowid(path: Path) -> None:
+    """Rebuild ``ack_state`` as a WITHOUT ROWID table with the same columns, key and index."""
+    connection = sqlite3.connect(path)
+    (ddl,) = connection.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'ack_state'").fetchone()
+    connection.executescript(
+        f"""
+        BEGIN;
+        {ddl.replace("CREATE TABLE ack_state", "CREATE TABLE ack_state_new", 1)} WITHOUT ROWID;
+        INSERT INTO ack_state_new SELECT * FROM ack_state;
+        DROP TABLE ack_state;
+        ALTER TABLE ack_state_new RENAME TO ack_state;
+        CREATE INDEX ix_ack_state_job_run_id ON ack_state (job, run_id);
+        COMMIT;
+        """
+    )
+    connection.close()
+
+
+def updates(rows: int, count: int, rng: random.Random) -> list[Update]:
+    """``count`` updates of random users, one in three of them not acknowledged before."""
+    known = rng.sample(range(rows), count - count // 3)
+    new = rng.sample(range(rows, rows + rows // 2), count // 3)
+    chosen = known + new
+    rng.shuffle(chosen)  # answers arrive in no particular order
+    return [
+        Update(
+            user_id=user(n),
+            message_id=f"as-{rng.getrandbits(160):040x}",
+            changes=(KeyChange("audience_3", "audience", True, False),),
+            profile={"email": f"{user(n)}@example.com", "first_name": "First"},
+            state={"audience_1": True, "ltv": 13.0},
+            fingerprint=rng.getrandbits(62),
+        )
+        for n in chosen
+    ]
+
+
+def acknowledge(store: Store, batch: list[Update]) -> float:
+    run_id = store.start_run(JOB, "incremental", False, NOW)
+    store.record_plan(run_id, batch, "pending")
+    results = [(u, DeliveryResult(u.user_id, u.message_id, True, 1, NOW, NOW, 200)) for u in batch]
+    started = time.perf_counter()
+    for start in range(0, len(results), GROUP):
+        store.record_results(JOB, run_id, results[start : start + GROUP])
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--acknowledge", type=int, default=20_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--dir", type=Path, default=None, help="where the two stores go (default: a temporary folder)")
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="ack-layout-", dir=args.dir))
+    try:
+        rowid, clustered = folder / "rowid.db", folder / "without_rowid.db"
+        started = time.perf_counter()
+        seed(rowid, args.rows)
+        shutil.copyfile(rowid, clustered)
+        without_rowid(clustered)
+        print(f"seeded {args.rows:,} acknowledged users in {time.perf_counter() - started:.0f} s", flush=True)
+        stores = {
+            "ack_state as it is": Store.open(f"sqlite:///{rowid}"),
+            "WITHOUT ROWID": Store.open(f"sqlite:///{clustered}"),
+        }
+        rng = random.Random(7)
+        found: dict[str, list[float]] = {name: [] for name in stores}
+        for _ in range(args.repeat):
+            batch = updates(args.rows, args.acknowledge, rng)
+            for name, store in stores.items():
+                found[name].append(acknowledge(store, batch))
+                print(f"{name}: {found[name][-1]:.2f} s", flush=True)
+        for store in stores.values():
+            store.close()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    medians = {name: statistics.median(times) for name, times in found.items()}
+    base = medians["ack_state as it is"]
+    print(
+        f"| acknowledging {args.acknowledge:,} users in a store of {args.rows:,}, SQLite, medians of {args.repeat} "
+        "| seconds | µs a user | × as it is |"
+    )
+    print("|---|---|---|---|")
+    for name, seconds in medians.items():
+        print(f"| {name} | {seconds:.2f} | {seconds / args.acknowledge * 1e6:.0f} | {seconds / base:.2f} |")
+    print(
+        json.dumps(
+            {
+                "rows": args.rows,
+                "acknowledge": args.acknowledge,
+                "rowid_s": round(base, 3),
+                "without_rowid_s": round(medians["WITHOUT ROWID"], 3),
+                "ratio": round(medians["WITHOUT ROWID"] / base, 2),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
