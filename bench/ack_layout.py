@@ -12,20 +12,16 @@ object as its last line.
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
-import shutil
 import sqlite3
-import statistics
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import paired  # noqa: E402
 from sync.destinations.base import DeliveryResult  # noqa: E402
 from sync.messages import KeyChange, Update  # noqa: E402
 from sync.store import Store  # noqa: E402
@@ -114,57 +110,14 @@ def acknowledge(store: Store, batch: list[Update]) -> float:
     return time.perf_counter() - started
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--acknowledge", type=int, default=20_000)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--dir", type=Path, default=None, help="where the two stores go (default: a temporary folder)")
-    args = parser.parse_args()
-    folder = Path(tempfile.mkdtemp(prefix="ack-layout-", dir=args.dir))
-    try:
-        rowid, clustered = folder / "rowid.db", folder / "without_rowid.db"
-        started = time.perf_counter()
-        seed(rowid, args.rows)
-        shutil.copyfile(rowid, clustered)
-        without_rowid(clustered)
-        print(f"seeded {args.rows:,} acknowledged users in {time.perf_counter() - started:.0f} s", flush=True)
-        stores = {
-            "ack_state as it is": Store.open(f"sqlite:///{rowid}"),
-            "WITHOUT ROWID": Store.open(f"sqlite:///{clustered}"),
-        }
-        rng = random.Random(7)
-        found: dict[str, list[float]] = {name: [] for name in stores}
-        for _ in range(args.repeat):
-            batch = updates(args.rows, args.acknowledge, rng)
-            for name, store in stores.items():
-                found[name].append(acknowledge(store, batch))
-                print(f"{name}: {found[name][-1]:.2f} s", flush=True)
-        for store in stores.values():
-            store.close()
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    medians = {name: statistics.median(times) for name, times in found.items()}
-    base = medians["ack_state as it is"]
-    print(
-        f"| acknowledging {args.acknowledge:,} users in a store of {args.rows:,}, SQLite, medians of {args.repeat} "
-        "| seconds | µs a user | × as it is |"
-    )
-    print("|---|---|---|---|")
-    for name, seconds in medians.items():
-        print(f"| {name} | {seconds:.2f} | {seconds / args.acknowledge * 1e6:.0f} | {seconds / base:.2f} |")
-    print(
-        json.dumps(
-            {
-                "rows": args.rows,
-                "acknowledge": args.acknowledge,
-                "rowid_s": round(base, 3),
-                "without_rowid_s": round(medians["WITHOUT ROWID"], 3),
-                "ratio": round(medians["WITHOUT ROWID"] / base, 2),
-            }
-        )
-    )
-
-
 if __name__ == "__main__":
-    main()
+    paired.main(
+        __doc__ or "",
+        "acknowledge",
+        ("ack_state as it is", "WITHOUT ROWID"),
+        ("rowid_s", "without_rowid_s"),
+        "acknowledging {count:,} users in a store of {rows:,}, SQLite",
+        0,
+        (seed, without_rowid, updates, acknowledge),
+        7,
+    )

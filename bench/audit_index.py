@@ -9,20 +9,16 @@ run writes them, alternating between the two stores; medians of R. Prints one JS
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
-import shutil
 import sqlite3
-import statistics
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import paired  # noqa: E402
 from sync.messages import KeyChange, Update  # noqa: E402
 from sync.store import Store  # noqa: E402
 
@@ -78,58 +74,20 @@ def record(store: Store, batch: list[Update]) -> float:
     return time.perf_counter() - started
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--new", type=int, default=20_000)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--dir", type=Path, default=None, help="where the two stores go (default: a temporary folder)")
-    args = parser.parse_args()
-    folder = Path(tempfile.mkdtemp(prefix="audit-index-", dir=args.dir))
-    try:
-        indexed, plain = folder / "indexed.db", folder / "plain.db"
-        started = time.perf_counter()
-        seed(indexed, args.rows)
-        shutil.copyfile(indexed, plain)
-        connection = sqlite3.connect(plain)
-        connection.execute("DROP INDEX ix_run_updates_user_id_run_id")
-        connection.close()
-        print(f"seeded {args.rows:,} audit rows in {time.perf_counter() - started:.0f} s", flush=True)
-        stores = {
-            "with the per-user index": Store.open(f"sqlite:///{indexed}"),
-            "without it": Store.open(f"sqlite:///{plain}"),
-        }
-        rng = random.Random(5)
-        found: dict[str, list[float]] = {name: [] for name in stores}
-        for _ in range(args.repeat):
-            batch = updates(args.rows, args.new, rng)
-            for name, store in stores.items():
-                found[name].append(record(store, batch))
-        for store in stores.values():
-            store.close()
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    medians = {name: statistics.median(times) for name, times in found.items()}
-    base = medians["without it"]
-    print(
-        f"| {args.new:,} audit rows into {args.rows:,}, SQLite, medians of {args.repeat} "
-        "| seconds | µs a row | × without |"
-    )
-    print("|---|---|---|---|")
-    for name, seconds in medians.items():
-        print(f"| {name} | {seconds:.2f} | {seconds / args.new * 1e6:.0f} | {seconds / base:.2f} |")
-    print(
-        json.dumps(
-            {
-                "rows": args.rows,
-                "new": args.new,
-                "with_index_s": round(medians["with the per-user index"], 3),
-                "without_index_s": round(base, 3),
-                "ratio": round(medians["with the per-user index"] / base, 2),
-            }
-        )
-    )
+def drop_user_index(path: Path) -> None:
+    connection = sqlite3.connect(path)
+    connection.execute("DROP INDEX ix_run_updates_user_id_run_id")
+    connection.close()
 
 
 if __name__ == "__main__":
-    main()
+    paired.main(
+        __doc__ or "",
+        "new",
+        ("with the per-user index", "without it"),
+        ("with_index_s", "without_index_s"),
+        "{count:,} audit rows into {rows:,}, SQLite",
+        1,
+        (seed, drop_user_index, updates, record),
+        5,
+    )
