@@ -16,24 +16,17 @@ import random
 import sqlite3
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import paired  # noqa: E402
+from bench.paired import JOB, NOW, user  # noqa: E402
 from sync.destinations.base import DeliveryResult  # noqa: E402
 from sync.messages import KeyChange, Update  # noqa: E402
 from sync.store import Store  # noqa: E402
 
-NOW = datetime(2026, 11, 22, tzinfo=UTC)
 GROUP = 5_000  # answers recorded together, as delivery records them
-SEED_CHUNK = 100_000
-JOB = "bench"
-
-
-def user(number: int) -> str:
-    return f"u{number:010d}"
 
 
 def state(number: int) -> str:
@@ -45,38 +38,34 @@ def profile(number: int) -> str:
 
 
 def seed(path: Path, rows: int) -> None:
-    """A state store whose ``ack_state`` holds ``rows`` users acknowledged by one run, written in user order."""
-    store = Store.open(f"sqlite:///{path}")
-    run_id = store.start_run(JOB, "initial", False, NOW)
-    store.close()
-    connection = sqlite3.connect(path)
-    for start in range(0, rows, SEED_CHUNK):
-        connection.executemany(
-            "INSERT INTO ack_state (job, user_id, state, profile, version, run_id, updated_at, fingerprint) "
-            "VALUES (?, ?, ?, ?, 1, ?, ?, ?)",
-            (
-                (JOB, user(n), state(n), profile(n), run_id, NOW.isoformat(), n * 2654435761 % (1 << 62))
-                for n in range(start, min(start + SEED_CHUNK, rows))
-            ),
-        )
-        connection.commit()
-    connection.close()
+    """A state store whose ``ack_state`` holds ``rows`` users acknowledged by one run."""
+    paired.seed_rows(
+        path,
+        rows,
+        "INSERT INTO ack_state (job, user_id, state, profile, version, run_id, updated_at, fingerprint) "
+        "VALUES (?, ?, ?, ?, 1, ?, ?, ?)",
+        lambda run_id, n: (JOB, user(n), state(n), profile(n), run_id, NOW.isoformat(), n * 2654435761 % (1 << 62)),
+    )
 
 
 def without_rowid(path: Path) -> None:
     """Rebuild ``ack_state`` as a WITHOUT ROWID table with the same columns, key and index."""
     connection = sqlite3.connect(path)
-    (ddl,) = connection.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'ack_state'").fetchone()
+    (table,) = connection.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'ack_state'"
+    ).fetchone()
+    indexes = [
+        sql
+        for (sql,) in connection.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'ack_state' AND sql IS NOT NULL"
+        )
+    ]
     connection.executescript(
-        f"""
-        BEGIN;
-        {ddl.replace("CREATE TABLE ack_state", "CREATE TABLE ack_state_new", 1)} WITHOUT ROWID;
-        INSERT INTO ack_state_new SELECT * FROM ack_state;
-        DROP TABLE ack_state;
-        ALTER TABLE ack_state_new RENAME TO ack_state;
-        CREATE INDEX ix_ack_state_job_run_id ON ack_state (job, run_id);
-        COMMIT;
-        """
+        "BEGIN;"
+        f"{table.replace('CREATE TABLE ack_state', 'CREATE TABLE ack_state_new', 1)} WITHOUT ROWID;"
+        "INSERT INTO ack_state_new SELECT * FROM ack_state;"
+        "DROP TABLE ack_state;"
+        "ALTER TABLE ack_state_new RENAME TO ack_state;" + "".join(f"{sql};" for sql in indexes) + "COMMIT;"
     )
     connection.close()
 

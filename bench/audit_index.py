@@ -13,42 +13,34 @@ import random
 import sqlite3
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import paired  # noqa: E402
+from bench.paired import JOB, NOW, user  # noqa: E402
 from sync.messages import KeyChange, Update  # noqa: E402
 from sync.store import Store  # noqa: E402
 
-NOW = datetime(2026, 11, 22, tzinfo=UTC)
 BATCH = 20_000
-SEED_CHUNK = 100_000
-
-
-def user(number: int) -> str:
-    return f"u{number:010d}"
 
 
 def seed(path: Path, rows: int) -> None:
-    """A state store whose audit trail holds ``rows`` rows of one run, written in user order."""
-    store = Store.open(f"sqlite:///{path}")
-    run_id = store.start_run("bench", "initial", False, NOW)
-    store.close()
-    connection = sqlite3.connect(path)
+    """A state store whose audit trail holds ``rows`` rows of one run, one per user."""
     changes = '[["audience_3","audience",null,true],["ltv","trait",null,12.5]]'
-    for start in range(0, rows, SEED_CHUNK):
-        connection.executemany(
-            "INSERT INTO run_updates (run_id, user_id, message_id, changes, profile, status, attempts) "
-            "VALUES (?, ?, ?, ?, ?, 'delivered', 1)",
-            (
-                (run_id, user(n), f"as-{n:040x}", changes, f'{{"email":"{user(n)}@example.com","first_name":"F"}}')
-                for n in range(start, min(start + SEED_CHUNK, rows))
-            ),
-        )
-        connection.commit()
-    connection.close()
+    paired.seed_rows(
+        path,
+        rows,
+        "INSERT INTO run_updates (run_id, user_id, message_id, changes, profile, status, attempts) "
+        "VALUES (?, ?, ?, ?, ?, 'delivered', 1)",
+        lambda run_id, n: (
+            run_id,
+            user(n),
+            f"as-{n:040x}",
+            changes,
+            f'{{"email":"{user(n)}@example.com","first_name":"F"}}',
+        ),
+    )
 
 
 def updates(rows: int, new: int, rng: random.Random) -> list[Update]:
@@ -67,7 +59,7 @@ def updates(rows: int, new: int, rng: random.Random) -> list[Update]:
 
 
 def record(store: Store, batch: list[Update]) -> float:
-    run_id = store.start_run("bench", "incremental", True, NOW)
+    run_id = store.start_run(JOB, "incremental", True, NOW)
     started = time.perf_counter()
     for start in range(0, len(batch), BATCH):
         store.record_plan(run_id, batch[start : start + BATCH], "planned")

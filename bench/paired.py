@@ -10,16 +10,39 @@ import argparse
 import json
 import random
 import shutil
+import sqlite3
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sync.store import Store
 
 Work = TypeVar("Work")
+NOW = datetime(2026, 11, 22, tzinfo=UTC)
+JOB = "bench"
+_SEED_CHUNK = 100_000
+
+
+def user(number: int) -> str:
+    """A user id of the generated workload's form."""
+    return f"u{number:010d}"
+
+
+def seed_rows(path: Path, rows: int, insert: str, row: Callable[[int, int], tuple[Any, ...]]) -> None:
+    """A migrated state store with one initial run of ``JOB`` and ``rows`` rows written by ``insert``, the
+    values of the n-th being ``row(run_id, n)``, in user order as an initial sync writes them."""
+    store = Store.open(f"sqlite:///{path}")
+    run_id = store.start_run(JOB, "initial", False, NOW)
+    store.close()
+    connection = sqlite3.connect(path)
+    for start in range(0, rows, _SEED_CHUNK):
+        connection.executemany(insert, (row(run_id, n) for n in range(start, min(start + _SEED_CHUNK, rows))))
+        connection.commit()
+    connection.close()
 
 
 def command_line(doc: str, count: str, count_default: int) -> argparse.Namespace:
@@ -67,12 +90,17 @@ def compare(
 
 
 def report(
-    args: argparse.Namespace, title: str, medians: dict[str, float], base: str, count: str, keys: dict[str, str]
+    args: argparse.Namespace,
+    title: str,
+    medians: dict[str, float],
+    base: str,
+    count: str,
+    size: int,
+    keys: dict[str, str],
 ) -> None:
     """A table of the medians, per unit of the work and as ratios against ``base``; then one JSON object (the
     sizes, each median under its name in ``keys``, and the other store's ratio against ``base``) as the last
     line."""
-    size = int(getattr(args, count))
     print(f"| {title}, medians of {args.repeat} | seconds | µs each | × {base} |")
     print("|---|---|---|---|")
     for name, seconds in medians.items():
@@ -109,4 +137,4 @@ def main(
         rng_seed,
     )
     heading = title.format(rows=args.rows, count=size)
-    report(args, heading, medians, names[base], count, dict(zip(names, keys, strict=True)))
+    report(args, heading, medians, names[base], count, size, dict(zip(names, keys, strict=True)))
