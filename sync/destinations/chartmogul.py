@@ -121,8 +121,9 @@ class ChartMogulDestination:
         self._clock = clock
         self._rng = rng or random.Random()
         # One request per 1/rate seconds, at most two back to back. A bucket of one lost every late wake-up (the
-        # event loop shares the interpreter with the thread recording answers): 31 requests/s of 40 with that
-        # thread busy; with room for two, the next request makes up for a late one (tests/test_delivery.py).
+        # event loop shares the interpreter with the thread recording answers): 31 requests/s of 40 with the loop
+        # held up for 15 ms in every 30; with room for two, the next request makes up for a late one
+        # (tests/test_delivery.py).
         self._limiter = AsyncLimiter(2, 2.0 / settings.requests_per_second)
 
     async def send(
