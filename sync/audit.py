@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sync.config import JobConfig, parse_duration
+from sync.config import JobConfig, JobOutline, parse_duration
 from sync.errors import SyncError
 from sync.messages import KeyChange, Update, change_kind, identify_call, iso
 from sync.store import Store
@@ -221,6 +221,9 @@ def identify_calls(store: Store, run_id: int, user_id: str | None = None) -> Ite
         yield identify_call(rebuild_update(row), space_id=run.space_id, timestamp=run.started_at, sent_at=row.sent_at)
 
 
-def prune_job(store: Store, job: JobConfig, now: datetime, days: int | None = None) -> int:
-    """Remove the job's per-update rows older than its retention (or ``days``)."""
-    return store.prune(job.name, now - timedelta(days=days or job.audit_retention_days))
+def prune_job(store: Store, job: JobConfig | JobOutline, now: datetime, days: int | None = None) -> int:
+    """Remove the job's per-update rows older than its retention (or ``days``, at least one)."""
+    keep = job.audit_retention_days if days is None else days
+    if keep < 1:
+        raise SyncError(f"job {job.name!r}: audit rows are kept at least one day (asked: {keep})")
+    return store.prune(job.name, now - timedelta(days=keep))

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -23,18 +25,40 @@ from sync.audit import (
 )
 from sync.audit import audiences as audience_series
 from sync.audit import history as user_history
-from sync.cli_common import job_config, open_store, state_url_of, stdout_console
+from sync.cli_common import fail, open_store, outline_of, state_url_of, stdout_console
 from sync.destinations.chartmogul import utc_now
 from sync.display import FORMATS, print_rows
+from sync.errors import ConfigError, SyncError
 from sync.messages import iso
 from sync.report import render_report
+from sync.runner import EXIT_USAGE
+from sync.store import Store
+from sync.store.models import FailedUpdate, RunUpdate
 from sync.store.repository import AuditFilter
+
+
+def known_job(store: Store, job: str) -> str:
+    """``job`` when the state store has runs of it; otherwise a usage error (exit 2) listing the jobs it has."""
+    names = store.job_names()
+    if job not in names:
+        fail(f"no job named {job!r} in the state store (jobs: {', '.join(names) or 'none'})", EXIT_USAGE)
+    return job
+
+
+def _moment(option: str, text: str | None, now: datetime) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        return moment(text, now)
+    except SyncError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
+
 
 FAILED_FIELDS = (
     "user_id",
+    "state",
     "message_id",
     "failed_runs",
-    "dead",
     "http_status",
     "error",
     "first_failed_at",
@@ -51,6 +75,8 @@ FAILED_FIELDS = (
 def runs(ctx: click.Context, job: str | None, limit: int, as_json: bool) -> None:
     """Run history, newest first."""
     with open_store(state_url_of(ctx)) as store:
+        if job is not None:
+            known_job(store, job)
         records = [run_record(run) for run in store.runs(job, limit)]
     fields = ("job", *RUN_TABLE_FIELDS)
     print_rows(stdout_console(), records, fields, "jsonl" if as_json else "table")
@@ -92,16 +118,24 @@ def diff(
     """
     if run_id is None and job is None:
         raise click.UsageError("give a RUN_ID, or --job JOB")
+    if fmt == "parquet" and output is None:
+        raise click.UsageError("--format parquet needs --output FILE")
+    if fmt == "table" and output is not None:
+        raise click.UsageError("a table is for the terminal; use --format csv, jsonl or parquet with --output")
     now = utc_now()
+    filters = AuditFilter(
+        run_id=run_id,
+        job=job,
+        user_id=user_id,
+        status=status,
+        since=_moment("--since", since, now),
+        until=_moment("--until", until, now),
+    )
     with open_store(state_url_of(ctx)) as store:
-        filters = AuditFilter(
-            run_id=run_id,
-            job=job,
-            user_id=user_id,
-            status=status,
-            since=moment(since, now) if since else None,
-            until=moment(until, now) if until else None,
-        )
+        if run_id is not None and store.run(run_id) is None:
+            fail(f"no run with id {run_id} in the state store", EXIT_USAGE)
+        if job is not None:
+            known_job(store, job)
         rows = change_records(store, filters, ChangeFilter(key, change))
         written = print_rows(stdout_console(), rows, CHANGE_FIELDS, fmt, output)
     if output is not None:
@@ -116,7 +150,7 @@ def diff(
 def history(ctx: click.Context, job: str, user_id: str, as_json: bool) -> None:
     """USER_ID's timeline in JOB: every run that changed them, each key's old → new, the messageId, the outcome."""
     with open_store(state_url_of(ctx)) as store:
-        timeline = user_history(store, job, user_id)
+        timeline = user_history(store, known_job(store, job), user_id)
     if as_json:
         click.echo(json.dumps(timeline, ensure_ascii=False, default=str))
         return
@@ -133,7 +167,7 @@ def history(ctx: click.Context, job: str, user_id: str, as_json: bool) -> None:
 def audiences(ctx: click.Context, job: str, as_json: bool) -> None:
     """Per audience or trait key of JOB: acknowledged size, entries and exits per run, last change."""
     with open_store(state_url_of(ctx)) as store:
-        entries = audience_series(store, job)
+        entries = audience_series(store, known_job(store, job))
     if as_json:
         for entry in entries:
             click.echo(json.dumps(entry))
@@ -149,18 +183,25 @@ def audiences(ctx: click.Context, job: str, as_json: bool) -> None:
 def report(ctx: click.Context, job: str, output: Path) -> None:
     """A self-contained HTML report of JOB: audience sizes over time, entries and exits, runs, failures."""
     with open_store(state_url_of(ctx)) as store:
-        output.write_text(render_report(store, job, utc_now()), encoding="utf-8")
+        output.write_text(render_report(store, known_job(store, job), utc_now()), encoding="utf-8")
     click.echo(f"report written to {output}", err=True)
 
 
 @click.command()
 @click.argument("job", required=False)
-@click.option("--days", type=int, help="Keep this many days (default: each job's audit_retention_days).")
+@click.option(
+    "--days",
+    type=click.IntRange(min=1),
+    help="Keep this many days, at least 1 (default: each job's audit_retention_days).",
+)
 @click.pass_context
 def prune(ctx: click.Context, job: str | None, days: int | None) -> None:
     """Remove per-update audit rows older than the retention; run summaries and the acknowledged state stay."""
-    config = job_config(ctx)
-    jobs = [config.job(job)] if job else list(config.jobs)
+    config = outline_of(ctx)
+    try:
+        jobs = [config.job(job)] if job else list(config.jobs)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
     with open_store(config.state_url) as store:
         for each in jobs:
             removed = prune_job(store, each, utc_now(), days)
@@ -186,9 +227,43 @@ def messages(ctx: click.Context, run_id: int, user_id: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
 @click.pass_context
 def failed(ctx: click.Context, job: str, every: bool, as_json: bool) -> None:
-    """JOB's updates the destination keeps rejecting: dead ones (parked, no longer sent) and, with --all, the rest."""
+    """JOB's updates that were not delivered: dead ones (parked, no longer sent) and, with --all, the rest:
+    rejected ones sent again each run, and those of the last run still being retried (5xx, 429, timeouts,
+    connection errors) or never sent."""
     with open_store(state_url_of(ctx)) as store:
-        rows = [{f: getattr(row, f) for f in FAILED_FIELDS} for row in store.failed_updates(job, dead_only=not every)]
-    for row in rows:
-        row["first_failed_at"], row["last_failed_at"] = iso(row["first_failed_at"]), iso(row["last_failed_at"])
+        name = known_job(store, job)
+        rejected = store.failed_updates(name, dead_only=not every)
+        rows = [_failed_row(row) for row in rejected]
+        if every:
+            listed = {row.user_id for row in rejected}
+            rows += [_retrying_row(row) for row in store.undelivered(name) if row.user_id not in listed]
     print_rows(stdout_console(), rows, FAILED_FIELDS, "jsonl" if as_json else "table")
+
+
+def _failed_row(row: FailedUpdate) -> dict[str, Any]:
+    return {
+        "user_id": row.user_id,
+        "state": "dead" if row.dead else "rejected",
+        "message_id": row.message_id,
+        "failed_runs": row.failed_runs,
+        "http_status": row.http_status,
+        "error": row.error,
+        "first_failed_at": iso(row.first_failed_at),
+        "last_failed_at": iso(row.last_failed_at),
+        "last_run_id": row.last_run_id,
+    }
+
+
+def _retrying_row(row: RunUpdate) -> dict[str, Any]:
+    """An update of the last run that was not delivered and not rejected: the next run sends it again."""
+    return {
+        "user_id": row.user_id,
+        "state": "retrying" if row.status == "failed" else "pending",
+        "message_id": row.message_id,
+        "failed_runs": 0,
+        "http_status": row.http_status,
+        "error": row.error or ("not sent yet" if row.status == "pending" else None),
+        "first_failed_at": iso(row.finished_at) if row.finished_at else None,
+        "last_failed_at": iso(row.finished_at) if row.finished_at else None,
+        "last_run_id": row.run_id,
+    }

@@ -15,7 +15,7 @@ import click
 from rich.console import Console
 from sqlalchemy.exc import SQLAlchemyError
 
-from sync.config import Config, load_config, load_state_url
+from sync.config import Config, Outline, load_config, load_outline, load_state_url
 from sync.errors import ConfigError, StoreError, SyncError
 from sync.runner import EXIT_FAILED, EXIT_USAGE
 from sync.store import Store
@@ -45,6 +45,14 @@ def state_url_of(ctx: click.Context) -> str:
     """The state store alone: audit commands work without the jobs' secrets in the environment."""
     try:
         return load_state_url(ctx.obj)
+    except ConfigError as exc:
+        _config_problems(exc)
+
+
+def outline_of(ctx: click.Context) -> Outline:
+    """Each job's name, schedule and retention with the state store: the control commands need no secrets."""
+    try:
+        return load_outline(ctx.obj)
     except ConfigError as exc:
         _config_problems(exc)
 

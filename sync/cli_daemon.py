@@ -6,7 +6,7 @@ import json
 
 import click
 
-from sync.cli_common import fail, job_config, open_store, stdout_console, stop_on_signals
+from sync.cli_common import fail, job_config, open_store, outline_of, stdout_console, stop_on_signals
 from sync.destinations.chartmogul import utc_now
 from sync.display import print_rows
 from sync.errors import ConfigError
@@ -31,8 +31,8 @@ def schedule(ctx: click.Context) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per job instead of a table.")
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
-    """Per job: last run, next scheduled run, acknowledged users, updates waiting for retry, lease holder."""
-    config = job_config(ctx)
+    """Per job: last run, next scheduled run, acknowledged users, pending and dead updates, failures, lease."""
+    config = outline_of(ctx)
     with open_store(config.state_url) as store:
         rows = status_rows(store, config, utc_now())
     if as_json:
@@ -67,7 +67,7 @@ def skip(ctx: click.Context, job: str) -> None:
 
 
 def _control(ctx: click.Context, name: str, said: str, **values: bool) -> None:
-    config = job_config(ctx)
+    config = outline_of(ctx)
     try:
         job = config.job(name)
     except ConfigError as exc:

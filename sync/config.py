@@ -7,6 +7,7 @@ repeats the webhook URL or a database password back, because error messages end 
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -28,7 +29,7 @@ from pydantic import (
     field_validator,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from sync.errors import ConfigError
 from sync.keys import snake_case
@@ -61,6 +62,37 @@ RESERVED_KEYS = frozenset(
     }
 )
 
+# The state store's columns: a job name is String(100), an audience or trait key String(200), a space id
+# String(200) (sync/store/models.py). Longer ones would fail every run on PostgreSQL.
+MAX_JOB_NAME = 100
+MAX_KEY = 200
+# The longest duration any setting takes: ten years.
+MAX_DURATION = timedelta(days=3650)
+# A jobs.yaml is small: more values than this, or deeper nesting, is a mistake or a YAML alias bomb.
+MAX_CONFIG_VALUES = 100_000
+MAX_CONFIG_DEPTH = 64
+# The Python package that provides each warehouse dialect, named when its driver is missing.
+DRIVER_PACKAGES = {
+    "snowflake": "snowflake-sqlalchemy",
+    "bigquery": "sqlalchemy-bigquery",
+    "redshift": "sqlalchemy-redshift redshift_connector",
+    "databricks": "databricks-sqlalchemy",
+    "trino": "trino",
+    "duckdb": "duckdb-engine",
+    "mysql": "mysqlclient",
+    "mysql+pymysql": "pymysql",
+    "mariadb": "mariadb",
+    "mariadb+pymysql": "pymysql",
+    "mssql": "pyodbc",
+    "mssql+pyodbc": "pyodbc",
+    "mssql+pymssql": "pymssql",
+    "oracle": "oracledb",
+    "oracle+oracledb": "oracledb",
+    "postgresql+psycopg2": "psycopg2-binary",
+    "postgresql+pg8000": "pg8000",
+    "postgresql+asyncpg": "asyncpg",
+}
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -71,11 +103,17 @@ def parse_duration(value: object) -> timedelta:
     if isinstance(value, timedelta):
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return timedelta(seconds=float(value))
+        return _bounded(float(value))
     match = _DURATION.match(str(value))
     if not match:
         raise ValueError("expected a duration such as 45s, 15m, 2h or 1d")
-    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+    return _bounded(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def _bounded(seconds: float) -> timedelta:
+    if not math.isfinite(seconds) or abs(seconds) > MAX_DURATION.total_seconds():
+        raise ValueError(f"too long: a duration is at most {MAX_DURATION.days}d")
+    return timedelta(seconds=seconds)
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
@@ -117,7 +155,7 @@ class ComputationConfig(_Frozen):
 class DestinationConfig(_Frozen):
     type: Literal["chartmogul"] = "chartmogul"
     webhook_url: SecretStr
-    requests_per_second: float = Field(default=CHARTMOGUL_REQUESTS_PER_SECOND, gt=0)
+    requests_per_second: float = Field(default=CHARTMOGUL_REQUESTS_PER_SECOND, gt=0, le=100_000, allow_inf_nan=False)
     max_connections: int = Field(default=CHARTMOGUL_MAX_CONNECTIONS, ge=1, le=1000)
     timeout: Duration = timedelta(seconds=DEFAULT_TIMEOUT_S)
     # Attempts per update within one run; what is still failing waits for the next run.
@@ -138,7 +176,9 @@ class GuardConfig(_Frozen):
     """The mass-change guard (see ``sync.guard``); ``run --force`` overrides it for one run."""
 
     enabled: bool = True
-    exit_share: float = Field(default=0.5, gt=0, le=1)  # more than this share of an audience exiting stops the run
+    exit_share: float = Field(
+        default=0.5, gt=0, le=1, allow_inf_nan=False
+    )  # more than this share of an audience exiting stops the run
     min_members: int = Field(default=100, ge=1)  # ... for audiences of at least this many acknowledged members
     block_empty: bool = True  # an audience whose snapshot comes back empty where it had members stops the run
 
@@ -180,8 +220,8 @@ class ScheduleConfig(_Frozen):
 
 
 class JobConfig(_Frozen):
-    name: str = Field(pattern=r"^[a-z0-9_-]+$")
-    space_id: str | None = None
+    name: str = Field(pattern=r"^[a-z0-9_-]+$", max_length=MAX_JOB_NAME)
+    space_id: str | None = Field(default=None, max_length=MAX_KEY)
     source: SourceConfig = SourceConfig()
     audiences: tuple[ComputationConfig, ...] = ()
     traits: tuple[ComputationConfig, ...] = ()
@@ -195,6 +235,28 @@ class JobConfig(_Frozen):
 
     def trait_keys(self) -> list[str]:
         return [trait.resolved_key for trait in self.traits]
+
+
+class JobOutline(BaseModel):
+    """What the control and audit commands need of a job: its name, schedule and retention, not its secrets."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    name: str = Field(pattern=r"^[a-z0-9_-]+$", max_length=MAX_JOB_NAME)
+    schedule: ScheduleConfig = ScheduleConfig()
+    audit_retention_days: int = Field(default=30, ge=1)
+
+
+class Outline(_Frozen):
+    state_url: str
+    jobs: tuple[JobOutline, ...] = ()
+
+    def job(self, name: str) -> JobOutline:
+        for job in self.jobs:
+            if job.name == name:
+                return job
+        known = ", ".join(job.name for job in self.jobs) or "none"
+        raise ConfigError([f"no job named {name!r} in the configuration (jobs: {known})"])
 
 
 class Config(_Frozen):
@@ -223,6 +285,26 @@ def check_webhook_url(url: str) -> None:
         raise ValueError("the webhook URL must use https:// (plain http is allowed only to loopback addresses)")
 
 
+def driver_problem(url: str) -> str | None:
+    """Why a SQLAlchemy URL cannot be used here (malformed, or its driver is not installed); None if it can.
+
+    Loads the dialect and imports its driver without connecting, so ``validate`` catches a missing package.
+    Never echoes the URL (it may carry a password)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return "not a valid SQLAlchemy URL (e.g. sqlite:///warehouse.db)"
+    name = parsed.drivername
+    try:
+        dialect = parsed.get_dialect()
+        dialect.import_dbapi()
+    except (NoSuchModuleError, ImportError):
+        package = DRIVER_PACKAGES.get(name) or DRIVER_PACKAGES.get(parsed.get_backend_name())
+        hint = f"pip install {package}" if package else "install the package of its SQLAlchemy dialect"
+        return f"no driver for {name}:// is installed ({hint})"
+    return None
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -238,6 +320,24 @@ def redact_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
         return "(unparseable URL)"
+
+
+def check_size(value: Any) -> None:
+    """Raise ConfigError for a tree with more than ``MAX_CONFIG_VALUES`` values or nested deeper than
+    ``MAX_CONFIG_DEPTH``: YAML aliases can make a small file stand for billions of values."""
+    count = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        count += 1
+        if count > MAX_CONFIG_VALUES:
+            raise ConfigError([f"the configuration holds more than {MAX_CONFIG_VALUES:,} values (YAML aliases?)"])
+        if depth > MAX_CONFIG_DEPTH:
+            raise ConfigError([f"the configuration nests deeper than {MAX_CONFIG_DEPTH} levels"])
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
 
 
 def expand_env(value: Any, env: Mapping[str, str], path: str, problems: list[str]) -> Any:
@@ -293,13 +393,47 @@ def load_state_url(path: Path | str | None = None, env: Mapping[str, str] | None
         raise ConfigError(["state_url: not a valid SQLAlchemy URL (e.g. sqlite:///audience-sync.db)"]) from None
 
 
+def load_outline(path: Path | str | None = None, env: Mapping[str, str] | None = None) -> Outline:
+    """The state store and each job's name, schedule and retention: what ``status``, ``pause``, ``resume``,
+    ``skip`` and ``prune`` need. Environment variables the rest of a job refers to (its webhook URL, its
+    warehouse password) need not be set."""
+    env = os.environ if env is None else env
+    config_path = Path(path or env.get(CONFIG_ENV) or DEFAULT_CONFIG)
+    state_url = load_state_url(config_path, env)
+    raw = _read_yaml(config_path)
+    jobs_raw = raw.get("jobs") if isinstance(raw, dict) else None
+    problems: list[str] = []
+    jobs: list[JobOutline] = []
+    for index, item in enumerate(jobs_raw if isinstance(jobs_raw, list) else []):
+        label = _job_label(index, item)
+        if not isinstance(item, dict):
+            problems.append(f"{label}: must be a mapping")
+            continue
+        wanted = {k: item[k] for k in ("name", "schedule", "audit_retention_days") if k in item}
+        try:
+            jobs.append(JobOutline.model_validate(expand_env(wanted, env, "", problems)))
+        except ValidationError as exc:
+            problems += [f"{label}: {_loc(e['loc'])}: {_message(e['type'], e['msg'])}" for e in exc.errors()]
+    if problems:
+        raise ConfigError(problems)
+    return Outline(state_url=state_url, jobs=tuple(jobs))
+
+
 def _read_yaml(config_path: Path) -> Any:
     try:
-        return yaml.safe_load(config_path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError([f"{config_path}: cannot read the configuration ({exc.strerror})"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            [f"{config_path}: not UTF-8 text (byte {exc.start + 1} is {exc.object[exc.start]:#04x})"]
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError([f"{config_path}: not valid YAML: {_yaml_problem(exc)}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{config_path}: the configuration nests deeper than {MAX_CONFIG_DEPTH} levels"]) from None
+    check_size(raw)
+    return raw
 
 
 def parse_config(raw: object, env: Mapping[str, str], base_dir: Path) -> Config:
@@ -331,10 +465,9 @@ def _parse_top(expanded: dict[str, Any], problems: list[str]) -> dict[str, Any]:
     if not isinstance(state_url, str):
         problems.append("state_url: must be a SQLAlchemy URL string")
         return {}
-    try:
-        make_url(state_url)
-    except ArgumentError:
-        problems.append("state_url: not a valid SQLAlchemy URL (e.g. sqlite:///audience-sync.db)")
+    problem = driver_problem(state_url)
+    if problem:
+        problems.append(f"state_url: {problem}")
     return {"state_url": state_url}
 
 
@@ -370,6 +503,8 @@ def _check_job(job: JobConfig, base_dir: Path) -> list[str]:
                 problems.append(f"{field}.file: no such file: {item.file}")
             if not key:
                 problems.append(f"{field}.name: {item.name!r} gives an empty key; set key explicitly")
+            elif len(key) > MAX_KEY:
+                problems.append(f"{field}: the key is {len(key)} characters long, over {MAX_KEY}; set a shorter key")
             elif key in RESERVED_KEYS:
                 problems.append(f"{field}: key {key!r} is a standard contact field; set another key")
             elif key in seen:
@@ -383,10 +518,9 @@ def _check_job(job: JobConfig, base_dir: Path) -> list[str]:
     if job.source.profiles_file is not None and not (base_dir / job.source.profiles_file).is_file():
         problems.append(f"source.profiles_file: no such file: {job.source.profiles_file}")
     if job.source.url:
-        try:
-            make_url(job.source.url)
-        except ArgumentError:
-            problems.append("source.url: not a valid SQLAlchemy URL (e.g. sqlite:///warehouse.db)")
+        problem = driver_problem(job.source.url)
+        if problem:
+            problems.append(f"source.url: {problem}")
     if not seen:
         problems.append("audiences/traits: a job needs at least one audience or trait")
     return problems

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from sqlalchemy import Connection, create_engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from sync.config import ComputationConfig, JobConfig
+from sync.config import ComputationConfig, JobConfig, driver_problem
 from sync.engine import Snapshot
 from sync.errors import SourceError
 from sync.snapshot import Arrow, Columns, Computation, Profiles, Raw, arrow_or_list, normalise
@@ -37,6 +37,9 @@ def read_snapshot(job: JobConfig) -> Snapshot:
     profiles: Raw | Profiles | None = None
     sql_items = [(c, item) for c, item in _items(job) if item.query is not None]
     if job.source.url and (sql_items or job.source.profiles):
+        problem = driver_problem(job.source.url)
+        if problem:
+            raise SourceError(f"job {job.name!r}: the warehouse {job.source.redacted_url()}: {problem}")
         engine = create_engine(job.source.url)
         try:
             with engine.connect() as connection:

@@ -1,36 +1,39 @@
-"""``audience-sync status``: per job, the last run, the next one, the state, the retries and the lease."""
+"""``audience-sync status``: per job, the last run, the next one, what is pending, the failures and the lease."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from sync.audit import run_record
-from sync.config import Config, JobConfig
+from sync.config import Config, JobConfig, JobOutline, Outline
 from sync.messages import iso
 from sync.scheduler import LOUD_FAILURES
 from sync.store import Store
 
+# The columns of the table people read; `--json` has every field.
 STATUS_FIELDS = (
     "job",
     "schedule",
     "last_run",
-    "last_status",
-    "last_finished",
-    "next_run_at",
-    "acknowledged_users",
-    "waiting_for_retry",
-    "consecutive_failures",
+    "finished",
+    "next_run",
+    "acknowledged",
+    "pending",
+    "dead",
+    "failures",
     "running",
 )
 
 
-def job_status(store: Store, job: JobConfig, now: datetime) -> dict[str, Any]:
+def job_status(store: Store, job: JobConfig | JobOutline, now: datetime) -> dict[str, Any]:
     last = store.last_run(job.name)
     control = store.schedule(job.name)
     lease = store.lease(job.name)
     live = lease is not None and lease.expires_at >= now
     failures = store.consecutive_failures(job.name)
+    pending = store.pending_updates(job.name)
     return {
         "job": job.name,
         "enabled": job.schedule.enabled,
@@ -39,8 +42,11 @@ def job_status(store: Store, job: JobConfig, now: datetime) -> dict[str, Any]:
         "last_run": run_record(last) if last else None,
         "next_run_at": iso(control.next_run_at) if control and control.next_run_at and job.schedule.enabled else None,
         "acknowledged_users": store.state_size(job.name),
-        "waiting_for_retry": store.waiting_for_retry(job.name),
+        "pending": pending,
+        "waiting_for_retry": pending,  # the name of earlier versions
+        "dead": store.dead_count(job.name),
         "consecutive_failures": failures,
+        "consecutive_blocked": store.consecutive_failures(job.name, statuses=("blocked",)),
         "failing": failures >= LOUD_FAILURES,
         "lease": {"owner": lease.owner, "run_id": lease.run_id, "expires_at": iso(lease.expires_at), "live": live}
         if lease
@@ -48,27 +54,37 @@ def job_status(store: Store, job: JobConfig, now: datetime) -> dict[str, Any]:
     }
 
 
-def status_rows(store: Store, config: Config, now: datetime) -> list[dict[str, Any]]:
-    return [job_status(store, job, now) for job in config.jobs]
+def status_rows(store: Store, config: Config | Outline, now: datetime) -> list[dict[str, Any]]:
+    jobs: Sequence[JobConfig | JobOutline] = config.jobs
+    return [job_status(store, job, now) for job in jobs]
 
 
 def table_row(status: dict[str, Any]) -> dict[str, Any]:
-    """A status flattened for the table people read."""
+    """A status flattened for the table people read: short cells, so that it fits 100 columns."""
     last = status["last_run"] or {}
-    schedule = "disabled" if not status["enabled"] else ("paused" if status["paused"] else "scheduled")
+    schedule = "disabled" if not status["enabled"] else ("paused" if status["paused"] else "on")
     if status["skip_next"]:
-        schedule += ", skipping next"
+        schedule += ", skip next"
     failures = status["consecutive_failures"]
+    blocked = status["consecutive_blocked"]
+    trouble = f"{failures} FAILING" if status["failing"] else str(failures)
+    if blocked:
+        trouble += f" ({blocked} blocked)"
     lease = status["lease"]
     return {
         "job": status["job"],
         "schedule": schedule,
-        "last_run": f"{last['run_id']} {last['kind']}" if last else "never",
-        "last_status": last.get("status", ""),
-        "last_finished": last.get("finished_at") or "",
-        "next_run_at": status["next_run_at"] or "",
-        "acknowledged_users": status["acknowledged_users"],
-        "waiting_for_retry": status["waiting_for_retry"],
-        "consecutive_failures": f"{failures} FAILING" if status["failing"] else failures,
-        "running": f"{lease['owner']} (run {lease['run_id']})" if lease and lease["live"] else "",
+        "last_run": f"{last['run_id']} {last['status']}" if last else "never",
+        "finished": _short(last.get("finished_at")),
+        "next_run": _short(status["next_run_at"]),
+        "acknowledged": status["acknowledged_users"],
+        "pending": status["pending"],
+        "dead": status["dead"],
+        "failures": trouble,
+        "running": f"run {lease['run_id']} on {lease['owner']}" if lease and lease["live"] else "",
     }
+
+
+def _short(moment: str | None) -> str:
+    """``2026-11-30T12:00:05.123Z`` as ``11-30 12:00``: the minute is what an operator reads."""
+    return f"{moment[5:10]} {moment[11:16]}" if moment else ""

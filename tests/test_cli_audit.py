@@ -87,11 +87,32 @@ def test_export_last_weeks_exits_as_csv_and_parquet(audited: Path, tmp_path: Pat
     assert {json.loads(line)["user_id"] for line in dead} == {"u1"}
 
 
-def test_diff_needs_a_run_or_a_job_and_parquet_needs_a_file(audited: Path) -> None:
+def test_usage_errors_of_the_audit_commands_exit_2(audited: Path) -> None:
     assert cli(audited, "diff").returncode == 2
     result = cli(audited, "diff", "1", "--format", "parquet")
-    assert result.returncode == 1 and "--format parquet needs --output FILE" in result.stderr
-    assert "neither a time" in cli(audited, "diff", "--job", "contacts", "--since", "someday").stderr
+    assert result.returncode == 2 and "--format parquet needs --output FILE" in result.stderr
+    since = cli(audited, "diff", "--job", "contacts", "--since", "someday")
+    assert since.returncode == 2 and "neither a time" in since.stderr
+    assert cli(audited, "diff", "--job", "contacts", "--until", "yesterday").returncode == 2
+    assert cli(audited, "diff", "999").returncode == 2
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("history", "nojob", "u1"),
+        ("audiences", "nojob"),
+        ("report", "nojob", "--output", "r.html"),
+        ("failed", "nojob"),
+        ("runs", "nojob"),
+        ("diff", "--job", "nojob"),
+    ],
+)
+def test_audit_commands_on_a_job_the_store_does_not_know_exit_2(audited: Path, command: tuple[str, ...]) -> None:
+    result = cli(audited, *command)
+    assert result.returncode == 2, result.stderr
+    assert "no job named 'nojob'" in result.stderr and "contacts" in result.stderr
+    assert result.stdout == ""
 
 
 def test_audiences_lists_sizes_and_flows(audited: Path) -> None:

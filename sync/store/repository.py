@@ -69,6 +69,8 @@ _FETCH = 100_000
 _INDEX_PART = 1_000_000
 # Rows fetched at a time when streaming the audit trail.
 _STREAM = 5000
+# Run statuses that delivered nothing; repeated ones make a job FAILING.
+TROUBLE = ("failed", "blocked")
 COUNT_FIELDS = (
     "users",
     "entered",
@@ -696,7 +698,9 @@ class Store:
         with Session(self.engine, expire_on_commit=False) as session:
             return session.scalars(query.order_by(Run.id.desc()).limit(1)).first()
 
-    def consecutive_failures(self, job: str, limit: int = 100) -> int:
+    def consecutive_failures(self, job: str, limit: int = 100, statuses: Sequence[str] = TROUBLE) -> int:
+        """Real runs in a row, newest first, that ended with one of ``statuses`` (by default failed or
+        blocked: runs that delivered nothing)."""
         query = (
             select(Run.status)
             .where(Run.job == job, Run.dry_run.is_(False), Run.status != "skipped", Run.status != "running")
@@ -706,23 +710,56 @@ class Store:
         count = 0
         with self.engine.connect() as connection:
             for (status,) in connection.execute(query):
-                if status != "failed":
+                if status not in statuses:
                     break
                 count += 1
         return count
 
-    def waiting_for_retry(self, job: str) -> int:
-        """Updates of the job's last real run that were not delivered: the next run sends them again."""
+    def pending_updates(self, job: str) -> int:
+        """Updates the last run that planned did not deliver: the next run sends them again.
+
+        A blocked run recorded no update rows, so all it planned is pending; a run that failed before
+        planning (the warehouse was down) is passed over for the one before it."""
+        query = (
+            select(Run)
+            .where(Run.job == job, Run.dry_run.is_(False), Run.status.not_in(("skipped", "running")))
+            .where(or_(Run.status != "failed", Run.updates > 0))
+            .order_by(Run.id.desc())
+            .limit(1)
+        )
+        with Session(self.engine) as session:
+            last = session.scalars(query).first()
+            if last is None or last.status == "succeeded":
+                return 0
+            if last.status == "blocked":
+                return last.updates
+            count = select(func.count()).select_from(RunUpdate)
+            count = count.where(RunUpdate.run_id == last.id, RunUpdate.status.in_(("failed", "pending")))
+            return int(session.execute(count).scalar_one())
+
+    def undelivered(self, job: str) -> list[RunUpdate]:
+        """The updates of the job's last real run that were not delivered (still being retried)."""
         last = self.last_run(job)
         if last is None:
-            return 0
+            return []
         query = (
-            select(func.count())
-            .select_from(RunUpdate)
+            select(RunUpdate)
             .where(RunUpdate.run_id == last.id, RunUpdate.status.in_(("failed", "pending")))
+            .order_by(RunUpdate.user_id)
         )
+        with Session(self.engine, expire_on_commit=False) as session:
+            return list(session.scalars(query))
+
+    def dead_count(self, job: str) -> int:
+        query = select(func.count()).select_from(FailedUpdate)
+        query = query.where(FailedUpdate.job == job, FailedUpdate.dead.is_(True))
         with self.engine.connect() as connection:
             return int(connection.execute(query).scalar_one())
+
+    def job_names(self) -> list[str]:
+        """Every job the state store has runs of."""
+        with self.engine.connect() as connection:
+            return list(connection.execute(select(Run.job).distinct().order_by(Run.job)).scalars())
 
     def audit_rows(self, filters: AuditFilter) -> Iterator[AuditRow]:
         """Updates with their run, newest run last, streamed from the database in bounded memory."""

@@ -1,0 +1,119 @@
+"""What an operator types, through the real entry point: control commands without secrets, `prune` that
+never deletes more than asked, `validate` on hostile or absurd files, missing warehouse drivers."""
+
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sync.receiver import Receiver
+from tests.test_cli import cli, seeded, write_config  # noqa: F401 - the fixture is used by name
+from tests.conftest import Warehouse
+
+
+@pytest.fixture
+def synced(tmp_path: Path, seeded: Warehouse, receiver: Receiver) -> Path:  # noqa: F811
+    config = write_config(tmp_path, seeded, f"sqlite:///{tmp_path / 'state.db'}")
+    assert cli(config, "run", "contacts", webhook=receiver.url).returncode == 0
+    return config
+
+
+@pytest.mark.parametrize(
+    ("command", "said"),
+    [
+        (("status",), "contacts"),
+        (("pause", "contacts"), "paused"),
+        (("resume", "contacts"), "resumed"),
+        (("skip", "contacts"), "skip"),
+        (("prune",), "removed 0 update rows"),
+        (("runs",), "contacts"),
+    ],
+)
+def test_control_and_audit_commands_work_without_the_webhook_url(
+    synced: Path, command: tuple[str, ...], said: str
+) -> None:
+    result = cli(synced, *command, webhook="")  # CHARTMOGUL_WEBHOOK_URL is empty: ${…} cannot expand
+    assert result.returncode == 0, result.stderr
+    assert said in result.stdout
+
+
+@pytest.mark.parametrize("days", ["-1", "0", "-30"])
+def test_prune_refuses_days_below_one_and_deletes_nothing(synced: Path, days: str) -> None:
+    before = cli(synced, "diff", "1", "--format", "jsonl").stdout
+    result = cli(synced, "prune", "--days", days)
+    assert result.returncode == 2 and "--days" in result.stderr
+    assert before and cli(synced, "diff", "1", "--format", "jsonl").stdout == before
+
+
+def test_prune_of_an_unknown_job_exits_2(synced: Path) -> None:
+    result = cli(synced, "prune", "nojob")
+    assert result.returncode == 2 and "no job named 'nojob'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "package"),
+    [("snowflake://me@account/db", "snowflake-sqlalchemy"), ("bigquery://project/dataset", "sqlalchemy-bigquery")],
+)
+def test_a_missing_warehouse_driver_fails_validate_and_run_naming_the_package(
+    tmp_path: Path, warehouse: Warehouse, url: str, package: str
+) -> None:
+    config = write_config(tmp_path, warehouse, f"sqlite:///{tmp_path / 'state.db'}")
+    raw = yaml.safe_load(config.read_text())
+    raw["jobs"][0]["source"]["url"] = url
+    config.write_text(yaml.safe_dump(raw))
+    checked = cli(config, "validate", webhook="https://hooks.example.com/x")
+    assert checked.returncode == 2 and f"pip install {package}" in checked.stderr and "source.url" in checked.stderr
+    ran = cli(config, "run", "contacts", webhook="https://hooks.example.com/x")
+    assert ran.returncode == 2 and f"pip install {package}" in ran.stderr
+    assert "state store" not in ran.stderr and "NoSuchModuleError" not in ran.stderr
+
+
+def _validate(tmp_path: Path, text: str | bytes) -> tuple[int, str, float]:
+    path = tmp_path / "jobs.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    started = time.monotonic()
+    result = cli(path, "validate", webhook="https://hooks.example.com/x")
+    return result.returncode, result.stderr, time.monotonic() - started
+
+
+ALIAS_BOMB = "\n".join(
+    ['a: &a ["x","x","x","x","x","x","x","x","x"]']
+    + [f"{chr(98 + i)}: &{chr(98 + i)} [" + ",".join([f"*{chr(97 + i)}"] * 9) + "]" for i in range(8)]
+    + ["jobs: [*i]"]
+)
+
+
+def _job(**destination: object) -> dict[str, object]:
+    return {
+        "name": "contacts",
+        "audiences": [{"name": "VIP", "file": "vip.csv"}],
+        "destination": {"webhook_url": "https://hooks.example.com/x", **destination},
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "said"),
+    [
+        ("alias bomb", ALIAS_BOMB, "more than 100,000 values"),
+        ("deep nesting", "jobs: " + "[" * 10_000 + "]" * 10_000, "nests deeper"),
+        ("not UTF-8", b"jobs:\n  - name: caf\xe9\n", "not UTF-8"),
+        ("absurd duration", yaml.safe_dump({"jobs": [_job(timeout="99999999999999999999d")]}), "too long"),
+        ("infinite rate", yaml.safe_dump({"jobs": [_job(requests_per_second=float("inf"))]}), "requests_per_second"),
+        ("long job name", yaml.safe_dump({"jobs": [{**_job(), "name": "j" * 101}]}), "at most 100"),
+        (
+            "long key",
+            yaml.safe_dump({"jobs": [{**_job(), "audiences": [{"name": "a" * 201, "file": "vip.csv"}]}]}),
+            "over 200",
+        ),
+    ],
+)
+def test_validate_answers_a_bad_file_with_one_line_and_exit_2_within_a_second(
+    tmp_path: Path, name: str, text: str | bytes, said: str
+) -> None:
+    (tmp_path / "vip.csv").write_text("user_id\nu1\n")
+    code, stderr, took = _validate(tmp_path, text)
+    assert code == 2, (name, stderr)
+    assert said in stderr, (name, stderr)
+    assert "Traceback" not in stderr
+    assert took < 5.0  # the interpreter's start included; the check itself is well under a second
