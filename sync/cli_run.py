@@ -6,15 +6,15 @@ import json
 import logging
 import signal
 import sys
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 from sync.audit import CHANGE_FIELDS, change_records
 from sync.cli_common import fail, job_config, open_store, state_url_of, stdout_console, stop_on_signals
@@ -22,11 +22,12 @@ from sync.display import print_rows
 from sync.errors import ConfigError
 from sync.receiver import Faults, Receiver
 from sync.runner import EXIT_USAGE, SUMMARY_FIELDS, Runner, RunOptions
+from sync.store import Store
 from sync.store.repository import AuditFilter
 
 log = logging.getLogger("sync.cli")
-# Without a terminal, progress is logged at most this often.
-PROGRESS_LOG_INTERVAL_S = 10.0
+# `plan` shows this many changes after its summary; `diff RUN_ID` has them all.
+PLAN_ROWS = 50
 
 
 @click.command()
@@ -91,40 +92,57 @@ def _run(ctx: click.Context, job_name: str, options: RunOptions, as_json: bool, 
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
     stop = stop_on_signals()
-    with open_store(config.state_url) as store, _progress() as progress:
-        report = Runner(store, progress=progress, stop=stop).run(job, options)
+    with open_store(config.state_url) as store:
+        with _progress() as progress:
+            report = Runner(store, progress=progress, stop=stop).run(job, options)
+        extra = {"error": report.error, "skipped_rows": report.skipped_rows, "parked": report.parked}
+        _print_report(report.summary() | extra, as_json)
         if show_changes:
-            print_rows(
-                stdout_console(), change_records(store, AuditFilter(run_id=report.run_id)), CHANGE_FIELDS, "table"
-            )
-    extra = {"error": report.error, "skipped_rows": report.skipped_rows, "parked": report.parked}
-    _print_report(report.summary() | extra, as_json)
+            _print_changes(store, report.run_id)
     return report.exit_code
 
 
+def _print_changes(store: Store, run_id: int) -> None:
+    """The plan's first changes; all of them are one `diff RUN_ID` away."""
+    rows = change_records(store, AuditFilter(run_id=run_id))
+    shown = print_rows(stdout_console(), islice(rows, PLAN_ROWS), CHANGE_FIELDS, "table")
+    more = sum(1 for _ in rows)
+    if more:
+        click.echo(f"… and {more} more changes: audience-sync diff {run_id} lists them all (--format csv to export)")
+    elif shown:
+        click.echo(f"audience-sync diff {run_id} lists these again (--format csv to export)")
+
+
+class _Bar:
+    """A progress bar on an interactive terminal: the run's phase, then the updates answered."""
+
+    def __init__(self, bar: Progress, task: TaskID) -> None:
+        self.bar, self.task = bar, task
+
+    def phase(self, name: str) -> None:
+        self.bar.update(self.task, description=name)
+
+    def update(self, done: int, total: int) -> None:
+        self.bar.update(self.task, completed=done, total=total)
+
+
 @contextmanager
-def _progress() -> Iterator[Callable[[int, int], None]]:
-    if sys.stderr.isatty():
-        bar = Progress(
-            TextColumn("delivering"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=True,
-        )
-        task = bar.add_task("deliver", total=None)
-        with bar:
-            yield lambda done, total: bar.update(task, completed=done, total=total)
+def _progress() -> Iterator[_Bar | None]:
+    """A bar on a terminal; without one, the run logs its phases and progress itself."""
+    if not sys.stderr.isatty():
+        yield None
         return
-    last = [time.monotonic()]
-
-    def log_progress(done: int, total: int) -> None:
-        if time.monotonic() - last[0] >= PROGRESS_LOG_INTERVAL_S or done == total:
-            last[0] = time.monotonic()
-            log.info("delivery progress", extra={"done": done, "total": total})
-
-    yield log_progress
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    task = bar.add_task("starting", total=None)
+    with bar:
+        yield _Bar(bar, task)
 
 
 def _print_report(summary: Mapping[str, Any], as_json: bool) -> None:

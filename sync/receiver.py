@@ -32,6 +32,8 @@ class Faults:
     drop_rate: float = 0.0  # share of requests whose connection is closed without an answer
     respond: Callable[[Mapping[str, Any]], Action] | None = None
     seed: int = 0
+    # The body of error answers; ``{path}`` becomes the request's path, as some servers' error pages echo it.
+    error_body: str | None = None
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class Received:
     status: int  # 0 when the connection was dropped
     at: float
     path: str
+    authorization: str | None = None
 
 
 @dataclass
@@ -148,8 +151,8 @@ class Receiver:
         """Busy answers say when to come back, as ChartMogul's do."""
         return {"Retry-After": f"{self.faults.retry_after:g}"} if status in (429, 503) else {}
 
-    def _record(self, body: Mapping[str, Any], status: int, path: str) -> None:
-        received = Received(body, status, time.time(), path)
+    def _record(self, body: Mapping[str, Any], status: int, path: str, authorization: str | None = None) -> None:
+        received = Received(body, status, time.time(), path, authorization)
         with self._lock:
             self.records.append(received)
             if self._out:
@@ -178,12 +181,18 @@ class Receiver:
                 status, headers, delay = receiver.decide(body)
                 if delay:
                     time.sleep(delay)
-                receiver._record(body, status, self.path)
+                receiver._record(body, status, self.path, self.headers.get("Authorization"))
                 if status == 0:
                     self.close_connection = True
                     return
-                payload = b'{"ok":true}' if status < 300 else json.dumps({"error": f"injected {status}"}).encode()
+                payload = b'{"ok":true}' if status < 300 else self._error_payload(status)
                 self._answer(status, headers, payload)
+
+            def _error_payload(self, status: int) -> bytes:
+                template = receiver.faults.error_body
+                if template is not None:
+                    return template.replace("{path}", self.path).encode()
+                return json.dumps({"error": f"injected {status}"}).encode()
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 with receiver._lock:

@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,7 +24,7 @@ from contextlib import aclosing
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from itertools import chain, islice
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httpx
 import pandas as pd
@@ -31,6 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from sync.config import JobConfig
 from sync.destinations.base import DeliveryResult, Outgoing, SendWindow
+from sync.destinations.breaker import Breaker
 from sync.destinations.chartmogul import ChartMogulDestination, Clock, Sleep, utc_now
 from sync.destinations.outcomes import WEBHOOK_REFUSED
 from sync.destinations.transport import AiohttpTransport
@@ -78,9 +80,28 @@ BATCH = 20_000
 # planned again, batch by batch, as it is sent.
 KEEP = 200_000
 
+# How loudly the end of a run is logged: anything that leaves work undone is at least a warning.
+_LEVELS = {
+    "failed": logging.ERROR,
+    "blocked": logging.WARNING,
+    "partial": logging.WARNING,
+    "interrupted": logging.WARNING,
+}
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_BUSY, EXIT_BLOCKED = 0, 1, 2, 3, 4, 5
 
-Progress = Callable[[int, int], None]
+# Progress and trouble are logged this often while a run sends.
+PROGRESS_INTERVAL_S = 10.0
+
+
+class Progress(Protocol):
+    """What a progress display is told: the phase a run is in, and how many updates were answered."""
+
+    def phase(self, name: str) -> None: ...
+
+    def update(self, done: int, total: int) -> None: ...
+
+
 ClientFactory = Callable[[int], httpx.AsyncClient]
 
 
@@ -187,6 +208,45 @@ class Plan:
         return [update for batch in self.batches() for update in batch]
 
 
+class _Phases:
+    """The phase a run is in (querying, planning, sending, recording), logged as it changes, with time spent."""
+
+    def __init__(self, job: str, run_id: int, display: Progress | None) -> None:
+        self.job, self.run_id, self.display = job, run_id, display
+        self.spent: dict[str, float] = {}
+        self.current: str | None = None
+        self._since = time.monotonic()
+
+    def enter(self, name: str) -> None:
+        if name == self.current:
+            return
+        self.close()
+        first = name not in self.spent
+        self.current, self._since = name, time.monotonic()
+        self.spent.setdefault(name, 0.0)
+        if self.display is not None:
+            self.display.phase(name)
+        if first:
+            log.info(name, extra={"event": "run_phase", "job": self.job, "run_id": self.run_id, "phase": name})
+
+    def close(self) -> None:
+        if self.current is not None:
+            self.spent[self.current] += time.monotonic() - self._since
+            self.current = None
+
+    def timings(self) -> str:
+        return ", ".join(f"{name} {seconds:.1f}s" for name, seconds in self.spent.items())
+
+
+@dataclass
+class _Halt:
+    """Per run: why it must stop sending: its lease was taken over, or its destination is unreachable."""
+
+    lost: threading.Event
+    breaker: Breaker
+    phases: _Phases | None = None
+
+
 class Stopped(SyncError):
     """The run was asked to stop before it began sending."""
 
@@ -211,6 +271,8 @@ class Runner:
         grace: timedelta = STOP_GRACE,
         batch: int = BATCH,
         keep: int = KEEP,
+        breaker: Callable[[], Breaker] = Breaker,
+        progress_interval: float = PROGRESS_INTERVAL_S,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -222,6 +284,8 @@ class Runner:
         self.lease_ttl = lease_ttl
         self.grace = grace
         self.batch, self.keep = batch, keep
+        self.breaker = breaker
+        self.progress_interval = progress_interval
 
     def run(self, job: JobConfig, options: RunOptions = RunOptions()) -> RunReport:
         """One run; it never raises for a failure of the run itself: the report says what happened."""
@@ -311,8 +375,10 @@ class Runner:
                 "dry_run": options.dry_run,
             },
         )
+        phases = _Phases(job.name, report.run_id, self.progress)
+        halt = _Halt(lost or threading.Event(), self.breaker(), phases)
         try:
-            self._execute(job, options, tracked, report, now, lost or threading.Event())
+            self._execute(job, options, tracked, report, now, halt)
         except Stopped:
             report.status = "interrupted"
         except GuardError as exc:
@@ -324,9 +390,14 @@ class Runner:
         except Exception as exc:
             report.status, report.error = "failed", f"unexpected error: {type(exc).__name__}: {exc}"
             log.exception("run failed", extra={"job": job.name, "run_id": report.run_id})
+        phases.enter("recording")
         self._finish(report)
-        level = logging.ERROR if report.status == "failed" else logging.INFO
-        log.log(level, "run finished", extra={"event": "run_finished", **report.summary(), "error": report.error})
+        phases.close()
+        log.log(
+            _LEVELS.get(report.status, logging.INFO),
+            "run finished",
+            extra={"event": "run_finished", **report.summary(), "error": report.error, "timings": phases.timings()},
+        )
         return report
 
     def _finish(self, report: RunReport) -> None:
@@ -348,16 +419,16 @@ class Runner:
         tracked: dict[str, str],
         report: RunReport,
         now: datetime,
-        lost: threading.Event,
+        halt: _Halt,
     ) -> None:
         # Runs the mass-change guard cannot stop plan and send batch by batch; the others plan in full first.
         streamed = not options.dry_run and (not tracked or not job.guard.enabled or options.force)
         if options.dry_run:
-            plan = self._dry_run(job, tracked, options, report)
+            plan = self._dry_run(job, tracked, options, report, halt.phases)
         elif streamed:
-            plan = self._stream(job, tracked, options, report, now, lost)
+            plan = self._stream(job, tracked, options, report, now, halt)
         else:
-            plan = self.plan(job, tracked, options.full)
+            plan = self.plan(job, tracked, options.full, phases=halt.phases)
         self._fill(report, plan)
         if plan.guard and not options.force:
             explained = "; ".join(plan.guard)
@@ -374,9 +445,9 @@ class Runner:
             self._begin_sending(job, report)
             self.store.refresh_fingerprints(job.name, plan.refresh, report.run_id)
             for updates in plan.batches():
-                if not self._send(job, updates, report, now, lost):
+                if not self._send(job, updates, report, now, halt):
                     break
-        if lost.is_set():
+        if halt.lost.is_set():
             raise SyncError(
                 f"job {job.name!r}: the lease was lost (another process took the job over); delivery stopped"
             )
@@ -386,7 +457,14 @@ class Runner:
         else:
             report.status = "partial" if report.failed else "succeeded"
 
-    def _dry_run(self, job: JobConfig, tracked: dict[str, str], options: RunOptions, report: RunReport) -> Plan:
+    def _dry_run(
+        self,
+        job: JobConfig,
+        tracked: dict[str, str],
+        options: RunOptions,
+        report: RunReport,
+        phases: _Phases | None = None,
+    ) -> Plan:
         """Plan and record every update as ``planned``; a batch is written while the next one is planned."""
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="audience-sync-audit") as writer:
             written: Future[int] | None = None
@@ -398,7 +476,7 @@ class Runner:
                 written = writer.submit(self.store.record_plan, report.run_id, updates, "planned")
                 return True
 
-            plan = self.plan(job, tracked, options.full, sink=record)
+            plan = self.plan(job, tracked, options.full, sink=record, phases=phases)
             if written is not None:
                 written.result()
         return plan
@@ -410,7 +488,7 @@ class Runner:
         options: RunOptions,
         report: RunReport,
         now: datetime,
-        lost: threading.Event,
+        halt: _Halt,
     ) -> Plan:
         """Plan and send batch by batch, for runs the mass-change guard cannot stop (an initial sync, the
         guard off, ``--force``): a plan of any size is never held whole."""
@@ -422,9 +500,9 @@ class Runner:
                 started = True
                 self._begin_sending(job, report)
             self.store.refresh_fingerprints(job.name, refresh, report.run_id)
-            return self._send(job, updates, report, now, lost)
+            return self._send(job, updates, report, now, halt)
 
-        plan = self.plan(job, tracked, options.full, sink=send)
+        plan = self.plan(job, tracked, options.full, sink=send, phases=halt.phases)
         if not started:
             self._begin_sending(job, report)
         return plan
@@ -434,16 +512,14 @@ class Runner:
             raise Stopped("stopped before sending")
         self.store.set_tracked_keys(job.name, computations(job), report.run_id)
 
-    def _send(
-        self, job: JobConfig, updates: list[Update], report: RunReport, now: datetime, lost: threading.Event
-    ) -> bool:
+    def _send(self, job: JobConfig, updates: list[Update], report: RunReport, now: datetime, halt: _Halt) -> bool:
         """Record a batch as pending and deliver it; False once the run must stop sending."""
-        if self.stop.is_set() or lost.is_set():
+        if self.stop.is_set() or halt.lost.is_set():
             return False
         if updates:
             self.store.record_plan(report.run_id, updates, "pending")
-            asyncio.run(self._deliver(job, report, updates, now, lost))
-        return not (self.stop.is_set() or lost.is_set())
+            asyncio.run(self._deliver(job, report, updates, now, halt))
+        return not (self.stop.is_set() or halt.lost.is_set())
 
     def plan(
         self,
@@ -451,6 +527,7 @@ class Runner:
         tracked: dict[str, str],
         full: bool = False,
         sink: Callable[[list[Update], list[tuple[str, int]]], bool] | None = None,
+        phases: _Phases | None = None,
     ) -> Plan:
         """Snapshot, diff against the acknowledged state of ``tracked`` keys, and the updates to send.
 
@@ -460,7 +537,11 @@ class Runner:
         up to ``KEEP`` updates stay in memory for sending and a larger plan is planned again, batch by
         batch, when it is sent.
         """
+        if phases:
+            phases.enter("querying")
         snapshot = read_snapshot(job)
+        if phases:
+            phases.enter("planning")
         comps = snapshot.computations
         force = {c.key for c in comps} if full else {c.key for c in comps if c.key not in tracked}
         selection = snapshot.examine(self.store.stored_fingerprints(job.name), force)
@@ -480,6 +561,8 @@ class Runner:
             if sink is not None:
                 if not sink(updates, refresh):
                     break
+                if phases:
+                    phases.enter("planning")
                 continue
             plan.refresh += refresh
             if kept is not None:
@@ -532,21 +615,26 @@ class Runner:
         report.issues = [asdict(issue) for issue in plan.snapshot.issues]
 
     async def _deliver(
-        self, job: JobConfig, report: RunReport, updates: Sequence[Update], now: datetime, lost: threading.Event
+        self, job: JobConfig, report: RunReport, updates: Sequence[Update], now: datetime, halt: _Halt
     ) -> None:
+        if halt.phases:
+            halt.phases.enter("sending")
         window = SendWindow(WINDOW_PER_CONNECTION * job.destination.max_connections)
         by_user = {u.user_id: u for u in updates}
         recorder = _Recorder(self.store, job, report, by_user, window, self.progress, self.owner)
         recorder.total = report.updates
 
         def halted() -> bool:
-            return self.stop.is_set() or lost.is_set() or recorder.abort is not None
+            return self.stop.is_set() or halt.lost.is_set() or recorder.abort is not None or halt.breaker.opened
 
         async with self.client_factory(job.destination.max_connections) as client:
-            destination = ChartMogulDestination(client, job.destination, sleep=self.sleep, clock=self.clock)
+            destination = ChartMogulDestination(
+                client, job.destination, sleep=self.sleep, clock=self.clock, breaker=halt.breaker
+            )
             messages = self._outgoing(job, updates, now, halted)
             consumer = asyncio.create_task(recorder.consume(destination.send(messages, window)))
             watchdog = asyncio.create_task(self._watchdog(consumer, halted))
+            monitor = asyncio.create_task(self._monitor(destination, recorder))
             try:
                 await consumer
             except asyncio.CancelledError:
@@ -556,9 +644,53 @@ class Runner:
                 )
             finally:
                 watchdog.cancel()
+                monitor.cancel()
                 await recorder.drain()  # answers that arrived before a stop or a failure are recorded too
+                self._log_progress(destination, recorder)
+        if destination.crashed is not None:
+            error = destination.crashed
+            raise SyncError(
+                f"job {job.name!r}: delivery failed unexpectedly ({type(error).__name__}: {error}); "
+                "the updates not delivered stay pending for the next run"
+            )
+        if halt.breaker.opened:
+            raise SyncError(f"job {job.name!r}: {_unreachable(destination.label, halt.breaker)}")
         if recorder.abort:
             raise SyncError(f"job {job.name!r}: {recorder.abort}")
+
+    async def _monitor(self, destination: ChartMogulDestination, recorder: _Recorder) -> None:
+        """Every ``progress_interval``: progress at INFO (unless a bar shows it), trouble at WARNING."""
+        while True:
+            await asyncio.sleep(self.progress_interval)
+            self._log_progress(destination, recorder)
+
+    def _log_progress(self, destination: ChartMogulDestination, recorder: _Recorder) -> None:
+        report = recorder.report
+        where = {"job": report.job, "run_id": report.run_id}
+        if destination.trouble:
+            reasons = ", ".join(f"{reason} ×{count}" for reason, count in destination.trouble.most_common())
+            log.warning(
+                "the destination is failing requests; retrying",
+                extra={
+                    **where,
+                    "event": "delivery_trouble",
+                    "attempts": destination.trouble.total(),
+                    "reasons": reasons,
+                },
+            )
+            destination.trouble.clear()
+        if self.progress is None:
+            done = report.delivered + report.failed
+            log.info(
+                "delivery progress",
+                extra={
+                    **where,
+                    "done": done,
+                    "total": recorder.total or len(recorder.by_user),
+                    "delivered": report.delivered,
+                    "failed": report.failed,
+                },
+            )
 
     async def _watchdog(self, consumer: asyncio.Task[None], halted: Callable[[], bool]) -> None:
         """On a stop request: hand out no more updates; after the grace period, abandon what is in flight."""
@@ -656,7 +788,7 @@ class _Recorder:
             self.report.delivered += result.delivered
             self.report.failed += not result.delivered
         if self.progress:
-            self.progress(self.report.delivered + self.report.failed, self.total or len(self.by_user))
+            self.progress.update(self.report.delivered + self.report.failed, self.total or len(self.by_user))
 
     def _watch_for_refusal(self, result: DeliveryResult) -> None:
         """A webhook answering 401/403 to the first requests of a run is revoked: stop instead of failing all."""
@@ -702,6 +834,16 @@ class _Heartbeat:
                 self.lost.set()
                 log.error("the job's lease was taken over; stopping this run", extra={"job": self.job})
                 return
+
+
+def _unreachable(label: str, breaker: Breaker) -> str:
+    seconds = breaker.clock() - (breaker.since or breaker.clock())
+    return (
+        f"{label} is unreachable: {breaker.in_a_row} attempts in a row got no answer over {seconds:.0f} s "
+        f"(last: {breaker.last_reason}). The run stopped; the updates not delivered stay pending for the next "
+        "run. Check that the host is up and reachable from this machine (DNS, firewall, proxy) and that the "
+        "webhook URL in the environment is right"
+    )
 
 
 def _profiles(batch: Examined, baseline: Baseline, changes: pd.DataFrame) -> dict[str, Mapping[str, str]]:

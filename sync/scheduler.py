@@ -21,8 +21,9 @@ from sync.audit import prune_job
 from sync.cadence import earliest_after, next_run_at
 from sync.config import Config, JobConfig
 from sync.destinations.chartmogul import Clock, utc_now
-from sync.runner import Runner, RunOptions, process_owner
+from sync.runner import Runner, RunOptions, holder_is_dead, process_owner
 from sync.store import Store
+from sync.store.repository import TROUBLE
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,9 @@ log = logging.getLogger(__name__)
 LOUD_FAILURES = 3
 # A paused job is looked at again this often, so that `resume` takes effect soon.
 PAUSED_RECHECK = timedelta(minutes=1)
+# A fire that finds its job running elsewhere (a manual run, another worker) tries again after this long, or
+# after the job's own interval when that is shorter; such fires are not recorded as runs.
+BUSY_RETRY = timedelta(seconds=30)
 # Statuses of a run that count as a completed sync (something was delivered and acknowledged).
 COMPLETED = ("succeeded", "partial")
 
@@ -130,13 +134,27 @@ class Daemon:
         if self.stop.is_set():
             return
         try:
-            if self._held_back(job):
+            if self._held_back(job) or self._busy(job):
                 return
             report = self.runner.run(job, RunOptions())
             self._report_failures(job, report.status)
         except Exception:
             log.exception("the scheduled run could not be carried out", extra={"job": name})
         self._plan_next(job, after_run=True)
+
+    def _busy(self, job: JobConfig) -> bool:
+        """The job is running elsewhere: try again shortly instead of recording a skipped run."""
+        lease = self.store.lease(job.name)
+        now = self.clock()
+        if lease is None or lease.expires_at < now or lease.owner == self.runner.owner or holder_is_dead(lease.owner):
+            return False
+        wait = min(BUSY_RETRY, job.schedule.every)
+        log.info(
+            "the job is running elsewhere; trying again shortly",
+            extra={"job": job.name, "holder": lease.owner, "retry_in_s": wait.total_seconds()},
+        )
+        self._plan_next(job, now + wait)
+        return True
 
     def _held_back(self, job: JobConfig) -> bool:
         """Paused, told to skip this run, or run by hand since it was planned: plan again instead of running."""
@@ -173,12 +191,12 @@ class Daemon:
             )
 
     def _report_failures(self, job: JobConfig, status: str) -> None:
-        if status != "failed":
+        if status not in TROUBLE:
             return
         failures = self.store.consecutive_failures(job.name)
         if failures >= LOUD_FAILURES:
             log.error(
-                "job has failed %d times in a row; it keeps being retried on its cadence",
+                "job has failed or been blocked %d times in a row; it keeps being retried on its cadence",
                 failures,
                 extra={"event": "job_failing", "job": job.name, "consecutive_failures": failures},
             )

@@ -242,7 +242,9 @@ def test_progress_is_logged_without_a_terminal_and_drawn_on_one(
 
     config = write_config(tmp_path, seeded, f"sqlite:///{tmp_path / 'state.db'}")
     plain = cli(config, "run", "contacts", webhook=receiver.url)
-    assert "delivery progress done=4 total=4" in plain.stderr
+    progress = [line for line in plain.stderr.splitlines() if "delivery progress" in line]
+    assert progress and "done=4 total=4" in progress[-1]
+    assert "querying" in plain.stderr and "sending" in plain.stderr and "timings=" in plain.stderr
 
     seeded.set_members("beta", ["u1", "u2", "u3", "u4"])
     main, follower = pty.openpty()

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from sync.receiver import Receiver
-from tests.test_cli import cli, seeded, write_config  # noqa: F401 - the fixture is used by name
 from tests.conftest import Warehouse
+from tests.test_cli import cli, seeded, write_config  # noqa: F401 - the fixture is used by name
 
 
 @pytest.fixture

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
+from collections import Counter
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -21,9 +23,11 @@ from tenacity.stop import stop_base
 
 from sync.config import DestinationConfig
 from sync.destinations.base import DeliveryResult, Outgoing, SendWindow
+from sync.destinations.breaker import Breaker
 from sync.destinations.outcomes import Outcome, classify, retry_after_seconds
 from sync.errors import DeliveryError, PermanentDeliveryError, RetriableDeliveryError
 from sync.messages import iso
+from sync.redact import public_label, redact, secret_parts
 
 # Segment: one call may be at most 32 KB.
 MAX_BODY_BYTES = 32 * 1024
@@ -98,6 +102,16 @@ class _WaitsTooLong(stop_base):
         return isinstance(error, RetriableDeliveryError) and (error.retry_after or 0.0) > MAX_RETRY_AFTER_S
 
 
+class _BreakerOpen(stop_base):
+    """Stop retrying once the destination is taken to be unreachable."""
+
+    def __init__(self, breaker: Breaker) -> None:
+        self._breaker = breaker
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self._breaker.opened
+
+
 class ChartMogulDestination:
     """Delivers identify calls to a ChartMogul webhook with bounded concurrency, a rate limit and retries.
 
@@ -113,9 +127,16 @@ class ChartMogulDestination:
         sleep: Sleep = asyncio.sleep,
         clock: Clock = utc_now,
         rng: random.Random | None = None,
+        breaker: Breaker | None = None,
     ) -> None:
         self._client = client
         self._url = settings.webhook_url.get_secret_value()
+        self._secrets = secret_parts(self._url)
+        self.label = f"the ChartMogul webhook at {public_label(self._url)}"
+        self.breaker = breaker or Breaker()
+        self.crashed: BaseException | None = None  # what ended a worker that should never have ended
+        self.trouble: Counter[str] = Counter()  # failed attempts worth retrying, by reason, since last read
+        self.limit_wait_s = 0.0  # time requests waited for the rate limit
         self._settings = settings
         self._sleep = sleep
         self._clock = clock
@@ -169,6 +190,10 @@ class ChartMogulDestination:
                         window.give_back(1)
                     return
                 await results.put(await self.deliver(message))
+        except Exception as exc:  # a bug, not a delivery failure: the run must fail loudly, not end "succeeded"
+            self.crashed = self.crashed or exc
+            if window is not None:
+                window.close()
         finally:
             await results.put(None)
 
@@ -200,24 +225,29 @@ class ChartMogulDestination:
         return DeliveryResult(message.user_id, message.message_id, True, attempts, sent_at, self._clock(), status)
 
     async def _post(self, body: bytes) -> int:
+        if self.breaker.opened:
+            raise RetriableDeliveryError(f"not sent: {self.label} is unreachable")
+        waited = time.monotonic()
         async with self._limiter:
             pass
+        self.limit_wait_s += time.monotonic() - waited
+        timeout = self._settings.timeout.total_seconds()
         try:
-            response = await self._client.post(
-                self._url,
-                content=body,
-                headers={"Content-Type": "application/json"},
-                timeout=self._settings.timeout.total_seconds(),
-            )
-        except httpx.TimeoutException as exc:
-            raise RetriableDeliveryError(f"timed out ({type(exc).__name__})") from exc
+            async with asyncio.timeout(timeout):  # the whole exchange, not each read: a trickle ends too
+                response = await self._client.post(
+                    self._url, content=body, headers={"Content-Type": "application/json"}, timeout=timeout
+                )
+        except (TimeoutError, httpx.TimeoutException) as exc:
+            raise self._unanswered(f"timed out after {timeout:g} s ({type(exc).__name__})") from exc
         except httpx.HTTPError as exc:
-            raise RetriableDeliveryError(f"connection error ({type(exc).__name__})") from exc
+            raise self._unanswered(f"connection error ({type(exc).__name__})") from exc
+        self.breaker.answered()
         outcome = classify(response.status_code)
         if outcome is Outcome.OK:
             return response.status_code
         reason = self._reason(response)
         if outcome is Outcome.RETRY:
+            self.trouble[f"HTTP {response.status_code}"] += 1
             raise RetriableDeliveryError(
                 reason,
                 http_status=response.status_code,
@@ -225,18 +255,25 @@ class ChartMogulDestination:
             )
         raise PermanentDeliveryError(reason, http_status=response.status_code)
 
+    def _unanswered(self, reason: str) -> RetriableDeliveryError:
+        self.trouble[reason.split(" (")[0]] += 1
+        self.breaker.unanswered(reason)
+        return RetriableDeliveryError(reason)
+
     def _reason(self, response: httpx.Response) -> str:
-        text = response.text.strip().replace(self._url, "<webhook>")[:_REASON_CHARS]
+        """The status and the start of the answer, with the URL's secret parts (path, query, credentials)
+        taken out: an error page may echo the request path."""
+        text = redact(response.text.strip(), self._secrets)[:_REASON_CHARS]
         return f"HTTP {response.status_code}" + (f": {text}" if text else "")
 
     async def _retry(self, body: bytes, first: RetriableDeliveryError) -> tuple[int, int]:
         """Attempts 2 … max_attempts after a retriable first failure; returns (status, attempts)."""
-        if self._settings.max_attempts < 2 or (first.retry_after or 0.0) > MAX_RETRY_AFTER_S:
+        if self._settings.max_attempts < 2 or (first.retry_after or 0.0) > MAX_RETRY_AFTER_S or self.breaker.opened:
             raise first
         await self._sleep(self._wait_after(first, 1))
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(RetriableDeliveryError),
-            stop=stop_after_attempt(self._settings.max_attempts - 1) | _WaitsTooLong(),
+            stop=stop_after_attempt(self._settings.max_attempts - 1) | _WaitsTooLong() | _BreakerOpen(self.breaker),
             wait=lambda state: self._wait_after(
                 state.outcome.exception() if state.outcome else None, state.attempt_number + 1
             ),

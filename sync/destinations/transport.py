@@ -40,7 +40,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         try:
             async with self._session.request(
                 request.method,
-                str(request.url),
+                # httpx already turned a URL's user:password@ into an Authorization header; aiohttp refuses both
+                str(request.url.copy_with(username=None, password=None)),
                 headers=dict(request.headers),
                 data=await request.aread() or None,
                 allow_redirects=False,
@@ -70,7 +71,12 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
 
 def _timeout(phases: Mapping[str, float | None]) -> aiohttp.ClientTimeout:
-    """httpx's per-phase timeouts as aiohttp's: waiting for a connection, connecting, reading."""
+    """httpx's per-phase timeouts as aiohttp's: waiting for a connection, connecting, reading; and the whole
+    exchange bounded by the longest of them, so that an answer trickled a byte at a time ends too."""
+    given = [value for value in phases.values() if value is not None]
     return aiohttp.ClientTimeout(
-        total=None, connect=phases.get("pool"), sock_connect=phases.get("connect"), sock_read=phases.get("read")
+        total=max(given) if given else None,
+        connect=phases.get("pool"),
+        sock_connect=phases.get("connect"),
+        sock_read=phases.get("read"),
     )

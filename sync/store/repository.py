@@ -715,27 +715,33 @@ class Store:
                 count += 1
         return count
 
-    def pending_updates(self, job: str) -> int:
+    def pending_updates(self, job: str, look_back: int = 20) -> int:
         """Updates the last run that planned did not deliver: the next run sends them again.
 
         A blocked run recorded no update rows, so all it planned is pending; a run that failed before
         planning (the warehouse was down) is passed over for the one before it."""
         query = (
-            select(Run)
+            select(Run.id, Run.status, Run.updates)
             .where(Run.job == job, Run.dry_run.is_(False), Run.status.not_in(("skipped", "running")))
-            .where(or_(Run.status != "failed", Run.updates > 0))
             .order_by(Run.id.desc())
-            .limit(1)
+            .limit(look_back)
         )
-        with Session(self.engine) as session:
-            last = session.scalars(query).first()
-            if last is None or last.status == "succeeded":
-                return 0
-            if last.status == "blocked":
-                return last.updates
-            count = select(func.count()).select_from(RunUpdate)
-            count = count.where(RunUpdate.run_id == last.id, RunUpdate.status.in_(("failed", "pending")))
-            return int(session.execute(count).scalar_one())
+        with self.engine.connect() as connection:
+            for run_id, status, planned in connection.execute(query).all():
+                if status == "succeeded":
+                    return 0
+                if status == "blocked":
+                    return int(planned)
+                counts = dict(
+                    connection.execute(
+                        select(RunUpdate.status, func.count())
+                        .where(RunUpdate.run_id == run_id)
+                        .group_by(RunUpdate.status)
+                    ).all()
+                )
+                if counts:
+                    return int(counts.get("failed", 0) + counts.get("pending", 0))
+        return 0
 
     def undelivered(self, job: str) -> list[RunUpdate]:
         """The updates of the job's last real run that were not delivered (still being retried)."""
