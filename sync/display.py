@@ -108,13 +108,36 @@ def _text(value: object) -> str | None:
 
 
 def print_table(console: Console, rows: Iterable[Mapping[str, Any]], fields: Sequence[str]) -> int:
+    """A table when it fits the terminal; otherwise one block of ``field: value`` lines per row, so that no
+    cell is cut to ``…`` (psql's expanded display)."""
     table = Table(*fields, header_style="bold")
-    count = 0
+    cells: list[list[str]] = []
     for row in rows:
-        table.add_row(*(cell(row.get(f)) for f in fields))
-        count += 1
-    console.print(table if count else "(nothing)")
-    return count
+        cells.append([cell(row.get(f)) for f in fields])
+        table.add_row(*cells[-1])
+    if not cells:
+        console.print("(nothing)")
+    elif _natural_width(fields, cells) <= console.width:
+        console.print(table)
+    else:
+        _print_blocks(console, fields, cells)
+    return len(cells)
+
+
+def _natural_width(fields: Sequence[str], cells: list[list[str]]) -> int:
+    """The table's width with no cell wrapped or cut: the widest line of each column, and the borders."""
+    widest = [
+        max([len(f), *(max(map(len, row[i].splitlines() or [""])) for row in cells)]) for i, f in enumerate(fields)
+    ]
+    return sum(widest) + 3 * len(fields) + 1
+
+
+def _print_blocks(console: Console, fields: Sequence[str], cells: list[list[str]]) -> None:
+    width = max(len(f) for f in fields)
+    for number, values in enumerate(cells, 1):
+        console.print(f"[bold]-[ {number} ]-[/bold]", highlight=False)
+        for name, value in zip(fields, values, strict=True):
+            console.print(f"{name:<{width}} | {value}", markup=False, highlight=False, soft_wrap=True)
 
 
 def cell(value: object) -> str:

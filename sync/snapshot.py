@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime, time
+import uuid
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
@@ -48,6 +49,8 @@ PROFILE_COLUMNS = (
 # How many offending user ids an error message lists before it says "and N more".
 SHOWN_IDS = 10
 # Integers beyond this are not exact as float64: such a trait column is hashed by its JSON text instead.
+# Lists and mappings in a trait value nest at most this deep.
+_DEEPEST = 32
 _EXACT_INT = 2**53
 
 # A column of a result: one Arrow array, or the chunks a reader produced (kept as they are: no copy).
@@ -292,6 +295,12 @@ def normalise_trait(table: Columns, label: str, issues: list[RowIssue]) -> Trait
     missing = [c for c in ("user_id", "value") if c not in table]
     if missing:
         raise SourceError(f"{label}: the result must have user_id and value columns (columns: {_columns(table)})")
+    extra = [c for c in table if c not in ("user_id", "value")]
+    if extra:
+        raise SourceError(
+            f"{label}: unexpected column(s) {', '.join(extra)}: a trait's result has exactly two columns, "
+            "user_id and value (give one trait per value column)"
+        )
     ids, usable = _user_ids(table, label, issues)
     array, objects = _column(table, "value")
     if array is not None:
@@ -401,6 +410,12 @@ def _user_ids(table: Columns, label: str, issues: list[RowIssue]) -> tuple[Arrow
     skipped = len(ids) - int(usable.sum())
     if skipped:
         issues.append(RowIssue(label, "null or empty user_id", None, skipped))
+    nul = _mask(pc.match_substring(ids, "\x00"), False) & usable
+    if nul.any():  # PostgreSQL's text cannot hold it, and no destination wants it
+        issues.append(
+            RowIssue(label, "user_id contains a NUL character, which the state store cannot hold", None, int(nul.sum()))
+        )
+        usable &= ~nul
     return ids, usable
 
 
@@ -461,25 +476,68 @@ def text_or_none(value: object) -> str | None:
     return text if text.strip() else None
 
 
-def _json_value(value: object) -> tuple[Any, str | None]:
-    """A value as JSON can carry it, or a problem that says why it cannot."""
+def _json_value(value: object, depth: int = 0) -> tuple[Any, str | None]:
+    """A value as JSON can carry it, or a problem that says why it cannot.
+
+    Numbers are sent as JSON numbers of double precision, which is how Segment's runtime and ChartMogul
+    read them: integers up to 2**53 exactly, anything larger and decimals of more than 15 to 17 significant
+    digits rounded to the nearest double. Infinite values, numbers beyond a double's range and values of
+    types JSON has no form for skip their row with a report.
+    """
     if value is None or value is pd.NA or value is pd.NaT:
         return None, None
     if isinstance(value, np.generic):
         value = value.item()
-    if isinstance(value, bool | str | int):
+    if isinstance(value, bool | str):
         return value, None
+    if isinstance(value, int):
+        return (value, None) if abs(value) < _EXACT_INT else _double(float(value), value)
     if isinstance(value, float):
         if math.isnan(value):
             return None, None
         return (value, None) if math.isfinite(value) else (None, f"value {value} is not a finite number")
     if isinstance(value, Decimal):
-        return (int(value) if value == value.to_integral_value() else float(value)), None
+        if value.is_nan():
+            return None, None
+        if not value.is_finite():
+            return None, f"value {value} is not a finite number"
+        if value == value.to_integral_value() and abs(value) < _EXACT_INT:
+            return int(value), None
+        return _double(float(value), value)
     if isinstance(value, datetime | date | time):
         return value.isoformat(), None
+    if isinstance(value, uuid.UUID):
+        return str(value), None
     if isinstance(value, list | tuple | dict):
-        return value, None
+        return _json_container(value, depth)
     return None, f"value of type {type(value).__name__} cannot be sent as JSON"
+
+
+def _double(number: float, value: object) -> tuple[Any, str | None]:
+    if not math.isfinite(number):
+        return None, f"value {str(value)[:40]} is beyond the range of a JSON number"
+    return number, None
+
+
+def _json_container(value: list[Any] | tuple[Any, ...] | dict[Any, Any], depth: int) -> tuple[Any, str | None]:
+    """A list or mapping with every element made JSON-ready, or the first element's problem."""
+    if depth > _DEEPEST:
+        return None, f"value nests deeper than {_DEEPEST} levels"
+    if isinstance(value, dict):
+        converted: dict[str, Any] = {}
+        for key, item in value.items():
+            ready, problem = _json_value(item, depth + 1)
+            if problem:
+                return None, problem
+            converted[str(key)] = ready
+        return converted, None
+    items: list[Any] = []
+    for item in value:
+        ready, problem = _json_value(item, depth + 1)
+        if problem:
+            return None, problem
+        items.append(ready)
+    return items, None
 
 
 def canonical(value: object) -> str:

@@ -117,3 +117,29 @@ def test_validate_answers_a_bad_file_with_one_line_and_exit_2_within_a_second(
     assert said in stderr, (name, stderr)
     assert "Traceback" not in stderr
     assert took < 5.0  # the interpreter's start included; the check itself is well under a second
+
+
+def test_a_table_too_wide_for_the_terminal_is_shown_as_blocks_with_nothing_cut() -> None:
+    import io
+
+    from rich.console import Console
+
+    from sync.display import print_rows
+
+    row = {
+        "job": "crm-contacts-production",
+        "run_id": 12,
+        "kind": "incremental",
+        "status": "partial",
+        "started_at": "2026-11-30T12:00:00.000Z",
+        "error": "HTTP 503: the destination is unavailable, come back later",
+    }
+    for width in (100, 120):
+        out = io.StringIO()
+        print_rows(Console(file=out, width=width), [row, row], list(row), "table")
+        text = out.getvalue()
+        assert "…" not in text
+        assert all(str(value) in text for value in row.values())
+    wide = io.StringIO()
+    print_rows(Console(file=wide, width=400), [row], list(row), "table")
+    assert "│" in wide.getvalue()  # a table where it fits
