@@ -16,6 +16,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
+from sync.alerts import Alerts
 from sync.audit import CHANGE_FIELDS, change_records
 from sync.cli_common import fail, job_config, open_store, state_url_of, stdout_console, stop_on_signals
 from sync.display import print_rows
@@ -94,7 +95,8 @@ def _run(ctx: click.Context, job_name: str, options: RunOptions, as_json: bool, 
     stop = stop_on_signals()
     with open_store(config.state_url) as store:
         with _progress() as progress:
-            report = Runner(store, progress=progress, stop=stop).run(job, options)
+            runner = Runner(store, progress=progress, stop=stop, alerts=Alerts(config.notify))
+            report = runner.run(job, options)
         extra = {"error": report.error, "skipped_rows": report.skipped_rows, "parked": report.parked}
         _print_report(report.summary() | extra, as_json)
         if show_changes:

@@ -259,9 +259,34 @@ class Outline(_Frozen):
         raise ConfigError([f"no job named {name!r} in the configuration (jobs: {known})"])
 
 
+# What an alert can be about (README, Operations).
+ALERT_CONDITIONS = ("failed", "unreachable", "blocked", "failed_share", "failing", "user_count_change")
+
+
+class NotifyConfig(_Frozen):
+    """Where alerts go: a generic JSON webhook, or a Slack-compatible incoming webhook (``{"text": ...}``)."""
+
+    type: Literal["webhook", "slack"]
+    url: SecretStr  # as secret as a destination's webhook URL
+    jobs: tuple[str, ...] = ()  # only these jobs; all when empty
+    on: tuple[Literal["failed", "unreachable", "blocked", "failed_share", "failing", "user_count_change"], ...] = (
+        ALERT_CONDITIONS  # type: ignore[assignment]
+    )
+    failed_share: float = Field(default=0.1, gt=0, le=1, allow_inf_nan=False)  # of a run's answered updates
+    user_count_change: float = Field(default=0.5, gt=0, le=100, allow_inf_nan=False)  # vs the last 5 runs' median
+    timeout: Duration = timedelta(seconds=5)
+
+    @field_validator("url")
+    @classmethod
+    def _https_or_loopback(cls, url: SecretStr) -> SecretStr:
+        check_webhook_url(url.get_secret_value())
+        return url
+
+
 class Config(_Frozen):
     state_url: str = DEFAULT_STATE_URL
     jobs: tuple[JobConfig, ...] = ()
+    notify: tuple[NotifyConfig, ...] = ()
     base_dir: Path = Path(".")
 
     def job(self, name: str) -> JobConfig:
@@ -450,17 +475,34 @@ def parse_config(raw: object, env: Mapping[str, str], base_dir: Path) -> Config:
         problems.append("jobs: must be a list of jobs")
         jobs_raw = []
     jobs = [job for index, item in enumerate(jobs_raw) if (job := _parse_job(index, item, base_dir, problems))]
+    notify = _parse_notify(expanded.pop("notify", None) or [], {job.name for job in jobs}, problems)
     top = _parse_top(expanded, problems)
     problems += _duplicate_job_names(jobs_raw)
     if problems:
         raise ConfigError(problems)
     state_url = resolve_sqlite_url(top.get("state_url", DEFAULT_STATE_URL), base_dir)
-    return Config(state_url=state_url, jobs=tuple(jobs), base_dir=base_dir)
+    return Config(state_url=state_url, jobs=tuple(jobs), notify=tuple(notify), base_dir=base_dir)
+
+
+def _parse_notify(raw: object, jobs: set[str], problems: list[str]) -> list[NotifyConfig]:
+    if not isinstance(raw, list):
+        problems.append("notify: must be a list of notification targets")
+        return []
+    targets: list[NotifyConfig] = []
+    for index, item in enumerate(raw):
+        try:
+            target = NotifyConfig.model_validate(item)
+        except ValidationError as exc:
+            problems += [f"notify[{index}]: {_loc(e['loc'])}: {_message(e['type'], e['msg'])}" for e in exc.errors()]
+            continue
+        problems += [f"notify[{index}].jobs: no job named {name!r}" for name in target.jobs if name not in jobs]
+        targets.append(target)
+    return targets
 
 
 def _parse_top(expanded: dict[str, Any], problems: list[str]) -> dict[str, Any]:
     unknown = sorted(set(expanded) - {"state_url"})
-    problems += [f"{key}: unknown setting (allowed at the top level: state_url, jobs)" for key in unknown]
+    problems += [f"{key}: unknown setting (allowed at the top level: state_url, jobs, notify)" for key in unknown]
     state_url = expanded.get("state_url", DEFAULT_STATE_URL)
     if not isinstance(state_url, str):
         problems.append("state_url: must be a SQLAlchemy URL string")

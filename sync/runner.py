@@ -30,6 +30,7 @@ import httpx
 import pandas as pd
 from sqlalchemy.exc import SQLAlchemyError
 
+from sync.alerts import RECENT_RUNS, Alerts, RunFacts
 from sync.config import JobConfig
 from sync.destinations.base import DeliveryResult, Outgoing, SendWindow
 from sync.destinations.breaker import Breaker
@@ -135,6 +136,7 @@ class RunOptions:
     full: bool = False
     dry_run: bool = False
     force: bool = False  # send even when the mass-change guard would stop the run
+    trigger: str = "manual"  # or "scheduled": who started the run, for the audit trail
 
 
 @dataclass
@@ -273,6 +275,7 @@ class Runner:
         keep: int = KEEP,
         breaker: Callable[[], Breaker] = Breaker,
         progress_interval: float = PROGRESS_INTERVAL_S,
+        alerts: Alerts | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -286,6 +289,7 @@ class Runner:
         self.batch, self.keep = batch, keep
         self.breaker = breaker
         self.progress_interval = progress_interval
+        self.alerts = alerts
 
     def run(self, job: JobConfig, options: RunOptions = RunOptions()) -> RunReport:
         """One run; it never raises for a failure of the run itself: the report says what happened."""
@@ -333,7 +337,7 @@ class Runner:
         holder = f"{lease.owner} (lease expires {lease.expires_at.isoformat(timespec='seconds')})" if lease else "?"
         kind = self._kind(job, self.store.tracked_keys(job.name), options)
         report = RunReport(
-            self.store.start_run(job.name, kind, False, now, job.space_id),
+            self.store.start_run(job.name, kind, False, now, job.space_id, options.trigger),
             job.name,
             kind,
             False,
@@ -358,7 +362,7 @@ class Runner:
         tracked = self.store.tracked_keys(job.name)
         kind = self._kind(job, tracked, options)
         report = RunReport(
-            self.store.start_run(job.name, kind, options.dry_run, now, space_id=job.space_id),
+            self.store.start_run(job.name, kind, options.dry_run, now, job.space_id, options.trigger),
             job.name,
             kind,
             options.dry_run,
@@ -393,12 +397,35 @@ class Runner:
         phases.enter("recording")
         self._finish(report)
         phases.close()
+        if not options.dry_run:
+            self._alert(report, halt.breaker.opened)
         log.log(
             _LEVELS.get(report.status, logging.INFO),
             "run finished",
             extra={"event": "run_finished", **report.summary(), "error": report.error, "timings": phases.timings()},
         )
         return report
+
+    def _alert(self, report: RunReport, unreachable: bool) -> None:
+        """Tell the notification targets what began or ended; never fails the run."""
+        if self.alerts is None or not self.alerts.targets:
+            return
+        try:
+            facts = RunFacts(
+                report.job,
+                report.run_id,
+                report.status,
+                report.error,
+                unreachable,
+                report.users,
+                report.delivered,
+                report.failed,
+                self.store.consecutive_failures(report.job),
+                self.store.recent_user_counts(report.job, RECENT_RUNS, before_run=report.run_id),
+            )
+            self.alerts.after_run(self.store, facts, self.clock())
+        except Exception:
+            log.warning("could not evaluate or send alerts", extra={"job": report.job}, exc_info=True)
 
     def _finish(self, report: RunReport) -> None:
         try:

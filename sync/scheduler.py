@@ -17,6 +17,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from sync.alerts import Alerts
 from sync.audit import prune_job
 from sync.cadence import earliest_after, next_run_at
 from sync.config import Config, JobConfig
@@ -54,7 +55,9 @@ class Daemon:
         self.stop = stop or threading.Event()
         self.clock = clock
         self.rng = rng or random.Random()
-        self.runner = runner or Runner(store, clock=clock, stop=self.stop, owner=process_owner())
+        self.runner = runner or Runner(
+            store, clock=clock, stop=self.stop, owner=process_owner(), alerts=Alerts(config.notify)
+        )
         self.jobs = {job.name: job for job in config.jobs if job.schedule.enabled}
         self._planning = threading.Lock()
         self.scheduler = BackgroundScheduler(
@@ -136,7 +139,7 @@ class Daemon:
         try:
             if self._held_back(job) or self._busy(job):
                 return
-            report = self.runner.run(job, RunOptions())
+            report = self.runner.run(job, RunOptions(trigger="scheduled"))
             self._report_failures(job, report.status)
         except Exception:
             log.exception("the scheduled run could not be carried out", extra={"job": name})

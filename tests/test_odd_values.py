@@ -16,7 +16,9 @@ from tests.conftest import Warehouse, job_dict, make_config, make_job
 def pg_warehouse(postgres_url: str) -> Iterator[str]:
     engine = create_engine(postgres_url)
     with engine.begin() as connection:
-        connection.execute(text("CREATE TABLE odd (user_id text, kind text, value_numeric numeric, value_array numeric[])"))
+        connection.execute(
+            text("CREATE TABLE odd (user_id text, kind text, value_numeric numeric, value_array numeric[])")
+        )
         connection.execute(
             text(
                 "INSERT INTO odd VALUES "

@@ -78,6 +78,7 @@ class Run(Base):
     parked: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
     issues: Mapped[str | None] = mapped_column(Text)  # JSON list of skipped-row reports
+    trigger: Mapped[str] = mapped_column(String(20), default="manual", server_default="manual")  # or scheduled
 
 
 class RunUpdate(Base):
@@ -217,3 +218,15 @@ class JobKey(Base):
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
     kind: Mapped[str] = mapped_column(String(20))
     since_run_id: Mapped[int] = mapped_column(Integer)
+
+
+class JobAlert(Base):
+    """The alert conditions a job is in (``failed``, ``blocked``, ...) as a JSON list, since when and as of
+    which run: a condition is announced when it begins and its end once, never once per run."""
+
+    __tablename__ = "job_alerts"
+
+    job: Mapped[str] = mapped_column(String(100), primary_key=True)
+    conditions: Mapped[str] = mapped_column(Text)
+    since: Mapped[datetime] = mapped_column(UTCDateTime())
+    run_id: Mapped[int] = mapped_column(Integer)

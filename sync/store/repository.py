@@ -50,6 +50,7 @@ from sync.store.models import (
     AckState,
     FailedUpdate,
     FingerprintIndex,
+    JobAlert,
     JobKey,
     JobLease,
     JobSchedule,
@@ -174,7 +175,15 @@ class Store:
 
     # Runs --------------------------------------------------------------------------------------------------
 
-    def start_run(self, job: str, kind: str, dry_run: bool, now: datetime, space_id: str | None = None) -> int:
+    def start_run(
+        self,
+        job: str,
+        kind: str,
+        dry_run: bool,
+        now: datetime,
+        space_id: str | None = None,
+        trigger: str = "manual",
+    ) -> int:
         with Session(self.engine) as session, session.begin():
             run = Run(
                 job=job,
@@ -183,6 +192,7 @@ class Store:
                 status="running",
                 started_at=now,
                 space_id=space_id,
+                trigger=trigger,
                 **dict.fromkeys(COUNT_FIELDS, 0),
             )
             session.add(run)
@@ -761,6 +771,26 @@ class Store:
         query = query.where(FailedUpdate.job == job, FailedUpdate.dead.is_(True))
         with self.engine.connect() as connection:
             return int(connection.execute(query).scalar_one())
+
+    def alert_state(self, job: str) -> list[str]:
+        """The alert conditions the job is in, as last announced."""
+        with self.engine.connect() as connection:
+            text = connection.execute(select(JobAlert.conditions).where(JobAlert.job == job)).scalar_one_or_none()
+        return list(json.loads(text)) if text else []
+
+    def set_alert_state(self, job: str, conditions: Sequence[str], now: datetime, run_id: int) -> None:
+        with Session(self.engine) as session, session.begin():
+            session.merge(JobAlert(job=job, conditions=json.dumps(list(conditions)), since=now, run_id=run_id))
+
+    def recent_user_counts(self, job: str, count: int = 5, before_run: int | None = None) -> list[int]:
+        """Snapshot sizes of the job's last completed runs (succeeded or partial), newest first."""
+        query = select(Run.users).where(
+            Run.job == job, Run.dry_run.is_(False), Run.status.in_(("succeeded", "partial"))
+        )
+        if before_run is not None:
+            query = query.where(Run.id < before_run)
+        with self.engine.connect() as connection:
+            return [int(n) for n in connection.execute(query.order_by(Run.id.desc()).limit(count)).scalars()]
 
     def job_names(self) -> list[str]:
         """Every job the state store has runs of."""
