@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import click
 
@@ -10,21 +11,39 @@ from sync.cli_common import fail, job_config, open_store, outline_of, stdout_con
 from sync.destinations.chartmogul import utc_now
 from sync.display import print_rows
 from sync.errors import ConfigError
+from sync.metrics import Metrics
 from sync.runner import EXIT_USAGE
 from sync.scheduler import Daemon
 from sync.status import STATUS_FIELDS, status_rows, table_row
 
+log = logging.getLogger("sync.cli")
+
 
 @click.command()
+@click.option("--metrics-port", type=click.IntRange(1, 65535), help="Serve Prometheus metrics on this port (/metrics).")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="The address the metrics listen on.")
 @click.pass_context
-def schedule(ctx: click.Context) -> None:
+def schedule(ctx: click.Context, metrics_port: int | None, metrics_host: str) -> None:
     """Run every enabled job on its schedule until SIGTERM or SIGINT (the initial sync first)."""
     config = job_config(ctx)
     if not any(job.schedule.enabled for job in config.jobs):
         fail("no job has its schedule enabled", EXIT_USAGE)
     stop = stop_on_signals()
     with open_store(config.state_url) as store:
-        Daemon(config, store, stop=stop).serve()
+        metrics = Metrics(store, [job.name for job in config.jobs]) if metrics_port else None
+        server = None
+        if metrics is not None and metrics_port is not None:
+            try:
+                server = metrics.serve(metrics_port, metrics_host)
+            except OSError as exc:
+                fail(f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc.strerror}", EXIT_USAGE)
+            log.info("serving metrics", extra={"address": f"http://{metrics_host}:{metrics_port}/metrics"})
+        try:
+            Daemon(config, store, stop=stop, metrics=metrics).serve()
+        finally:
+            if server is not None:
+                server.shutdown()
+                server.server_close()
 
 
 @click.command()

@@ -42,6 +42,7 @@ from sync.engine import Examined, Selection, Snapshot
 from sync.errors import GuardError, SyncError
 from sync.guard import guard_problems, moves
 from sync.messages import Update, identify_call, plan_updates, tally
+from sync.metrics import Metrics
 from sync.sources import computations, read_snapshot
 from sync.store import Store
 from sync.store.repository import Baseline, store_reason
@@ -276,6 +277,7 @@ class Runner:
         breaker: Callable[[], Breaker] = Breaker,
         progress_interval: float = PROGRESS_INTERVAL_S,
         alerts: Alerts | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -290,6 +292,7 @@ class Runner:
         self.breaker = breaker
         self.progress_interval = progress_interval
         self.alerts = alerts
+        self.metrics = metrics
 
     def run(self, job: JobConfig, options: RunOptions = RunOptions()) -> RunReport:
         """One run; it never raises for a failure of the run itself: the report says what happened."""
@@ -399,6 +402,8 @@ class Runner:
         phases.close()
         if not options.dry_run:
             self._alert(report, halt.breaker.opened)
+            if self.metrics is not None:
+                self.metrics.run_finished(job.name, report.status, options.trigger, report.updates, report.parked)
         log.log(
             _LEVELS.get(report.status, logging.INFO),
             "run finished",
@@ -650,6 +655,7 @@ class Runner:
         by_user = {u.user_id: u for u in updates}
         recorder = _Recorder(self.store, job, report, by_user, window, self.progress, self.owner)
         recorder.total = report.updates
+        recorder.metrics = self.metrics
 
         def halted() -> bool:
             return self.stop.is_set() or halt.lost.is_set() or recorder.abort is not None or halt.breaker.opened
@@ -674,6 +680,8 @@ class Runner:
                 monitor.cancel()
                 await recorder.drain()  # answers that arrived before a stop or a failure are recorded too
                 self._log_progress(destination, recorder)
+                if self.metrics is not None:
+                    self.metrics.waited(job.name, destination.limit_wait_s)
         if destination.crashed is not None:
             error = destination.crashed
             raise SyncError(
@@ -762,6 +770,7 @@ class _Recorder:
         self.dead_after = job.destination.dead_after
         self.abort: str | None = None
         self.total = 0
+        self.metrics: Metrics | None = None
         self._refusals = 0
         self._delivered_seen = 0
         self._pending: list[DeliveryResult] = []
@@ -811,6 +820,8 @@ class _Recorder:
                 extra={"job": self.job, "run_id": self.report.run_id, "answers": len(ready)},
             )
         tally([self.by_user[r.user_id] for r in ready if r.delivered], self.report.key_counts, "delivered_")
+        if self.metrics is not None:
+            self.metrics.results(self.job, ready)
         for result in ready:
             self.report.delivered += result.delivered
             self.report.failed += not result.delivered

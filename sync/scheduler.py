@@ -22,6 +22,7 @@ from sync.audit import prune_job
 from sync.cadence import earliest_after, next_run_at
 from sync.config import Config, JobConfig
 from sync.destinations.chartmogul import Clock, utc_now
+from sync.metrics import Metrics
 from sync.runner import Runner, RunOptions, holder_is_dead, process_owner
 from sync.store import Store
 from sync.store.repository import TROUBLE
@@ -49,6 +50,7 @@ class Daemon:
         clock: Clock = utc_now,
         rng: random.Random | None = None,
         runner: Runner | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -56,7 +58,7 @@ class Daemon:
         self.clock = clock
         self.rng = rng or random.Random()
         self.runner = runner or Runner(
-            store, clock=clock, stop=self.stop, owner=process_owner(), alerts=Alerts(config.notify)
+            store, clock=clock, stop=self.stop, owner=process_owner(), alerts=Alerts(config.notify), metrics=metrics
         )
         self.jobs = {job.name: job for job in config.jobs if job.schedule.enabled}
         self._planning = threading.Lock()
