@@ -91,6 +91,8 @@ def run_record(run: Run) -> dict[str, Any]:
         "parked": run.parked,
         "error": run.error,
         "issues": json.loads(run.issues) if run.issues else [],
+        "trigger": run.trigger,
+        "duration_s": round((run.finished_at - run.started_at).total_seconds(), 1) if run.finished_at else None,
     }
 
 

@@ -60,7 +60,7 @@ def report_file(story: Story, tmp_path: Path) -> Path:  # noqa: F811 - the fixtu
 
 def test_the_report_is_self_contained(report_file: Path) -> None:
     page = report_file.read_text()
-    assert not re.search(r"\b(src|href)\s*=", page)  # no script, style sheet or image to fetch
+    assert not re.search(r"\b(src|href)\s*=\s*(?!\"?#)", page)  # nothing to fetch; in-page anchors only
     assert "url(" not in page and "@import" not in page
     assert page.count("class=mark") >= 8 and page.count("<svg class=chart") == 2
     assert "HTTP 422" in page and "Top failure reasons" in page  # u1's and u6's rejections
@@ -101,3 +101,39 @@ def test_a_screenshot_shows_both_charts(report_file: Path, tmp_path: Path) -> No
     assert seen(ENTERED) and seen(EXITED)  # the bars
     assert seen(PALETTE[0]) and seen(PALETTE[1])  # the lines of two audiences
     assert len(colours) > 50  # text, lines, anti-aliasing: a page, not a blank
+
+
+def test_a_browser_opens_a_runs_page_from_its_link_with_its_changes_and_calls(report_file: Path) -> None:
+    page = report_file.read_text()
+    assert '<a href="#run-3">3</a>' in page  # the runs table links each run to its page
+    result = chromium("--dump-dom", report_file.as_uri() + "#run-3")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert console_errors(result.stderr) == []
+    opened = re.search(r'<details class="run" id="run-3" open="">(.*?)</details>', result.stdout, re.S)
+    assert opened, "the run's page did not open from its link"
+    assert "u6" in opened.group(1) and "HTTP 422" in opened.group(1)  # u6 was rejected in run 3
+    assert "&quot;type&quot;: &quot;identify&quot;" in opened.group(1)  # the calls sent
+    assert '<details class="run" id="run-2" open' not in result.stdout  # the others stay closed
+
+
+def test_failure_reasons_that_differ_only_in_numbers_are_one_reason() -> None:
+    from sync.report import grouped_reasons
+
+    now = datetime.now(UTC)
+    reasons = [
+        ("rejected before sending: body is 33012 bytes, over the 32768-byte limit", None, 1, now),
+        ("rejected before sending: body is 40100 bytes, over the 32768-byte limit", None, 2, now),
+        ("HTTP 422: invalid email", 422, 1, now),
+    ]
+    grouped = grouped_reasons(reasons)
+    assert [(count, status) for _, status, count, _ in grouped] == [(3, None), (1, 422)]
+    assert grouped[0][0] == "rejected before sending: body is N bytes, over the N-byte limit"
+
+
+def test_a_run_stopped_by_the_guard_says_why_in_the_report(store: Store) -> None:
+    now = datetime.now(UTC)
+    run_id = store.start_run("contacts", "incremental", False, now, trigger="scheduled")
+    store.finish_run(run_id, "blocked", {}, now, error="mass-change guard: audience 'vip' would lose 90 %")
+    page = render_report(store, "contacts", now)
+    assert "mass-change guard: audience &#x27;vip&#x27; would lose 90 %" in page
+    assert "<td>scheduled</td>" in page and "<td>blocked</td>" in page
