@@ -269,4 +269,4 @@ def test_progress_is_logged_without_a_terminal_and_drawn_on_one(
         drawn += chunk
     os.close(main)
     assert process.returncode == 0
-    assert b"delivering" in drawn and b"delivery progress" not in drawn
+    assert b"sending" in drawn and b"delivery progress" not in drawn  # the bar names the phase

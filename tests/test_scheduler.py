@@ -170,7 +170,7 @@ def test_a_job_failing_three_times_in_a_row_says_so_loudly(
     job["schedule"] = {"every": "100ms", "jitter": "0s"}
     config = make_config(store.engine.url.render_as_string(hide_password=False), [job])
     daemon = Daemon(config, store, stop=stop, runner=runner)
-    with LogWatch("job has failed 3 times in a row") as loud:
+    with LogWatch("job has failed or been blocked 3 times in a row") as loud:
         daemon.start()
         try:
             assert loud.seen.wait(20)
