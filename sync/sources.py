@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from sync.errors import SourceError
 from sync.snapshot import Arrow, Columns, Computation, Profiles, Raw, arrow_or_list, normalise
 
 # Rows of a query turned into Arrow arrays at a time.
+log = logging.getLogger(__name__)
 FETCH = 100_000
 
 
@@ -78,6 +81,7 @@ def _query(connection: Connection, sql: str, job: str, label: str) -> Columns:
     """The query's rows as Arrow arrays, read ``FETCH`` rows at a time (through a server-side cursor where
     the driver has one), so that no more than that many rows are Python objects at once."""
     pieces: list[list[pa.Array | list[Any]]] = []
+    started = time.monotonic()
     try:
         cursor = _cursor(connection)
         try:
@@ -92,7 +96,12 @@ def _query(connection: Connection, sql: str, job: str, label: str) -> Columns:
     except connection.dialect.loaded_dbapi.Error as exc:
         connection.rollback()
         raise SourceError(f"job {job!r}: the {label} query failed: {_first_line(exc, type(exc).__name__)}") from None
-    return {name: _joined(piece) for name, piece in zip(columns, pieces, strict=True)}
+    result = {name: _joined(piece) for name, piece in zip(columns, pieces, strict=True)}
+    rows = len(next(iter(result.values()))) if result else 0
+    log.debug(
+        "query read", extra={"job": job, "query": label, "rows": rows, "seconds": round(time.monotonic() - started, 3)}
+    )
+    return result
 
 
 def _cursor(connection: Connection) -> Any:

@@ -107,6 +107,8 @@ def test_phases_are_logged_with_their_timings(store: Store, warehouse: Warehouse
         Runner(store).run(job)
     phases = [r.__dict__["phase"] for r in everything.records if r.__dict__.get("event") == "run_phase"]
     assert phases == ["querying", "planning", "sending", "recording"]
+    queries = [r for r in everything.records if r.getMessage() == "query read"]
+    assert queries and all(r.levelno == logging.DEBUG and r.__dict__["seconds"] >= 0 for r in queries)
     finished = [r for r in everything.records if r.getMessage() == "run finished"][0]
     assert "querying" in finished.__dict__["timings"] and "sending" in finished.__dict__["timings"]
 
