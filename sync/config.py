@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from apscheduler.triggers.cron import CronTrigger
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -119,6 +120,15 @@ def _bounded(seconds: float) -> timedelta:
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
 
+def _secret_url(url: SecretStr) -> SecretStr:
+    check_webhook_url(url.get_secret_value())
+    return url
+
+
+# A URL that authorises something (a webhook): https, or http to a loopback address; never echoed back.
+SecretUrl = Annotated[SecretStr, AfterValidator(_secret_url)]
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -154,7 +164,7 @@ class ComputationConfig(_Frozen):
 
 class DestinationConfig(_Frozen):
     type: Literal["chartmogul"] = "chartmogul"
-    webhook_url: SecretStr
+    webhook_url: SecretUrl
     requests_per_second: float = Field(default=CHARTMOGUL_REQUESTS_PER_SECOND, gt=0, le=100_000, allow_inf_nan=False)
     max_connections: int = Field(default=CHARTMOGUL_MAX_CONNECTIONS, ge=1, le=1000)
     timeout: Duration = timedelta(seconds=DEFAULT_TIMEOUT_S)
@@ -164,12 +174,6 @@ class DestinationConfig(_Frozen):
     dead_after: int = Field(default=5, ge=1, le=1000)
     backoff_initial: Duration = timedelta(seconds=1)
     backoff_max: Duration = timedelta(seconds=60)
-
-    @field_validator("webhook_url")
-    @classmethod
-    def _https_or_loopback(cls, url: SecretStr) -> SecretStr:
-        check_webhook_url(url.get_secret_value())
-        return url
 
 
 class GuardConfig(_Frozen):
@@ -267,7 +271,7 @@ class NotifyConfig(_Frozen):
     """Where alerts go: a generic JSON webhook, or a Slack-compatible incoming webhook (``{"text": ...}``)."""
 
     type: Literal["webhook", "slack"]
-    url: SecretStr  # as secret as a destination's webhook URL
+    url: SecretUrl  # as secret as a destination's webhook URL
     jobs: tuple[str, ...] = ()  # only these jobs; all when empty
     on: tuple[Literal["failed", "unreachable", "blocked", "failed_share", "failing", "user_count_change"], ...] = (
         ALERT_CONDITIONS  # type: ignore[assignment]
@@ -275,12 +279,6 @@ class NotifyConfig(_Frozen):
     failed_share: float = Field(default=0.1, gt=0, le=1, allow_inf_nan=False)  # of a run's answered updates
     user_count_change: float = Field(default=0.5, gt=0, le=100, allow_inf_nan=False)  # vs the last 5 runs' median
     timeout: Duration = timedelta(seconds=5)
-
-    @field_validator("url")
-    @classmethod
-    def _https_or_loopback(cls, url: SecretStr) -> SecretStr:
-        check_webhook_url(url.get_secret_value())
-        return url
 
 
 class Config(_Frozen):
