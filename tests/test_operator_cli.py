@@ -143,3 +143,26 @@ def test_a_table_too_wide_for_the_terminal_is_shown_as_blocks_with_nothing_cut()
     wide = io.StringIO()
     print_rows(Console(file=wide, width=400), [row], list(row), "table")
     assert "│" in wide.getvalue()  # a table where it fits
+
+
+def test_failed_all_lists_updates_still_being_retried_and_plan_summarises_first(
+    tmp_path: Path,
+    seeded: Warehouse,  # noqa: F811
+) -> None:
+    import json
+
+    from sync.receiver import Faults
+
+    config = write_config(tmp_path, seeded, f"sqlite:///{tmp_path / 'state.db'}")
+    planned = cli(config, "plan", "contacts", webhook="https://hooks.example.com/x")
+    assert planned.returncode == 0
+    assert planned.stdout.index("run 1 (contacts, initial)") < planned.stdout.index("user_id")  # summary first
+    with Receiver(faults=Faults(error_rate=1.0, error_statuses=(503,), retry_after=0)) as failing:
+        result = cli(config, "run", "contacts", webhook=failing.url)
+    assert result.returncode == 3
+    rows = [json.loads(line) for line in cli(config, "failed", "contacts", "--all", "--json").stdout.splitlines()]
+    assert {row["user_id"] for row in rows} == {"u1", "u2", "u3", "u4"}
+    assert {row["state"] for row in rows} == {"retrying"} and {row["http_status"] for row in rows} == {503}
+    assert cli(config, "failed", "contacts").stdout.strip() == "(nothing)"  # none is dead
+    status = json.loads(cli(config, "status", "--json").stdout)
+    assert status["pending"] == 4 and status["dead"] == 0
