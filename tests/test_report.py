@@ -112,7 +112,7 @@ def test_a_browser_opens_a_runs_page_from_its_link_with_its_changes_and_calls(re
     opened = re.search(r'<details class="run" id="run-3" open="">(.*?)</details>', result.stdout, re.S)
     assert opened, "the run's page did not open from its link"
     assert "u6" in opened.group(1) and "HTTP 422" in opened.group(1)  # u6 was rejected in run 3
-    assert "&quot;type&quot;: &quot;identify&quot;" in opened.group(1)  # the calls sent
+    assert '"type": "identify"' in opened.group(1)  # the calls sent
     assert '<details class="run" id="run-2" open' not in result.stdout  # the others stay closed
 
 
