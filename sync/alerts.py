@@ -33,7 +33,7 @@ from sync.store import Store
 
 log = logging.getLogger(__name__)
 
-# A job failing or blocked this many runs in a row is FAILING (as in `status`).
+# A job failed or blocked this many runs in a row is FAILING: logged loudly by the daemon, shown by `status`.
 FAILING_AFTER = 3
 # Runs whose snapshot sizes make the baseline of `user_count_change`.
 RECENT_RUNS = 5

@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -129,6 +129,10 @@ def _secret_url(url: SecretStr) -> SecretStr:
 SecretUrl = Annotated[SecretStr, AfterValidator(_secret_url)]
 
 
+# A job's name: it keys every table of the state store.
+JobName = Annotated[str, Field(pattern=r"^[a-z0-9_-]+$", max_length=MAX_JOB_NAME)]
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -224,7 +228,7 @@ class ScheduleConfig(_Frozen):
 
 
 class JobConfig(_Frozen):
-    name: str = Field(pattern=r"^[a-z0-9_-]+$", max_length=MAX_JOB_NAME)
+    name: JobName
     space_id: str | None = Field(default=None, max_length=MAX_KEY)
     source: SourceConfig = SourceConfig()
     audiences: tuple[ComputationConfig, ...] = ()
@@ -246,7 +250,7 @@ class JobOutline(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    name: str = Field(pattern=r"^[a-z0-9_-]+$", max_length=MAX_JOB_NAME)
+    name: JobName
     schedule: ScheduleConfig = ScheduleConfig()
     audit_retention_days: int = Field(default=30, ge=1)
 
@@ -256,11 +260,7 @@ class Outline(_Frozen):
     jobs: tuple[JobOutline, ...] = ()
 
     def job(self, name: str) -> JobOutline:
-        for job in self.jobs:
-            if job.name == name:
-                return job
-        known = ", ".join(job.name for job in self.jobs) or "none"
-        raise ConfigError([f"no job named {name!r} in the configuration (jobs: {known})"])
+        return _named(self.jobs, name)
 
 
 # What an alert can be about (README, Operations).
@@ -281,6 +281,9 @@ class NotifyConfig(_Frozen):
     timeout: Duration = timedelta(seconds=5)
 
 
+_Job = TypeVar("_Job", JobConfig, JobOutline)
+
+
 class Config(_Frozen):
     state_url: str = DEFAULT_STATE_URL
     jobs: tuple[JobConfig, ...] = ()
@@ -288,11 +291,16 @@ class Config(_Frozen):
     base_dir: Path = Path(".")
 
     def job(self, name: str) -> JobConfig:
-        for job in self.jobs:
-            if job.name == name:
-                return job
-        known = ", ".join(job.name for job in self.jobs) or "none"
-        raise ConfigError([f"no job named {name!r} in the configuration (jobs: {known})"])
+        return _named(self.jobs, name)
+
+
+def _named(jobs: tuple[_Job, ...], name: str) -> _Job:
+    """The job called ``name``; a ConfigError listing the jobs there are otherwise."""
+    for job in jobs:
+        if job.name == name:
+            return job
+    known = ", ".join(job.name for job in jobs) or "none"
+    raise ConfigError([f"no job named {name!r} in the configuration (jobs: {known})"])
 
 
 def check_webhook_url(url: str) -> None:
@@ -399,9 +407,13 @@ def load_state_url(path: Path | str | None = None, env: Mapping[str, str] | None
     """Only the state store's URL: what the audit commands need, without the jobs' secrets."""
     env = os.environ if env is None else env
     config_path = Path(path or env.get(CONFIG_ENV) or DEFAULT_CONFIG)
+    return _state_url(None if env.get(STATE_URL_ENV) else _read_yaml(config_path), env, config_path)
+
+
+def _state_url(raw: Any, env: Mapping[str, str], config_path: Path) -> str:
+    """The state store's URL from the environment's override or the parsed file ``raw``."""
     if env.get(STATE_URL_ENV):
         return resolve_sqlite_url(env[STATE_URL_ENV], config_path.resolve().parent)
-    raw = _read_yaml(config_path)
     problems: list[str] = []
     state_url = expand_env(
         raw.get("state_url", DEFAULT_STATE_URL) if isinstance(raw, dict) else None, env, "state_url", problems
@@ -422,8 +434,8 @@ def load_outline(path: Path | str | None = None, env: Mapping[str, str] | None =
     warehouse password) need not be set."""
     env = os.environ if env is None else env
     config_path = Path(path or env.get(CONFIG_ENV) or DEFAULT_CONFIG)
-    state_url = load_state_url(config_path, env)
     raw = _read_yaml(config_path)
+    state_url = _state_url(raw, env, config_path)
     jobs_raw = raw.get("jobs") if isinstance(raw, dict) else None
     problems: list[str] = []
     jobs: list[JobOutline] = []

@@ -17,7 +17,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from sync.alerts import Alerts
+from sync.alerts import FAILING_AFTER, Alerts
 from sync.audit import prune_job
 from sync.cadence import earliest_after, next_run_at
 from sync.config import Config, JobConfig
@@ -29,8 +29,6 @@ from sync.store.repository import TROUBLE
 
 log = logging.getLogger(__name__)
 
-# A job that failed this many times in a row is reported loudly (and keeps being retried on its cadence).
-LOUD_FAILURES = 3
 # A paused job is looked at again this often, so that `resume` takes effect soon.
 PAUSED_RECHECK = timedelta(minutes=1)
 # A fire that finds its job running elsewhere (a manual run, another worker) tries again after this long, or
@@ -199,7 +197,7 @@ class Daemon:
         if status not in TROUBLE:
             return
         failures = self.store.consecutive_failures(job.name)
-        if failures >= LOUD_FAILURES:
+        if failures >= FAILING_AFTER:
             log.error(
                 "job has failed or been blocked %d times in a row; it keeps being retried on its cadence",
                 failures,

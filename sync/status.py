@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from sync.alerts import FAILING_AFTER
 from sync.audit import run_record
 from sync.config import Config, JobConfig, JobOutline, Outline
 from sync.messages import iso
-from sync.scheduler import LOUD_FAILURES
 from sync.store import Store
 
 # The columns of the table people read; `--json` has every field.
@@ -47,7 +47,7 @@ def job_status(store: Store, job: JobConfig | JobOutline, now: datetime) -> dict
         "dead": store.dead_count(job.name),
         "consecutive_failures": failures,
         "consecutive_blocked": store.consecutive_failures(job.name, statuses=("blocked",)),
-        "failing": failures >= LOUD_FAILURES,
+        "failing": failures >= FAILING_AFTER,
         "lease": {"owner": lease.owner, "run_id": lease.run_id, "expires_at": iso(lease.expires_at), "live": live}
         if lease
         else None,

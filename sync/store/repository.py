@@ -70,6 +70,8 @@ _FETCH = 100_000
 _INDEX_PART = 1_000_000
 # Rows fetched at a time when streaming the audit trail.
 _STREAM = 5000
+# Update statuses that the next run sends again.
+_UNDELIVERED = ("failed", "pending")
 # Run statuses that delivered nothing; repeated ones make a job FAILING.
 TROUBLE = ("failed", "blocked")
 COUNT_FIELDS = (
@@ -725,46 +727,44 @@ class Store:
                 count += 1
         return count
 
-    def pending_updates(self, job: str, look_back: int = 20) -> int:
-        """Updates the last run that planned did not deliver: the next run sends them again.
+    def pending_updates(self, job: str) -> int:
+        """Updates the last run that planned did not deliver: the next run sends them again."""
+        last = self._last_planned_run(job)
+        if last is None or last.status == "succeeded":
+            return 0
+        if last.status == "blocked":
+            return last.updates
+        query = select(func.count()).select_from(RunUpdate).where(RunUpdate.run_id == last.id)
+        with self.engine.connect() as connection:
+            return int(connection.execute(query.where(RunUpdate.status.in_(_UNDELIVERED))).scalar_one())
 
-        A blocked run recorded no update rows, so all it planned is pending; a run that failed before
-        planning (the warehouse was down) is passed over for the one before it."""
-        query = (
-            select(Run.id, Run.status, Run.updates)
+    def undelivered(self, job: str) -> list[RunUpdate]:
+        """The updates of the last run that planned which were not delivered (being retried, or not sent)."""
+        last = self._last_planned_run(job)
+        if last is None or last.status in ("succeeded", "blocked"):
+            return []
+        query = select(RunUpdate).where(RunUpdate.run_id == last.id, RunUpdate.status.in_(_UNDELIVERED))
+        with Session(self.engine, expire_on_commit=False) as session:
+            return list(session.scalars(query.order_by(RunUpdate.user_id)))
+
+    def _last_planned_run(self, job: str, look_back: int = 20) -> Run | None:
+        """The newest real run that got as far as a plan: succeeded, blocked (it recorded no update rows but
+        counted what it planned), or one with update rows. A run that failed before planning (the warehouse
+        was down) is passed over for the one before it."""
+        runs = (
+            select(Run)
             .where(Run.job == job, Run.dry_run.is_(False), Run.status.not_in(("skipped", "running")))
             .order_by(Run.id.desc())
             .limit(look_back)
         )
-        with self.engine.connect() as connection:
-            for run_id, status, planned in connection.execute(query).all():
-                if status == "succeeded":
-                    return 0
-                if status == "blocked":
-                    return int(planned)
-                counts = dict(
-                    connection.execute(
-                        select(RunUpdate.status, func.count())
-                        .where(RunUpdate.run_id == run_id)
-                        .group_by(RunUpdate.status)
-                    ).all()
-                )
-                if counts:
-                    return int(counts.get("failed", 0) + counts.get("pending", 0))
-        return 0
-
-    def undelivered(self, job: str) -> list[RunUpdate]:
-        """The updates of the job's last real run that were not delivered (still being retried)."""
-        last = self.last_run(job)
-        if last is None:
-            return []
-        query = (
-            select(RunUpdate)
-            .where(RunUpdate.run_id == last.id, RunUpdate.status.in_(("failed", "pending")))
-            .order_by(RunUpdate.user_id)
-        )
+        has_rows = select(RunUpdate.id).where(RunUpdate.run_id == bindparam("run_id")).limit(1)
         with Session(self.engine, expire_on_commit=False) as session:
-            return list(session.scalars(query))
+            for run in session.scalars(runs):
+                if run.status in ("succeeded", "blocked"):
+                    return run
+                if session.execute(has_rows, {"run_id": run.id}).first() is not None:
+                    return run
+        return None
 
     def dead_count(self, job: str) -> int:
         query = select(func.count()).select_from(FailedUpdate)
@@ -782,7 +782,7 @@ class Store:
         with Session(self.engine) as session, session.begin():
             session.merge(JobAlert(job=job, conditions=json.dumps(list(conditions)), since=now, run_id=run_id))
 
-    def recent_user_counts(self, job: str, count: int = 5, before_run: int | None = None) -> list[int]:
+    def recent_user_counts(self, job: str, count: int, before_run: int | None = None) -> list[int]:
         """Snapshot sizes of the job's last completed runs (succeeded or partial), newest first."""
         query = select(Run.users).where(
             Run.job == job, Run.dry_run.is_(False), Run.status.in_(("succeeded", "partial"))
