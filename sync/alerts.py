@@ -116,16 +116,15 @@ class Alerts:
     def after_run(self, store: Store, facts: RunFacts, now: Any) -> None:
         if facts.status in _SILENT:
             return
-        targets = [t for t in self.targets if not t.jobs or facts.job in t.jobs]
-        if not targets:
+        judged = [(t, conditions(facts, t)) for t in self.targets if not t.jobs or facts.job in t.jobs]
+        if not judged:
             return
-        found = sorted({c for t in targets for c in conditions(facts, t)})
+        found = sorted({c for _, mine in judged for c in mine})
         active = store.alert_state(facts.job)
         if found == active or (not found and facts.status not in _HEALTHY):
             return
         store.set_alert_state(facts.job, found, now, facts.run_id)
-        for target in targets:  # new conditions are announced; fewer ones, still in trouble, are not news
-            mine = conditions(facts, target)
+        for target, mine in judged:  # new conditions are announced; fewer ones, still in trouble, are not news
             if set(mine) - set(active) or (not found and set(active) & set(target.on)):
                 self._send(target, message(facts, mine, target))
 

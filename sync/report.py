@@ -23,7 +23,7 @@ from sync.store.repository import AuditFilter
 PALETTE = ("#3b6fd8", "#e07b39", "#2e9e5b", "#9b59b6", "#c0392b", "#16a2b8", "#b8860b", "#e84393", "#5d6d7e", "#7f8c8d")
 ENTERED, EXITED = "#2e9e5b", "#d64545"
 WIDTH, HEIGHT, PAD = 760, 240, 44
-SMALL_WIDTH, SMALL_HEIGHT = 230, 70
+SMALL_WIDTH, SMALL_HEIGHT, SMALL_PAD = 230, 70, 8
 RECENT_RUNS = 20
 TOP_REASONS = 10
 # Runs with a page of their own, and how much of each the page shows.
@@ -40,8 +40,9 @@ _NUMBER = re.compile(r"\d+")
 
 def render_report(store: Store, job: str, now: datetime) -> str:
     series = audiences(store, job)
-    runs = [run_record(run) for run in store.runs(job, RECENT_RUNS)]
-    times = {run.id: run.started_at for run in store.runs(job, 100_000)}
+    every_run = store.runs(job, 100_000)
+    times = {run.id: run.started_at for run in every_run}
+    runs = [run_record(run) for run in every_run[:RECENT_RUNS]]
     reasons = grouped_reasons(store.failure_reasons(job, 10_000))[:TOP_REASONS]
     audience_series = [s for s in series if s["kind"] == "audience"]
     body = "\n".join(
@@ -76,7 +77,7 @@ def grouped_reasons(
         key = (_NUMBER.sub("N", reason) if reason else reason, status)
         group = groups.setdefault(key, [0, None])
         group[0] += count
-        group[1] = max(group[1], last) if group[1] and last else (last or group[1])
+        group[1] = max((seen for seen in (group[1], last) if seen is not None), default=None)
     merged = [(reason, status, count, last) for (reason, status), (count, last) in groups.items()]
     return sorted(merged, key=lambda row: -row[2])
 
@@ -110,7 +111,7 @@ def _sizes_chart(series: Sequence[dict[str, Any]], times: Mapping[int, datetime]
     if not runs:
         return "<p class=empty>No runs yet.</p>"
     top = max([r["size"] for s in series for r in s["runs"]] + [1])
-    x = _time_scale([times[r] for r in runs if r in times], WIDTH)
+    x = _time_scale([times[r] for r in runs if r in times], WIDTH, PAD)
     marks, legend = [], []
     for index, entry in enumerate(series):
         color = PALETTE[index % len(PALETTE)]
@@ -134,9 +135,9 @@ def _small_multiples(series: Sequence[dict[str, Any]], times: Mapping[int, datet
         points = [(times[r["run_id"]], r["size"]) for r in entry["runs"] if r["run_id"] in times]
         if not points:
             continue
-        x = _time_scale([t for t, _ in points], SMALL_WIDTH)
+        x = _time_scale([t for t, _ in points], SMALL_WIDTH, SMALL_PAD)
         top = max([size for _, size in points] + [1])
-        path = " ".join(f"{x(t):.1f},{_y(size, top, SMALL_HEIGHT, 8):.1f}" for t, size in points)
+        path = " ".join(f"{x(t):.1f},{_y(size, top, SMALL_HEIGHT, SMALL_PAD):.1f}" for t, size in points)
         color = PALETTE[index % len(PALETTE)]
         charts.append(
             f'<figure class=small><svg class=spark viewBox="0 0 {SMALL_WIDTH} {SMALL_HEIGHT}" width="{SMALL_WIDTH}" '
@@ -147,13 +148,12 @@ def _small_multiples(series: Sequence[dict[str, Any]], times: Mapping[int, datet
     return f"<div class=smalls>{''.join(charts)}</div>" if charts else "<p class=empty>No runs yet.</p>"
 
 
-def _time_scale(moments: Sequence[datetime], width: int) -> Any:
+def _time_scale(moments: Sequence[datetime], width: int, pad: int) -> Any:
     """x for a moment: runs placed by when they started, so gaps in the schedule show as gaps."""
     start, end = min(moments), max(moments)
     span = (end - start).total_seconds()
-    inner = width - 2 * (PAD if width == WIDTH else 8)
-    left = PAD if width == WIDTH else 8
-    return lambda moment: left + (inner * (moment - start).total_seconds() / span if span else inner / 2)
+    inner = width - 2 * pad
+    return lambda moment: pad + (inner * (moment - start).total_seconds() / span if span else inner / 2)
 
 
 def _when(moment: datetime) -> str:
@@ -193,11 +193,6 @@ def _flows_chart(series: Sequence[dict[str, Any]]) -> str:
         f'<span><i style="background:{EXITED}"></i>exited</span></div>'
     )
     return _svg("flows", marks, top, (f"run {runs[0]}", f"run {runs[-1]}"), centred=True) + legend
-
-
-def _scale(count: int) -> Any:
-    step = (WIDTH - 2 * PAD) / max(count - 1, 1)
-    return lambda index: PAD + (step * index if count > 1 else (WIDTH - 2 * PAD) / 2)
 
 
 def _y(value: float, top: float, height: int = HEIGHT, pad: int = PAD) -> float:

@@ -247,7 +247,7 @@ class _Halt:
 
     lost: threading.Event
     breaker: Breaker
-    phases: _Phases | None = None
+    phases: _Phases
 
 
 class Stopped(SyncError):
@@ -649,8 +649,7 @@ class Runner:
     async def _deliver(
         self, job: JobConfig, report: RunReport, updates: Sequence[Update], now: datetime, halt: _Halt
     ) -> None:
-        if halt.phases:
-            halt.phases.enter("sending")
+        halt.phases.enter("sending")
         window = SendWindow(WINDOW_PER_CONNECTION * job.destination.max_connections)
         by_user = {u.user_id: u for u in updates}
         recorder = _Recorder(self.store, job, report, by_user, window, self.progress, self.owner)

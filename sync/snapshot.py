@@ -48,9 +48,10 @@ PROFILE_COLUMNS = (
 )
 # How many offending user ids an error message lists before it says "and N more".
 SHOWN_IDS = 10
-# Integers beyond this are not exact as float64: such a trait column is hashed by its JSON text instead.
 # Lists and mappings in a trait value nest at most this deep.
 _DEEPEST = 32
+# Integers beyond this are not exact as float64: such a trait column is hashed by its JSON text instead,
+# and their values are sent as doubles (see _json_value).
 _EXACT_INT = 2**53
 
 # A column of a result: one Arrow array, or the chunks a reader produced (kept as they are: no copy).
@@ -523,21 +524,16 @@ def _json_container(value: list[Any] | tuple[Any, ...] | dict[Any, Any], depth: 
     """A list or mapping with every element made JSON-ready, or the first element's problem."""
     if depth > _DEEPEST:
         return None, f"value nests deeper than {_DEEPEST} levels"
-    if isinstance(value, dict):
-        converted: dict[str, Any] = {}
-        for key, item in value.items():
-            ready, problem = _json_value(item, depth + 1)
-            if problem:
-                return None, problem
-            converted[str(key)] = ready
-        return converted, None
-    items: list[Any] = []
-    for item in value:
-        ready, problem = _json_value(item, depth + 1)
+    elements = value.values() if isinstance(value, dict) else value
+    converted: list[Any] = []
+    for element in elements:
+        ready, problem = _json_value(element, depth + 1)
         if problem:
             return None, problem
-        items.append(ready)
-    return items, None
+        converted.append(ready)
+    if isinstance(value, dict):
+        return dict(zip(map(str, value), converted, strict=True)), None
+    return converted, None
 
 
 def canonical(value: object) -> str:

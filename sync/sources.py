@@ -21,8 +21,9 @@ from sync.engine import Snapshot
 from sync.errors import SourceError
 from sync.snapshot import Arrow, Columns, Computation, Profiles, Raw, arrow_or_list, normalise
 
-# Rows of a query turned into Arrow arrays at a time.
 log = logging.getLogger(__name__)
+
+# Rows of a query turned into Arrow arrays at a time.
 FETCH = 100_000
 
 

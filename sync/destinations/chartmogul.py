@@ -238,9 +238,9 @@ class ChartMogulDestination:
                     self._url, content=body, headers={"Content-Type": "application/json"}, timeout=timeout
                 )
         except (TimeoutError, httpx.TimeoutException) as exc:
-            raise self._unanswered(f"timed out after {timeout:g} s ({type(exc).__name__})") from exc
+            raise self._unanswered(f"timed out after {timeout:g} s", exc) from exc
         except httpx.HTTPError as exc:
-            raise self._unanswered(f"connection error ({type(exc).__name__})") from exc
+            raise self._unanswered("connection error", exc) from exc
         self.breaker.answered()
         outcome = classify(response.status_code)
         if outcome is Outcome.OK:
@@ -255,8 +255,10 @@ class ChartMogulDestination:
             )
         raise PermanentDeliveryError(reason, http_status=response.status_code)
 
-    def _unanswered(self, reason: str) -> RetriableDeliveryError:
-        self.trouble[reason.split(" (")[0]] += 1
+    def _unanswered(self, kind: str, error: Exception) -> RetriableDeliveryError:
+        """An attempt with no HTTP answer: counted as trouble and by the breaker."""
+        reason = f"{kind} ({type(error).__name__})"
+        self.trouble[kind] += 1
         self.breaker.unanswered(reason)
         return RetriableDeliveryError(reason)
 

@@ -71,12 +71,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
 
 def _timeout(phases: Mapping[str, float | None]) -> aiohttp.ClientTimeout:
-    """httpx's per-phase timeouts as aiohttp's: waiting for a connection, connecting, reading; and the whole
-    exchange bounded by the longest of them, so that an answer trickled a byte at a time ends too."""
-    given = [value for value in phases.values() if value is not None]
+    """httpx's per-phase timeouts as aiohttp's: waiting for a connection, connecting, reading. (The whole
+    exchange is bounded by the destination, whatever the transport.)"""
     return aiohttp.ClientTimeout(
-        total=max(given) if given else None,
-        connect=phases.get("pool"),
-        sock_connect=phases.get("connect"),
-        sock_read=phases.get("read"),
+        total=None, connect=phases.get("pool"), sock_connect=phases.get("connect"), sock_read=phases.get("read")
     )
