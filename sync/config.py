@@ -169,7 +169,7 @@ class ComputationConfig(_Frozen):
 class DestinationConfig(_Frozen):
     type: Literal["chartmogul"] = "chartmogul"
     webhook_url: SecretUrl
-    requests_per_second: float = Field(default=CHARTMOGUL_REQUESTS_PER_SECOND, gt=0, le=100_000, allow_inf_nan=False)
+    requests_per_second: float = Field(default=CHARTMOGUL_REQUESTS_PER_SECOND, gt=0, allow_inf_nan=False)
     max_connections: int = Field(default=CHARTMOGUL_MAX_CONNECTIONS, ge=1, le=1000)
     timeout: Duration = timedelta(seconds=DEFAULT_TIMEOUT_S)
     # Attempts per update within one run; what is still failing waits for the next run.

@@ -236,3 +236,16 @@ def test_unknown_job_is_a_config_error(tmp_path: Path) -> None:
     config = parse_config({"jobs": jobs}, {}, tmp_path)
     with pytest.raises(ConfigError, match="no job named 'k'"):
         config.job("k")
+
+
+def test_a_very_high_finite_rate_is_accepted_and_an_infinite_one_refused() -> None:
+    job = {
+        "name": "bench",
+        "audiences": [{"name": "VIP", "query": "SELECT 1"}],
+        "source": {"url": "sqlite://"},
+        "destination": {"webhook_url": "http://127.0.0.1:1/hook", "requests_per_second": 1e6},
+    }
+    assert parse_config({"jobs": [job]}, {}, Path(".")).jobs[0].destination.requests_per_second == 1e6
+    job["destination"] = {**job["destination"], "requests_per_second": float("inf")}  # type: ignore[dict-item]
+    with pytest.raises(ConfigError, match="requests_per_second"):
+        parse_config({"jobs": [job]}, {}, Path("."))
