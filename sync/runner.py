@@ -525,16 +525,24 @@ class Runner:
         """Plan and send batch by batch, for runs the mass-change guard cannot stop (an initial sync, the
         guard off, ``--force``): a plan of any size is never held whole."""
         started = False
+        failure: SyncError | None = None
 
         def send(updates: list[Update], refresh: list[tuple[str, int]]) -> bool:
-            nonlocal started
-            if not started:
-                started = True
-                self._begin_sending(job, report)
-            self.store.refresh_fingerprints(job.name, refresh, report.run_id)
-            return self._send(job, updates, report, now, halt)
+            nonlocal started, failure
+            try:
+                if not started:
+                    started = True
+                    self._begin_sending(job, report)
+                self.store.refresh_fingerprints(job.name, refresh, report.run_id)
+                return self._send(job, updates, report, now, halt)
+            except SyncError as exc:  # stops the run, once what was planned so far is counted in the report
+                failure = exc
+                return False
 
         plan = self.plan(job, tracked, options.full, sink=send, phases=halt.phases)
+        if failure is not None:
+            self._fill(report, plan)
+            raise failure
         if not started:
             self._begin_sending(job, report)
         return plan
@@ -730,7 +738,7 @@ class Runner:
         """On a stop request: hand out no more updates; after the grace period, abandon what is in flight."""
         while not halted():
             await asyncio.sleep(0.05)
-        log.info("stopping: finishing requests in flight", extra={"grace_s": self.grace.total_seconds()})
+        log.info("sending stopped: finishing requests in flight", extra={"grace_s": self.grace.total_seconds()})
         await asyncio.sleep(self.grace.total_seconds())
         consumer.cancel()
 

@@ -66,7 +66,7 @@ def test_an_unreachable_destination_fails_the_run_fast_and_leaves_the_updates_pe
     assert report.status == "failed" and report.exit_code == 1
     assert report.error is not None and "unreachable" in report.error and "127.0.0.1" in report.error
     assert "s3cret" not in report.error and "firewall" in report.error
-    assert report.delivered == 0
+    assert report.delivered == 0 and report.updates == len(USERS)  # what was planned is counted
     assert finished.records[0].levelno == logging.ERROR
     assert store.pending_updates("contacts") == len(USERS)
     assert store.state_size("contacts") == 0
