@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 from sync.destinations.base import DeliveryResult
 from sync.store import Store
 
-# Seconds from sending an update to its final answer, retries included.
+# Seconds from handing an update to the destination to its final answer: the rate-limit wait and retries included.
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
@@ -33,7 +33,8 @@ class Metrics:
             ["job", "outcome"], registry=self.registry,
         )  # fmt: skip
         self.latency = Histogram(
-            "audience_sync_delivery_latency_seconds", "From sending an update to its final answer, retries included.",
+            "audience_sync_delivery_latency_seconds",
+            "From handing an update over to its final answer, rate-limit wait and retries included.",
             ["job"], buckets=_LATENCY_BUCKETS, registry=self.registry,
         )  # fmt: skip
         self.rate_wait = Counter(
