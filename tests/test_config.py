@@ -249,3 +249,35 @@ def test_a_very_high_finite_rate_is_accepted_and_an_infinite_one_refused() -> No
     job["destination"] = {**job["destination"], "requests_per_second": float("inf")}  # type: ignore[dict-item]
     with pytest.raises(ConfigError, match="requests_per_second"):
         parse_config({"jobs": [job]}, {}, Path("."))
+
+
+def test_notify_targets_are_validated_with_every_problem_named() -> None:
+    job = {
+        "name": "contacts",
+        "audiences": [{"name": "VIP", "query": "SELECT 1"}],
+        "source": {"url": "sqlite://"},
+        "destination": {"webhook_url": "https://hooks.example.com/x"},
+    }
+    notify = [
+        {"type": "slack", "url": "http://hooks.slack.example/services/T0/B0/x"},  # plain http off loopback
+        {"type": "pager", "url": "https://alerts.example.com/x"},
+        {"type": "webhook", "url": "https://alerts.example.com/x", "jobs": ["nojob"], "on": ["exploded"]},
+        {"type": "webhook", "url": "https://alerts.example.com/x", "failed_share": 1.5},
+    ]
+    with pytest.raises(ConfigError) as error:
+        parse_config({"jobs": [job], "notify": notify}, {}, Path("."))
+    text = "\n".join(error.value.problems)
+    assert "notify[0]: url: the webhook URL must use https://" in text
+    assert "notify[1]: type" in text
+    assert "notify[2]: on[0]" in text
+    assert "notify[3]: failed_share" in text
+    assert "hooks.slack.example/services" not in text  # a notification URL is never echoed
+    fine = parse_config(
+        {"jobs": [job], "notify": [{"type": "webhook", "url": "https://a.example/x", "jobs": ["contacts"]}]},
+        {},
+        Path("."),
+    )
+    assert fine.notify[0].jobs == ("contacts",)
+    unknown_job = {"type": "webhook", "url": "https://a.example/x", "jobs": ["nojob"]}
+    with pytest.raises(ConfigError, match=r"notify\[0\]\.jobs: no job named 'nojob'"):
+        parse_config({"jobs": [job], "notify": [unknown_job]}, {}, Path("."))

@@ -1,17 +1,25 @@
 """The daemon's Prometheus metrics, scraped over real HTTP after real runs."""
 
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from sync.metrics import Metrics
 from sync.receiver import Receiver
 from sync.runner import Runner, RunOptions
 from sync.store import Store
-from tests.conftest import RecordingSleep, Warehouse, make_job
+from tests.conftest import RecordingSleep, Warehouse, job_dict, make_job
 
 
 def free_port() -> int:
@@ -77,3 +85,54 @@ def test_the_lease_holder_is_a_label_while_a_run_holds_it(store: Store, served: 
     assert scrape(port)[("audience_sync_lease_held", (("holder", "host-a:42:abc"), ("job", "contacts")))] == 1
     store.release_lease("contacts", "host-a:42:abc")
     assert not [key for key in scrape(port) if key[0] == "audience_sync_lease_held"]
+
+
+def _schedule(config: Path, port: int) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if k != "AUDIENCE_SYNC_STATE_URL"}
+    command = [sys.executable, "-m", "sync", "--config", str(config), "schedule", "--metrics-port", str(port)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _daemon_config(tmp_path: Path, warehouse: Warehouse, receiver: Receiver) -> Path:
+    warehouse.set_members("vip", ["u1", "u2", "u3"])
+    job = job_dict(warehouse, receiver.url, audiences=[warehouse.audience("VIP", "vip")])
+    job["schedule"] = {"every": "1h", "jitter": "0s"}
+    config = tmp_path / "jobs.yaml"
+    config.write_text(yaml.safe_dump({"state_url": f"sqlite:///{tmp_path / 'state.db'}", "jobs": [job]}))
+    return config
+
+
+def test_the_real_daemon_serves_metrics_on_its_port_until_it_stops(
+    tmp_path: Path, warehouse: Warehouse, receiver: Receiver
+) -> None:
+    port = free_port()
+    process = _schedule(_daemon_config(tmp_path, warehouse, receiver), port)
+    key = ("audience_sync_runs_total", (("job", "contacts"), ("status", "succeeded"), ("trigger", "scheduled")))
+    samples: dict[Any, float] = {}
+    try:
+        deadline = time.monotonic() + 30  # bounded: the initial sync of three users takes about a second
+        while time.monotonic() < deadline and samples.get(key) != 1:
+            try:
+                samples = scrape(port)
+            except httpx.TransportError:
+                pass  # not listening yet
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        _out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert samples.get(key) == 1, err
+    assert samples[("audience_sync_updates_total", (("job", "contacts"), ("outcome", "delivered")))] == 3
+    assert process.returncode == 0, err
+    with pytest.raises(httpx.TransportError):
+        scrape(port)  # the endpoint went with the daemon
+
+
+def test_a_metrics_port_in_use_is_a_usage_error(tmp_path: Path, warehouse: Warehouse, receiver: Receiver) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        process = _schedule(_daemon_config(tmp_path, warehouse, receiver), taken.getsockname()[1])
+        _out, err = process.communicate(timeout=60)
+    assert process.returncode == 2 and "cannot serve metrics" in err
+    assert not receiver.records  # nothing ran

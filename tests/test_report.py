@@ -137,3 +137,11 @@ def test_a_run_stopped_by_the_guard_says_why_in_the_report(store: Store) -> None
     page = render_report(store, "contacts", now)
     assert "mass-change guard: audience &#x27;vip&#x27; would lose 90 %" in page
     assert "<td>scheduled</td>" in page and "<td>blocked</td>" in page
+
+
+def test_the_sizes_chart_has_a_time_axis(report_file: Path) -> None:
+    chart = re.search(r'<svg class=chart data-chart="sizes".*?</svg>', report_file.read_text(), re.S)
+    assert chart is not None
+    labels = re.findall(r">(\d{4}-\d{2}-\d{2} \d{2}:\d{2})</text>", chart.group(0))
+    assert len(labels) == 2  # the first and the last run's start, not run numbers
+    assert "<figure class=small>" in report_file.read_text()  # and each audience on its own scale
