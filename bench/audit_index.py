@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import paired  # noqa: E402
 from bench.paired import JOB, NOW, user  # noqa: E402
-from sync.messages import KeyChange, Update  # noqa: E402
+from sync.model import KeyChange, Update  # noqa: E402
 from sync.store import Store  # noqa: E402
 
 BATCH = 20_000

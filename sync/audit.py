@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from sync.calls import CallSpec, render
+from sync.clock import iso
 from sync.config import JobConfig, JobOutline, parse_duration
 from sync.errors import SyncError
-from sync.messages import KeyChange, Update, change_kind, identify_call, iso
+from sync.model import KEY_COUNTS, KeyChange, Update, change_kind
 from sync.store import Store
 from sync.store.models import Run, RunKey, RunUpdate
 from sync.store.repository import AuditFilter, AuditRow
@@ -185,15 +187,12 @@ def audiences(store: Store, job: str) -> list[dict[str, Any]]:
     for run in runs:
         for key, entry in entries.items():
             found = counts.get(run.id, {}).get(key)
-            values: dict[str, int] = {f: getattr(found, f) if found else 0 for f in _COUNTS}
+            values: dict[str, int] = {f: getattr(found, f) if found else 0 for f in KEY_COUNTS}
             entry["size"] += values["delivered_entered"] - values["delivered_exited"]
             if values["delivered_entered"] + values["delivered_exited"] + values["delivered_changed"]:
                 entry["last_change"] = iso(run.finished_at or run.started_at)
             entry["runs"].append({"run_id": run.id, "started_at": iso(run.started_at), **values, "size": entry["size"]})
     return sorted(entries.values(), key=lambda entry: (entry["kind"], entry["key"]))
-
-
-_COUNTS = ("entered", "exited", "changed", "delivered_entered", "delivered_exited", "delivered_changed")
 
 
 def audience_table_row(entry: dict[str, Any], recent: int = 5) -> dict[str, Any]:
@@ -216,11 +215,13 @@ def rebuild_update(row: RunUpdate) -> Update:
     return Update(row.user_id, row.message_id, changes, json.loads(row.profile), {})
 
 
-def identify_calls(store: Store, run_id: int, user_id: str | None = None) -> Iterator[dict[str, Any]]:
-    """The run's identify calls exactly as built: same messageId, timestamp and sentAt."""
+def run_calls(store: Store, run_id: int, user_id: str | None = None) -> Iterator[dict[str, Any]]:
+    """The run's calls exactly as sent (or, for a dry run, as they would have been): rendered again from each
+    update with the run's own call spec, so the same messageIds, timestamp and sentAt."""
     run = run_or_fail(store, run_id)
+    spec = CallSpec.from_json(run.calls, run.space_id)
     for row in store.updates_of(run_id, user_id):
-        yield identify_call(rebuild_update(row), space_id=run.space_id, timestamp=run.started_at, sent_at=row.sent_at)
+        yield from render(rebuild_update(row), spec, timestamp=run.started_at, sent_at=row.sent_at)
 
 
 def prune_job(store: Store, job: JobConfig | JobOutline, now: datetime, days: int | None = None) -> int:

@@ -18,18 +18,17 @@ from sync.audit import (
     ChangeFilter,
     audience_table_row,
     change_records,
-    identify_calls,
     moment,
     prune_job,
+    run_calls,
     run_record,
 )
 from sync.audit import audiences as audience_series
 from sync.audit import history as user_history
 from sync.cli_common import fail, open_store, outline_of, state_url_of, stdout_console
-from sync.destinations.chartmogul import utc_now
+from sync.clock import iso, utc_now
 from sync.display import FORMATS, print_rows
 from sync.errors import ConfigError, SyncError
-from sync.messages import iso
 from sync.report import render_report
 from sync.runner import EXIT_USAGE
 from sync.store import Store
@@ -217,7 +216,7 @@ def prune(ctx: click.Context, job: str | None, days: int | None) -> None:
 def messages(ctx: click.Context, run_id: int, user_id: str | None) -> None:
     """RUN_ID's identify calls as JSON lines, exactly as built."""
     with open_store(state_url_of(ctx)) as store:
-        for call in identify_calls(store, run_id, user_id):
+        for call in run_calls(store, run_id, user_id):
             click.echo(json.dumps(call, ensure_ascii=False))
 
 

@@ -8,7 +8,7 @@ import logging
 import click
 
 from sync.cli_common import fail, job_config, open_store, outline_of, stdout_console, stop_on_signals
-from sync.destinations.chartmogul import utc_now
+from sync.clock import utc_now
 from sync.display import print_rows
 from sync.errors import ConfigError
 from sync.metrics import Metrics

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 from rich.console import Console
@@ -175,6 +176,18 @@ def _print_report(summary: Mapping[str, Any], as_json: bool) -> None:
 @click.option("--delay", default=0.0, help="Seconds to wait before each answer.")
 @click.option("--drop-rate", default=0.0, help="Share of requests whose connection is dropped.")
 @click.option("--seed", default=0, help="Seed of the fault dice.")
+@click.option(
+    "--mode",
+    type=click.Choice(["chartmogul", "segment"]),
+    default="chartmogul",
+    show_default=True,
+    help="chartmogul: a Send Contact webhook at any path; segment: Segment's /v1/batch.",
+)
+@click.option(
+    "--write-key-env",
+    metavar="VAR",
+    help="Segment mode: answer 401 unless the basic auth carries the write key in this environment variable.",
+)
 def receiver(
     port: int,
     out: Path | None,
@@ -184,8 +197,15 @@ def receiver(
     delay: float,
     drop_rate: float,
     seed: int,
+    mode: Literal["chartmogul", "segment"],
+    write_key_env: str | None,
 ) -> None:
-    """A ChartMogul-compatible capture server on 127.0.0.1, to try a configuration safely."""
+    """A ChartMogul- or Segment-compatible capture server on 127.0.0.1, to try a configuration safely."""
+    write_key = None
+    if write_key_env is not None:
+        write_key = os.environ.get(write_key_env)
+        if not write_key:
+            fail(f"--write-key-env: environment variable {write_key_env} is not set", EXIT_USAGE)
     faults = Faults(
         error_rate=error_rate,
         rate_limit=rate_limit,
@@ -194,7 +214,7 @@ def receiver(
         drop_rate=drop_rate,
         seed=seed,
     )
-    server = Receiver(port, faults, out)
+    server = Receiver(port, faults, out, mode=mode, write_key=write_key)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     click.echo(f"receiving on {server.url}" + (f", recording to {out}" if out else ""), err=True)
     try:

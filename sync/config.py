@@ -24,8 +24,10 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     SecretStr,
+    Tag,
     ValidationError,
     field_validator,
 )
@@ -34,6 +36,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from sync.errors import ConfigError
 from sync.keys import snake_case
+from sync.model import PROFILE_TRAITS
 
 DEFAULT_CONFIG = "jobs.yaml"
 CONFIG_ENV = "AUDIENCE_SYNC_CONFIG"
@@ -47,21 +50,7 @@ CHARTMOGUL_MAX_CONNECTIONS = 20
 DEFAULT_TIMEOUT_S = 10.0
 
 # Keys the identify call already uses for the contact's standard traits.
-RESERVED_KEYS = frozenset(
-    {
-        "email",
-        "first_name",
-        "last_name",
-        "name",
-        "title",
-        "phone",
-        "linked_in",
-        "twitter",
-        "company",
-        "user_id",
-        "anonymous_id",
-    }
-)
+RESERVED_KEYS = frozenset({*PROFILE_TRAITS, "company", "user_id", "anonymous_id"})
 
 # The state store's columns: a job name is String(100), an audience or trait key String(200), a space id
 # String(200) (sync/store/models.py). Longer ones would fail every run on PostgreSQL.
@@ -129,6 +118,15 @@ def _secret_url(url: SecretStr) -> SecretStr:
 SecretUrl = Annotated[SecretStr, AfterValidator(_secret_url)]
 
 
+def _public_url(url: str) -> str:
+    check_webhook_url(url, "the endpoint")
+    return url
+
+
+# A URL that authorises nothing by itself (an endpoint taking a key elsewhere): https, or http to loopback.
+PublicUrl = Annotated[str, AfterValidator(_public_url)]
+
+
 # A job's name: it keys every table of the state store.
 JobName = Annotated[str, Field(pattern=r"^[a-z0-9_-]+$", max_length=MAX_JOB_NAME)]
 
@@ -151,6 +149,9 @@ class ComputationConfig(_Frozen):
 
     name: str = Field(min_length=1)
     key: str | None = None
+    # Engage's computation_id (``aud_…`` / ``tra_…``), to keep the one a Segment workspace already knows;
+    # a stable one is derived from the job and the key otherwise.
+    id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+$", max_length=MAX_KEY)
     query: str | None = None
     file: str | None = None
 
@@ -166,18 +167,78 @@ class ComputationConfig(_Frozen):
         return self.key or snake_case(self.name)
 
 
-class DestinationConfig(_Frozen):
-    type: Literal["chartmogul"] = "chartmogul"
-    webhook_url: SecretUrl
+class HttpDestinationConfig(_Frozen):
+    """What every HTTP destination takes: its pace, its patience and when an update is given up."""
+
     requests_per_second: float = Field(default=CHARTMOGUL_REQUESTS_PER_SECOND, gt=0, allow_inf_nan=False)
     max_connections: int = Field(default=CHARTMOGUL_MAX_CONNECTIONS, ge=1, le=1000)
     timeout: Duration = timedelta(seconds=DEFAULT_TIMEOUT_S)
-    # Attempts per update within one run; what is still failing waits for the next run.
+    # Attempts per request within one run; what is still failing waits for the next run.
     max_attempts: int = Field(default=5, ge=1, le=50)
     # Runs in which the destination rejects the same update (400, 404, 422…) before it is parked as dead.
     dead_after: int = Field(default=5, ge=1, le=1000)
     backoff_initial: Duration = timedelta(seconds=1)
     backoff_max: Duration = timedelta(seconds=60)
+
+
+class ChartMogulWebhookConfig(HttpDestinationConfig):
+    """ChartMogul (Actions) "Send Contact": one identify call per POST to the webhook URL (no batching).
+
+    The rate and connection defaults are ChartMogul's API limits (40 requests/s, 20 connections per
+    account); whether the webhook shares them is undocumented, so both are settings.
+    """
+
+    type: Literal["chartmogul"] = "chartmogul"
+    webhook_url: SecretUrl
+    calls: Literal["per_user"] = "per_user"  # one coalesced identify per user: the body has one custom_attributes
+
+
+# Segment's HTTP Tracking API (docs, "HTTP Tracking API"; analytics-python's consumer):
+SEGMENT_ENDPOINT = "https://api.segment.io/v1/batch"
+# a batch is at most 500 KB; analytics-python stops at 475,000 bytes, leaving room for what is added last;
+SEGMENT_MAX_REQUEST_BYTES = 475_000
+# at most 2,500 calls in a batch;
+SEGMENT_MAX_CALLS = 2_500
+# one call at most 32 KB (400 for the whole batch otherwise);
+SEGMENT_MAX_CALL_BYTES = 32 * 1024
+# keep well under ~1,000 requests/s per workspace (429 with Retry-After beyond): every request carries up to
+# 2,500 calls, so 20 requests/s over 4 connections is tens of thousands of calls a second.
+SEGMENT_REQUESTS_PER_SECOND = 20.0
+SEGMENT_MAX_CONNECTIONS = 4
+
+
+class SegmentConfig(HttpDestinationConfig):
+    """Segment's HTTP Tracking API ``/v1/batch``, or any service that speaks it (RudderStack, Jitsu…)."""
+
+    type: Literal["segment"]
+    write_key: SecretStr = Field(min_length=1)  # sent as the basic-auth user; as secret as a webhook URL
+    endpoint: PublicUrl = SEGMENT_ENDPOINT
+    # per_computation: one identify per changed audience or trait, as Engage sends them; per_user coalesces.
+    calls: Literal["per_computation", "per_user"] = "per_computation"
+    integrations: dict[str, Any] = Field(default_factory=lambda: {"All": True})
+    requests_per_second: float = Field(default=SEGMENT_REQUESTS_PER_SECOND, gt=0, allow_inf_nan=False)
+    max_connections: int = Field(default=SEGMENT_MAX_CONNECTIONS, ge=1, le=1000)
+
+
+# The destination types; pydantic names the one an error is about in its path, which _loc leaves out.
+DESTINATION_TYPES = ("chartmogul", "segment")
+
+
+def _destination_type(raw: Any) -> str:
+    """The tag of a destination: its ``type``, ``chartmogul`` when left out (the first destination)."""
+    if isinstance(raw, Mapping):
+        return str(raw.get("type", "chartmogul"))
+    return str(getattr(raw, "type", "chartmogul"))
+
+
+DestinationConfig = Annotated[
+    Annotated[ChartMogulWebhookConfig, Tag("chartmogul")] | Annotated[SegmentConfig, Tag("segment")],
+    Discriminator(
+        _destination_type,
+        custom_error_type="destination_type",
+        custom_error_message=f"unknown destination type; use one of {', '.join(DESTINATION_TYPES)}",
+    ),
+]
 
 
 class GuardConfig(_Frozen):
@@ -303,17 +364,17 @@ def _named(jobs: tuple[_Job, ...], name: str) -> _Job:
     raise ConfigError([f"no job named {name!r} in the configuration (jobs: {known})"])
 
 
-def check_webhook_url(url: str) -> None:
+def check_webhook_url(url: str, what: str = "the webhook URL") -> None:
     """Raise ValueError unless ``url`` is an https URL, or http to a loopback address. Never echoes the URL."""
     try:
         parts = urlsplit(url)
         host = parts.hostname
     except ValueError:
-        raise ValueError("the webhook URL is malformed") from None
+        raise ValueError(f"{what} is malformed") from None
     if parts.scheme not in ("http", "https") or not host:
-        raise ValueError("the webhook URL must be an absolute https:// URL")
+        raise ValueError(f"{what} must be an absolute https:// URL")
     if parts.scheme == "http" and not _is_loopback(host):
-        raise ValueError("the webhook URL must use https:// (plain http is allowed only to loopback addresses)")
+        raise ValueError(f"{what} must use https:// (plain http is allowed only to loopback addresses)")
 
 
 def driver_problem(url: str) -> str | None:
@@ -621,7 +682,9 @@ def _job_label(index: int, raw: object) -> str:
 
 def _loc(loc: tuple[int | str, ...]) -> str:
     text = ""
-    for part in loc:
+    for index, part in enumerate(loc):
+        if index and loc[index - 1] == "destination" and part in DESTINATION_TYPES:
+            continue
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text or "(job)"
 

@@ -32,7 +32,8 @@ import pandas as pd
 import pyarrow as pa
 
 from sync.errors import EngineError, SourceError
-from sync.snapshot import Computation, Parts, ProfilePart, RowIssue, some
+from sync.model import Computation
+from sync.snapshot import Parts, ProfilePart, RowIssue, some
 
 # Profile columns of a selection are named with this prefix.
 _PROFILE = "profile__"

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence, Set
 import pandas as pd
 
 from sync.config import GuardConfig
-from sync.snapshot import Computation
+from sync.model import Computation
 
 
 def moves(changes: pd.DataFrame, into: dict[str, list[int]] | None = None) -> dict[str, list[int]]:

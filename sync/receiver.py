@@ -1,4 +1,11 @@
-"""A ChartMogul-compatible capture server for 127.0.0.1: records every body it receives and can be told to fail.
+"""A capture server for 127.0.0.1 that stands in for a destination: records every body it receives and can
+be told to fail.
+
+Two modes. ``chartmogul`` (the default) takes a Send Contact body per POST at any path, as a ChartMogul
+webhook does. ``segment`` speaks Segment's HTTP Tracking API ``/v1/batch``: basic auth with the write key as
+the user, a batch of at most 500 KB and 2,500 calls, each call at most 32 KB and carrying a ``type`` and a
+``userId`` or ``anonymousId``; anything else is answered 400, as Segment documents. (Segment itself answers
+200 to a wrong write key and drops the events; this receiver answers 401, so that a mistake shows.)
 
 Faults it can inject (all optional, combinable): a share of 5xx answers, 429 with ``Retry-After`` beyond a
 request rate, slow answers, dropped connections, and (for tests) a ``respond`` hook that decides per body.
@@ -6,6 +13,7 @@ request rate, slow answers, dropped connections, and (for tests) a ``respond`` h
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import sys
@@ -15,7 +23,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
+
+Mode = Literal["chartmogul", "segment"]
+
+# Segment's documented limits (docs, "HTTP Tracking API"): a batch request and one call.
+SEGMENT_MAX_BATCH_BYTES = 500 * 1024
+SEGMENT_MAX_CALL_BYTES = 32 * 1024
+SEGMENT_MAX_CALLS = 2_500
+SEGMENT_PATH = "/v1/batch"
 
 # What the hook may answer: an HTTP status (with optional headers), "drop" to close without answering,
 # or None for the receiver's ordinary behaviour.
@@ -78,8 +94,17 @@ class Receiver:
     """Start with ``with Receiver() as receiver:``; ``receiver.url`` is the webhook URL to configure."""
 
     def __init__(
-        self, port: int = 0, faults: Faults | None = None, out: Path | None = None, host: str = "127.0.0.1"
+        self,
+        port: int = 0,
+        faults: Faults | None = None,
+        out: Path | None = None,
+        host: str = "127.0.0.1",
+        *,
+        mode: Mode = "chartmogul",
+        write_key: str | None = None,
     ) -> None:
+        self.mode = mode
+        self._authorization = _basic(write_key) if write_key is not None else None
         self.faults = faults or Faults()
         self.records: list[Received] = []
         self._lock = threading.Lock()
@@ -93,7 +118,7 @@ class Receiver:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}/webhook"
+        return f"http://{host!s}:{port}" + (SEGMENT_PATH if self.mode == "segment" else "/webhook")
 
     def start(self) -> Receiver:
         self._thread = threading.Thread(
@@ -123,6 +148,20 @@ class Receiver:
         """Bodies answered with 2xx, in the order they arrived."""
         with self._lock:
             return [r.body for r in self.records if 200 <= r.status < 300]
+
+    def accepted_calls(self) -> list[Mapping[str, Any]]:
+        """In segment mode: every call of the batches answered with 2xx, in the order they arrived."""
+        return [call for body in self.accepted() for call in body.get("batch", [])]
+
+    def refusal(self, path: str, authorization: str | None, raw: bytes, body: Any) -> tuple[int, str] | None:
+        """In segment mode, what Segment would refuse, as (status, message); None when it takes the batch."""
+        if self.mode != "segment":
+            return None
+        if path.split("?")[0] != SEGMENT_PATH:
+            return 404, f"no such endpoint; batches go to {SEGMENT_PATH}"
+        if self._authorization is not None and authorization != self._authorization:
+            return 401, "missing or wrong write key (basic auth, the write key as the user)"
+        return _segment_problem(raw, body)
 
     def decide(self, body: Mapping[str, Any]) -> tuple[int, dict[str, str], float]:
         """The status (0 = drop), headers and delay for one request."""
@@ -178,10 +217,16 @@ class Receiver:
                 except ValueError:
                     self._answer(400, {}, b'{"error":"body is not JSON"}')
                     return
+                authorization = self.headers.get("Authorization")
+                refused = receiver.refusal(self.path, authorization, raw, body)
+                if refused is not None:
+                    receiver._record(body if isinstance(body, dict) else {}, refused[0], self.path, authorization)
+                    self._answer(refused[0], {}, json.dumps({"error": refused[1]}).encode())
+                    return
                 status, headers, delay = receiver.decide(body)
                 if delay:
                     time.sleep(delay)
-                receiver._record(body, status, self.path, self.headers.get("Authorization"))
+                receiver._record(body, status, self.path, authorization)
                 if status == 0:
                     self.close_connection = True
                     return
@@ -215,3 +260,27 @@ class Receiver:
                 pass
 
         return Handler
+
+
+def _basic(write_key: str) -> str:
+    return "Basic " + base64.b64encode(f"{write_key}:".encode()).decode()
+
+
+def _segment_problem(raw: bytes, body: Any) -> tuple[int, str] | None:
+    """Why Segment answers 400 to this batch, if it does."""
+    if len(raw) > SEGMENT_MAX_BATCH_BYTES:
+        return 400, f"batch is {len(raw)} bytes, over {SEGMENT_MAX_BATCH_BYTES}"
+    calls = body.get("batch") if isinstance(body, dict) else None
+    if not isinstance(calls, list) or not calls:
+        return 400, "the body needs a non-empty batch list"
+    if len(calls) > SEGMENT_MAX_CALLS:
+        return 400, f"batch has {len(calls)} calls, over {SEGMENT_MAX_CALLS}"
+    for index, call in enumerate(calls):
+        if not isinstance(call, dict) or not call.get("type"):
+            return 400, f"batch[{index}] has no type"
+        if not call.get("userId") and not call.get("anonymousId"):
+            return 400, f"batch[{index}] has neither userId nor anonymousId"
+        size = len(json.dumps(call, separators=(",", ":"), ensure_ascii=False).encode())
+        if size > SEGMENT_MAX_CALL_BYTES:
+            return 400, f"batch[{index}] is {size} bytes, over {SEGMENT_MAX_CALL_BYTES}"
+    return None

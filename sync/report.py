@@ -14,9 +14,9 @@ from datetime import datetime
 from itertools import islice
 from typing import Any
 
-from sync.audit import audiences, change_records, identify_calls, run_record
+from sync.audit import audiences, change_records, run_calls, run_record
+from sync.clock import iso
 from sync.display import cell
-from sync.messages import iso
 from sync.store import Store
 from sync.store.repository import AuditFilter
 
@@ -90,7 +90,7 @@ def _run_details(store: Store, run: dict[str, Any]) -> str:
     head = "".join(f"<th>{f}</th>" for f in _DETAIL_FIELDS)
     rows = "".join("<tr>" + "".join(f"<td>{_e(cell(c.get(f)))}</td>" for f in _DETAIL_FIELDS) + "</tr>" for c in shown)
     more = f"<p class=meta>First {DETAIL_ROWS:,} changes; `audience-sync diff {run_id}` has them all.</p>"
-    calls = [json.dumps(call, ensure_ascii=False) for call in islice(identify_calls(store, run_id), DETAIL_CALLS)]
+    calls = [json.dumps(call, ensure_ascii=False) for call in islice(run_calls(store, run_id), DETAIL_CALLS)]
     why = f"<p class=why>{_e(run['error'])}</p>" if run.get("error") else ""
     return (
         f'<details class=run id="run-{run_id}"><summary>run {run_id} · {_e(run["kind"])} · {_e(run["status"])} · '

@@ -18,46 +18,40 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import aclosing
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from itertools import chain, islice
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
-import httpx
 import pandas as pd
 from sqlalchemy.exc import SQLAlchemyError
 
 from sync.alerts import RECENT_RUNS, Alerts, RunFacts
+from sync.calls import CallSpec
+from sync.clock import Clock, Sleep, utc_now
 from sync.config import JobConfig
-from sync.destinations.base import DeliveryResult, Outgoing, SendWindow
+from sync.delivery import PROGRESS_INTERVAL_S, ClientFactory, Delivery, Pace, Progress, default_client
 from sync.destinations.breaker import Breaker
-from sync.destinations.chartmogul import ChartMogulDestination, Clock, Sleep, utc_now
-from sync.destinations.outcomes import WEBHOOK_REFUSED
-from sync.destinations.transport import AiohttpTransport
+from sync.destinations.factory import call_spec
 from sync.diff import diff_states
 from sync.engine import Examined, Selection, Snapshot
 from sync.errors import GuardError, SyncError
 from sync.guard import guard_problems, moves
-from sync.messages import Update, identify_call, plan_updates, tally
+from sync.messages import plan_updates, tally
 from sync.metrics import Metrics
+from sync.model import RUN_COUNTS, Update
 from sync.sources import computations, read_snapshot
 from sync.store import Store
 from sync.store.repository import Baseline, store_reason
 
 log = logging.getLogger(__name__)
 
-# How many refusals of the webhook itself (401/403) before anything was delivered stop a run early.
-REFUSALS_TO_STOP = 3
 # A lease lives this long without a heartbeat; the holder renews it three times per period.
 LEASE_TTL = timedelta(seconds=60)
 # After a stop request, requests in flight get this long to finish before they are abandoned.
 STOP_GRACE = timedelta(seconds=20)
-# Messages sent but not yet recorded, per connection: those in flight and those answered during one commit.
-# A process killed at any moment sends at most this many again on the next run.
-WINDOW_PER_CONNECTION = 4
 
 _Loaded = TypeVar("_Loaded")
 
@@ -91,25 +85,6 @@ _LEVELS = {
 }
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_BUSY, EXIT_BLOCKED = 0, 1, 2, 3, 4, 5
-
-# Progress and trouble are logged this often while a run sends.
-PROGRESS_INTERVAL_S = 10.0
-
-
-class Progress(Protocol):
-    """What a progress display is told: the phase a run is in, and how many updates were answered."""
-
-    def phase(self, name: str) -> None: ...
-
-    def update(self, done: int, total: int) -> None: ...
-
-
-ClientFactory = Callable[[int], httpx.AsyncClient]
-
-
-def default_client(max_connections: int) -> httpx.AsyncClient:
-    """httpx's client on aiohttp's connection pool (``sync.destinations.transport``)."""
-    return httpx.AsyncClient(transport=AiohttpTransport(max_connections), follow_redirects=False)
 
 
 def process_owner() -> str:
@@ -171,9 +146,7 @@ class RunReport:
         return EXIT_PARTIAL if self.failed or self.status == "interrupted" else EXIT_OK
 
     def counts(self) -> dict[str, int]:
-        return {
-            k: v for k, v in asdict(self).items() if isinstance(v, int) and not isinstance(v, bool) and k != "run_id"
-        }
+        return {k: getattr(self, k) for k in RUN_COUNTS}
 
     def summary(self) -> dict[str, Any]:
         """The fields ``run --json`` prints."""
@@ -243,11 +216,23 @@ class _Phases:
 
 @dataclass
 class _Halt:
-    """Per run: why it must stop sending: its lease was taken over, or its destination is unreachable."""
+    """Per run: why it must stop sending (its lease was taken over, its destination is unreachable), its
+    phases, and its delivery once it sends."""
 
     lost: threading.Event
     breaker: Breaker
     phases: _Phases
+    spec: CallSpec
+    delivery: Delivery | None = None
+
+    def close(self) -> None:
+        """End the run's delivery (its connections, its event loop); a failure to close fails nothing."""
+        if self.delivery is not None:
+            try:
+                self.delivery.close()
+            except Exception:
+                log.warning("could not close the destination's connections cleanly", exc_info=True)
+            self.delivery = None
 
 
 class Stopped(SyncError):
@@ -364,8 +349,11 @@ class Runner:
         now = self.clock()
         tracked = self.store.tracked_keys(job.name)
         kind = self._kind(job, tracked, options)
+        spec = call_spec(job, self.store.installation_id())
         report = RunReport(
-            self.store.start_run(job.name, kind, options.dry_run, now, job.space_id, options.trigger),
+            self.store.start_run(
+                job.name, kind, options.dry_run, now, job.space_id, options.trigger, calls=spec.to_json()
+            ),
             job.name,
             kind,
             options.dry_run,
@@ -383,7 +371,7 @@ class Runner:
             },
         )
         phases = _Phases(job.name, report.run_id, self.progress)
-        halt = _Halt(lost or threading.Event(), self.breaker(), phases)
+        halt = _Halt(lost or threading.Event(), self.breaker(), phases, spec)
         try:
             self._execute(job, options, tracked, report, now, halt)
         except Stopped:
@@ -397,6 +385,8 @@ class Runner:
         except Exception as exc:
             report.status, report.error = "failed", f"unexpected error: {type(exc).__name__}: {exc}"
             log.exception("run failed", extra={"job": job.name, "run_id": report.run_id})
+        finally:
+            halt.close()
         phases.enter("recording")
         self._finish(report)
         phases.close()
@@ -558,7 +548,21 @@ class Runner:
             return False
         if updates:
             self.store.record_plan(report.run_id, updates, "pending")
-            asyncio.run(self._deliver(job, report, updates, now, halt))
+            if halt.delivery is None:
+                halt.phases.enter("sending")
+                pace = Pace(
+                    self.clock,
+                    self.sleep,
+                    self.client_factory,
+                    self.grace,
+                    self.progress_interval,
+                    self.progress,
+                    self.metrics,
+                    self.owner,
+                )
+                halt.delivery = Delivery(self.store, job, report, halt.spec, pace, self.stop, halt.lost, halt.breaker)
+            halt.phases.enter("sending")
+            halt.delivery.send(updates, now)
         return not (self.stop.is_set() or halt.lost.is_set())
 
     def plan(
@@ -654,199 +658,6 @@ class Runner:
         report.skipped_rows = sum(issue.count for issue in plan.snapshot.issues)
         report.issues = [asdict(issue) for issue in plan.snapshot.issues]
 
-    async def _deliver(
-        self, job: JobConfig, report: RunReport, updates: Sequence[Update], now: datetime, halt: _Halt
-    ) -> None:
-        halt.phases.enter("sending")
-        window = SendWindow(WINDOW_PER_CONNECTION * job.destination.max_connections)
-        by_user = {u.user_id: u for u in updates}
-        recorder = _Recorder(self.store, job, report, by_user, window, self.progress, self.owner)
-        recorder.total = report.updates
-        recorder.metrics = self.metrics
-
-        def halted() -> bool:
-            return self.stop.is_set() or halt.lost.is_set() or recorder.abort is not None or halt.breaker.opened
-
-        async with self.client_factory(job.destination.max_connections) as client:
-            destination = ChartMogulDestination(
-                client, job.destination, sleep=self.sleep, clock=self.clock, breaker=halt.breaker
-            )
-            messages = self._outgoing(job, updates, now, halted)
-            consumer = asyncio.create_task(recorder.consume(destination.send(messages, window)))
-            watchdog = asyncio.create_task(self._watchdog(consumer, halted))
-            monitor = asyncio.create_task(self._monitor(destination, recorder))
-            try:
-                await consumer
-            except asyncio.CancelledError:
-                log.warning(
-                    "requests still in flight were abandoned after the grace period",
-                    extra={"job": job.name, "run_id": report.run_id},
-                )
-            finally:
-                watchdog.cancel()
-                monitor.cancel()
-                await recorder.drain()  # answers that arrived before a stop or a failure are recorded too
-                self._log_progress(destination, recorder)
-                if self.metrics is not None:
-                    self.metrics.waited(job.name, destination.limit_wait_s)
-        if destination.crashed is not None:
-            error = destination.crashed
-            raise SyncError(
-                f"job {job.name!r}: delivery failed unexpectedly ({type(error).__name__}: {error}); "
-                "the updates not delivered stay pending for the next run"
-            )
-        if halt.breaker.opened:
-            raise SyncError(f"job {job.name!r}: {_unreachable(destination.label, halt.breaker)}")
-        if recorder.abort:
-            raise SyncError(f"job {job.name!r}: {recorder.abort}")
-
-    async def _monitor(self, destination: ChartMogulDestination, recorder: _Recorder) -> None:
-        """Every ``progress_interval``: progress at INFO (unless a bar shows it), trouble at WARNING."""
-        while True:
-            await asyncio.sleep(self.progress_interval)
-            self._log_progress(destination, recorder)
-
-    def _log_progress(self, destination: ChartMogulDestination, recorder: _Recorder) -> None:
-        report = recorder.report
-        where = {"job": report.job, "run_id": report.run_id}
-        if destination.trouble:
-            reasons = ", ".join(f"{reason} ×{count}" for reason, count in destination.trouble.most_common())
-            log.warning(
-                "the destination is failing requests; retrying",
-                extra={
-                    **where,
-                    "event": "delivery_trouble",
-                    "attempts": destination.trouble.total(),
-                    "reasons": reasons,
-                },
-            )
-            destination.trouble.clear()
-        if self.progress is None:
-            done = report.delivered + report.failed
-            log.info(
-                "delivery progress",
-                extra={
-                    **where,
-                    "done": done,
-                    "total": recorder.total or len(recorder.by_user),
-                    "delivered": report.delivered,
-                    "failed": report.failed,
-                },
-            )
-
-    async def _watchdog(self, consumer: asyncio.Task[None], halted: Callable[[], bool]) -> None:
-        """On a stop request: hand out no more updates; after the grace period, abandon what is in flight."""
-        while not halted():
-            await asyncio.sleep(0.05)
-        log.info("sending stopped: finishing requests in flight", extra={"grace_s": self.grace.total_seconds()})
-        await asyncio.sleep(self.grace.total_seconds())
-        consumer.cancel()
-
-    @staticmethod
-    def _outgoing(
-        job: JobConfig, updates: Sequence[Update], now: datetime, halted: Callable[[], bool]
-    ) -> Iterator[Outgoing]:
-        for update in updates:
-            if halted():
-                return
-            yield Outgoing(
-                update.user_id, update.message_id, identify_call(update, space_id=job.space_id, timestamp=now)
-            )
-
-
-class _Recorder:
-    """Records delivery results as they arrive, in a worker thread so that sending goes on meanwhile.
-
-    Commits follow one another without pause; each takes every answer that arrived since the previous one
-    started, so an answer waits for at most one commit before it is durable. Each commit gives its answers'
-    slots in the send window back, so no more than the window's size is ever answered and unrecorded.
-    """
-
-    def __init__(
-        self,
-        store: Store,
-        job: JobConfig,
-        report: RunReport,
-        by_user: dict[str, Update],
-        window: SendWindow,
-        progress: Progress | None,
-        owner: str | None = None,
-    ) -> None:
-        self.store, self.job, self.report, self.by_user, self.progress = store, job.name, report, by_user, progress
-        self.window, self.owner = window, owner
-        self.dead_after = job.destination.dead_after
-        self.abort: str | None = None
-        self.total = 0
-        self.metrics: Metrics | None = None
-        self._refusals = 0
-        self._delivered_seen = 0
-        self._pending: list[DeliveryResult] = []
-        self._writing: asyncio.Task[None] | None = None
-
-    async def consume(self, results: AsyncGenerator[list[DeliveryResult]]) -> None:
-        async with aclosing(results) as closing:  # closing ends the destination's workers on cancellation
-            async for ready in closing:
-                self._pending.extend(ready)
-                for result in ready:
-                    self._watch_for_refusal(result)
-                self._write()
-        await self.drain()
-
-    async def drain(self) -> None:
-        """Wait for the commits under way and record whatever is still waiting; raises what a commit raised."""
-        while self._writing is not None or self._pending:
-            await self._write()
-
-    def _write(self) -> asyncio.Task[None]:
-        """The chain of commits under way, started when there is none."""
-        if self._writing is None:
-            self._writing = asyncio.create_task(self._write_pending())
-        return self._writing
-
-    async def _write_pending(self) -> None:
-        """Commit what waits, then what arrived meanwhile, until nothing waits.
-
-        The chain does not depend on new answers arriving to go on: with the window full, none would.
-        A failed commit closes the window, so that nothing more is sent, and stays the task's outcome.
-        """
-        while self._pending:
-            batch, self._pending = self._pending, []
-            try:
-                await asyncio.to_thread(self.record, batch)
-            except BaseException:
-                self.window.close()
-                raise
-            self.window.give_back(len(batch))
-        self._writing = None
-
-    def record(self, ready: list[DeliveryResult]) -> None:
-        pairs = [(self.by_user[r.user_id], r) for r in ready]
-        if not self.store.record_results(self.job, self.report.run_id, pairs, self.dead_after, self.owner):
-            log.warning(
-                "answers recorded without advancing the state: the job's lease was taken over",
-                extra={"job": self.job, "run_id": self.report.run_id, "answers": len(ready)},
-            )
-        tally([self.by_user[r.user_id] for r in ready if r.delivered], self.report.key_counts, "delivered_")
-        if self.metrics is not None:
-            self.metrics.results(self.job, ready)
-        for result in ready:
-            self.report.delivered += result.delivered
-            self.report.failed += not result.delivered
-        if self.progress:
-            self.progress.update(self.report.delivered + self.report.failed, self.total or len(self.by_user))
-
-    def _watch_for_refusal(self, result: DeliveryResult) -> None:
-        """A webhook answering 401/403 to the first requests of a run is revoked: stop instead of failing all."""
-        self._delivered_seen += result.delivered
-        if result.http_status in WEBHOOK_REFUSED and not self._delivered_seen:
-            self._refusals += 1
-            if self._refusals >= REFUSALS_TO_STOP and self.abort is None:
-                self.abort = (
-                    f"the destination refused the first {self._refusals} updates with HTTP "
-                    f"{result.http_status}; the webhook URL may be revoked or wrong. Nothing else was "
-                    "sent; the updates stay pending for the next run"
-                )
-
 
 class _Heartbeat:
     """Renews the job's lease from a thread while the run works; sets ``lost`` if the lease was taken."""
@@ -879,16 +690,6 @@ class _Heartbeat:
                 self.lost.set()
                 log.error("the job's lease was taken over; stopping this run", extra={"job": self.job})
                 return
-
-
-def _unreachable(label: str, breaker: Breaker) -> str:
-    seconds = breaker.clock() - (breaker.since or breaker.clock())
-    return (
-        f"{label} is unreachable: {breaker.in_a_row} attempts in a row got no answer over {seconds:.0f} s "
-        f"(last: {breaker.last_reason}). The run stopped; the updates not delivered stay pending for the next "
-        "run. Check that the host is up and reachable from this machine (DNS, firewall, proxy) and that the "
-        "webhook URL in the environment is right"
-    )
 
 
 def _profiles(batch: Examined, baseline: Baseline, changes: pd.DataFrame) -> dict[str, Mapping[str, str]]:

@@ -20,8 +20,8 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sync.alerts import FAILING_AFTER, Alerts
 from sync.audit import prune_job
 from sync.cadence import earliest_after, next_run_at
+from sync.clock import Clock, utc_now
 from sync.config import Config, JobConfig
-from sync.destinations.chartmogul import Clock, utc_now
 from sync.metrics import Metrics
 from sync.runner import Runner, RunOptions, holder_is_dead, process_owner
 from sync.store import Store

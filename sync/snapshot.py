@@ -28,24 +28,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sync.errors import SourceError
+from sync.model import PROFILE_COLUMNS, Computation
 
 if TYPE_CHECKING:
     from sync.engine import Snapshot
 
-PROFILE_COLUMNS = (
-    "user_id",
-    "anonymous_id",
-    "email",
-    "first_name",
-    "last_name",
-    "name",
-    "title",
-    "phone",
-    "linked_in",
-    "twitter",
-    "company_id",
-    "company_name",
-)
 # How many offending user ids an error message lists before it says "and N more".
 SHOWN_IDS = 10
 # Lists and mappings in a trait value nest at most this deep.
@@ -68,13 +55,6 @@ class RowIssue:
     problem: str
     user_id: str | None = None
     count: int = 1
-
-
-@dataclass(frozen=True)
-class Computation:
-    key: str
-    kind: str  # "audience" or "trait"
-    name: str
 
 
 @dataclass(frozen=True)

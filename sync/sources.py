@@ -19,7 +19,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sync.config import ComputationConfig, JobConfig, driver_problem
 from sync.engine import Snapshot
 from sync.errors import SourceError
-from sync.snapshot import Arrow, Columns, Computation, Profiles, Raw, arrow_or_list, normalise
+from sync.model import Computation
+from sync.snapshot import Arrow, Columns, Profiles, Raw, arrow_or_list, normalise
 
 log = logging.getLogger(__name__)
 

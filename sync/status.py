@@ -8,8 +8,8 @@ from typing import Any
 
 from sync.alerts import FAILING_AFTER
 from sync.audit import run_record
+from sync.clock import iso
 from sync.config import Config, JobConfig, JobOutline, Outline
-from sync.messages import iso
 from sync.store import Store
 
 # The columns of the table people read; `--json` has every field.

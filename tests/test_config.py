@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from sync.config import check_webhook_url, load_config, parse_config, parse_duration
+from sync.config import ChartMogulWebhookConfig, check_webhook_url, load_config, parse_config, parse_duration
 from sync.errors import ConfigError
 
 SECRET = "https://hooks.chartmogul.example/v1/segment/very-secret-token"
@@ -51,6 +51,7 @@ def test_a_valid_file_loads_with_keys_defaults_and_resolved_paths(tmp_path: Path
     assert job.destination.requests_per_second == 40
     assert job.destination.max_connections == 20
     assert job.destination.timeout.total_seconds() == 10
+    assert isinstance(job.destination, ChartMogulWebhookConfig)
     assert job.destination.webhook_url.get_secret_value() == SECRET
     assert config.state_url == f"sqlite:///{tmp_path / 'state.db'}"
     assert job.source.url == f"sqlite:///{tmp_path / 'warehouse.db'}"
@@ -64,7 +65,9 @@ def test_env_defaults_and_state_url_override(tmp_path: Path) -> None:
     text = GOOD.replace("${CHARTMOGUL_WEBHOOK_URL}", "${HOOK:-http://127.0.0.1:9/webhook}")
     config = load_config(write(tmp_path, text), env={"AUDIENCE_SYNC_STATE_URL": "sqlite:////tmp/other.db"})
     assert config.state_url == "sqlite:////tmp/other.db"
-    assert config.jobs[0].destination.webhook_url.get_secret_value() == "http://127.0.0.1:9/webhook"
+    destination = config.jobs[0].destination
+    assert isinstance(destination, ChartMogulWebhookConfig)
+    assert destination.webhook_url.get_secret_value() == "http://127.0.0.1:9/webhook"
 
 
 def test_every_problem_is_reported_at_once_with_job_and_field(tmp_path: Path) -> None:

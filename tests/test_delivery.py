@@ -10,14 +10,14 @@ from typing import Any
 import httpx
 import pytest
 
-from sync.config import DestinationConfig
+from sync.config import ChartMogulWebhookConfig
 from sync.destinations.base import DeliveryResult, Outgoing, SendWindow
-from sync.destinations.chartmogul import ChartMogulDestination
+from sync.destinations.factory import build_destination
 from sync.receiver import Action, Faults, Receiver
 from tests.conftest import RecordingSleep
 
 
-def settings(url: str, **overrides: Any) -> DestinationConfig:
+def settings(url: str, **overrides: Any) -> ChartMogulWebhookConfig:
     values: dict[str, Any] = {
         "webhook_url": url,
         "backoff_initial": "100ms",
@@ -27,7 +27,7 @@ def settings(url: str, **overrides: Any) -> DestinationConfig:
         "requests_per_second": 1000,
         **overrides,
     }
-    return DestinationConfig.model_validate(values)
+    return ChartMogulWebhookConfig.model_validate(values)
 
 
 def outgoing(n: int) -> list[Outgoing]:
@@ -35,16 +35,18 @@ def outgoing(n: int) -> list[Outgoing]:
         Outgoing(
             f"u{i}",
             f"as-{i}",
-            {
-                "type": "identify",
-                "messageId": f"as-{i}",
-                "userId": f"u{i}",
-                "timestamp": "2026-11-22T06:00:00.000Z",
-                "traits": {"vip": True},
-                "context": {
-                    "personas": {"computations": [{"computation_class": "audience", "computation_key": "vip"}]}
+            (
+                {
+                    "type": "identify",
+                    "messageId": f"as-{i}",
+                    "userId": f"u{i}",
+                    "timestamp": "2026-11-22T06:00:00.000Z",
+                    "traits": {"vip": True},
+                    "context": {
+                        "personas": {"computations": [{"computation_class": "audience", "computation_key": "vip"}]}
+                    },
                 },
-            },
+            ),
         )
         for i in range(n)
     ]
@@ -77,7 +79,7 @@ def deliver(
 
     async def go() -> dict[str, DeliveryResult]:
         async with httpx.AsyncClient(event_hooks={"request": [record]}) as client:
-            destination = ChartMogulDestination(client, settings(receiver.url, **overrides), sleep=sleep)
+            destination = build_destination(settings(receiver.url, **overrides), client, sleep=sleep)
             holding = asyncio.create_task(hold_up()) if stall else None
             try:
                 return {r.user_id: r async for ready in destination.send(messages) for r in ready}
@@ -181,7 +183,7 @@ def test_a_refused_connection_is_retriable_and_never_names_the_url(sleep: Record
 
     async def go() -> DeliveryResult:
         async with httpx.AsyncClient() as client:
-            destination = ChartMogulDestination(client, settings(url, max_attempts=2), sleep=sleep)
+            destination = build_destination(settings(url, max_attempts=2), client, sleep=sleep)
             return [r async for ready in destination.send(outgoing(1)) for r in ready][0]
 
     result = asyncio.run(go())
@@ -240,7 +242,7 @@ def test_a_send_window_holds_sending_until_slots_come_back_and_stops_senders_whe
     async def go() -> tuple[int, int, int]:
         window = SendWindow(3)
         async with httpx.AsyncClient() as client:
-            destination = ChartMogulDestination(client, settings(receiver.url, max_connections=2), sleep=sleep)
+            destination = build_destination(settings(receiver.url, max_connections=2), client, sleep=sleep)
             results = destination.send(outgoing(10), window)
             first = await results.__anext__()
             while len(first) < 3:  # the answers to the three messages the window lets out

@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sync.diff import apply_changes, diff_states
-from sync.snapshot import Computation
+from sync.model import Computation
 
 VIP = Computation("vip", "audience", "VIP")
 BETA = Computation("beta", "audience", "Beta")

@@ -13,9 +13,10 @@ import pytest
 
 from sync.engine import stored_table
 from sync.errors import EngineError
+from sync.model import Computation
 from sync.receiver import Receiver
 from sync.runner import Runner
-from sync.snapshot import Columns, Computation, Profiles, build_snapshot
+from sync.snapshot import Columns, Profiles, build_snapshot
 from sync.store import Store
 from tests.conftest import Warehouse, make_job
 

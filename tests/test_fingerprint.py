@@ -11,9 +11,10 @@ from sqlalchemy import delete, select, update
 from sync.config import JobConfig
 from sync.diff import diff_states
 from sync.engine import Snapshot, stored_table
+from sync.model import Computation
 from sync.receiver import Receiver
 from sync.runner import Runner
-from sync.snapshot import Computation, build_snapshot
+from sync.snapshot import build_snapshot
 from sync.store import Store, repository
 from sync.store.models import AckState, FingerprintIndex
 from tests.conftest import Warehouse, make_job

@@ -6,9 +6,9 @@ import pytest
 from sync.config import GuardConfig
 from sync.diff import diff_states
 from sync.guard import guard_problems, moves
+from sync.model import Computation
 from sync.receiver import Receiver
 from sync.runner import Runner, RunOptions
-from sync.snapshot import Computation
 from sync.store import Store
 from tests.conftest import Warehouse, make_job
 

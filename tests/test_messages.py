@@ -1,12 +1,15 @@
 import hashlib
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 import pandas as pd
 
+from sync.calls import CallSpec, render
+from sync.clock import iso
 from sync.diff import diff_states
-from sync.messages import KeyChange, Update, identify_call, iso, message_id, plan_updates
-from sync.snapshot import Computation
+from sync.messages import message_id, plan_updates
+from sync.model import Computation, KeyChange, Update
 
 NOW = datetime(2026, 11, 22, 6, 0, 0, 123456, tzinfo=UTC)
 VIP = Computation("vip_customers", "audience", "VIP")
@@ -48,6 +51,14 @@ def test_one_update_per_user_with_all_changed_keys_and_profile() -> None:
     assert updates[0].message_id == message_id("contacts", "u1", 4, updates[0].changes)
     assert updates[1].state == {"total_revenue_180_days": 3}
     assert updates[1].profile == {}
+
+
+def identify_call(
+    update: Update, *, space_id: str | None, timestamp: datetime, sent_at: datetime | None = None
+) -> dict[str, Any]:
+    """The one call a ChartMogul job renders an update to."""
+    (call,) = render(update, CallSpec(space_id=space_id), timestamp=timestamp, sent_at=sent_at)
+    return call
 
 
 def test_identify_call_follows_the_segment_spec() -> None:

@@ -7,7 +7,8 @@ import pyarrow as pa
 import pytest
 
 from sync.errors import SourceError
-from sync.snapshot import Computation, build_snapshot
+from sync.model import Computation
+from sync.snapshot import build_snapshot
 
 AUD = Computation("vip", "audience", "VIP")
 TRAIT = Computation("revenue", "trait", "Revenue")

@@ -7,8 +7,7 @@ from sqlalchemy import text
 
 from sync.destinations.base import DeliveryResult
 from sync.errors import StoreError
-from sync.messages import KeyChange, Update
-from sync.snapshot import Computation
+from sync.model import Computation, KeyChange, Update
 from sync.store import Store
 from sync.store.schema import current_revision, head_revision
 

@@ -14,11 +14,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from sync.clock import utc_now
+from sync.delivery import default_client
 from sync.destinations.base import Outgoing
 from sync.destinations.breaker import Breaker
-from sync.destinations.chartmogul import ChartMogulDestination
+from sync.destinations.factory import build_destination
 from sync.receiver import Receiver
-from sync.runner import Runner, default_client
+from sync.runner import Runner
 from sync.scheduler import Daemon
 from sync.store import Store
 from tests.conftest import LogWatch, RecordingSleep, Warehouse, job_dict, make_config, make_job
@@ -204,9 +206,10 @@ def test_the_timeout_bounds_the_whole_exchange_not_each_read(warehouse: Warehous
 
     async def deliver() -> tuple[float, bool, str | None]:
         async with default_client(1) as client:
-            destination = ChartMogulDestination(client, job.destination)
+            destination = build_destination(job.destination, client)
             started = time.monotonic()
-            result = await destination.deliver(Outgoing("u1", "m1", call))
+            request = next(destination.target.requests(iter([Outgoing("u1", "m1", (call,))]), utc_now))
+            (result,) = await destination.deliver(request)
             return time.monotonic() - started, result.delivered, result.error
 
     took, delivered, error = asyncio.run(deliver())

@@ -1,22 +1,30 @@
-"""The destination seam: ``send(batch)`` yields one ``DeliveryResult`` per ``Outgoing`` message, in lists of
-the results that are ready together."""
+"""The destination seam.
+
+A destination takes ``Outgoing`` updates (each the calls one update rendered to) and yields one
+``DeliveryResult`` per update, in lists of the results that are ready together. What it can take and how it
+likes to be fed are its ``Capabilities``: the runner sizes its send window from them and never asks which
+destination it talks to.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
+
+from sync.destinations.breaker import Breaker
 
 
 @dataclass(frozen=True)
 class Outgoing:
-    """One identify call to deliver; ``sentAt`` is filled in when it is first sent."""
+    """One update to deliver: the Segment-spec calls it rendered to, all accepted or none."""
 
     user_id: str
     message_id: str
-    call: Mapping[str, Any]
+    calls: tuple[Mapping[str, Any], ...]
 
 
 @dataclass(frozen=True)
@@ -32,24 +40,44 @@ class DeliveryResult:
     retriable: bool = False
 
 
-class SendWindow:
-    """At most ``size`` messages sent and not yet recorded.
+@dataclass(frozen=True)
+class Capabilities:
+    """What a destination takes and how: the call types it accepts; how many calls and bytes one request
+    carries (one call per request: no batching); its default pace; whether an answer is for the whole request
+    or per item."""
 
-    A sender takes a slot before each message and the recorder gives slots back once the answers are
-    committed, so a process that dies at any moment leaves at most ``size`` answered but unrecorded
-    messages: the only ones the next run sends again.
+    call_types: frozenset[str]
+    calls_per_request: int
+    bytes_per_request: int
+    bytes_per_call: int
+    requests_per_second: float
+    max_connections: int
+    results: Literal["per_request", "per_item"] = "per_request"
+
+    @property
+    def batches(self) -> bool:
+        return self.calls_per_request > 1
+
+
+class SendWindow:
+    """At most ``size`` updates sent and not yet recorded.
+
+    A sender takes a slot for each update of a request before it sends it, and the recorder gives slots back
+    once the answers are committed, so a process that dies at any moment leaves at most ``size`` answered but
+    unrecorded updates: the only ones the next run sends again.
     """
 
     def __init__(self, size: int) -> None:
         self._slots = asyncio.Semaphore(size)
         self._closed = False
 
-    async def take(self) -> bool:
-        """Wait for a slot; False once the window is closed (nothing more is to be sent)."""
-        await self._slots.acquire()
-        if self._closed:
-            self._slots.release()  # wakes the next sender waiting, which stops too
-            return False
+    async def take(self, count: int = 1) -> bool:
+        """Wait for ``count`` slots; False once the window is closed (nothing more is to be sent)."""
+        for taken in range(count):
+            await self._slots.acquire()
+            if self._closed:
+                self.give_back(taken + 1)  # wakes the next sender waiting, which stops too
+                return False
         return True
 
     def give_back(self, count: int) -> None:
@@ -63,6 +91,15 @@ class SendWindow:
 
 
 class Destination(Protocol):
+    """What a run uses of a destination: ``send``, what it can do, and what it has to say while it sends."""
+
+    capabilities: Capabilities
+    label: str  # names the destination without its secrets, for messages
+    breaker: Breaker
+    trouble: Counter[str]  # failed attempts worth retrying, by reason, since last read
+    limit_wait_s: float  # time requests waited for the rate limit
+    crashed: BaseException | None  # what ended a sender that should never have ended
+
     def send(
         self, batch: Iterable[Outgoing], window: SendWindow | None = None
     ) -> AsyncGenerator[list[DeliveryResult]]: ...

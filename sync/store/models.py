@@ -79,6 +79,7 @@ class Run(Base):
     error: Mapped[str | None] = mapped_column(Text)
     issues: Mapped[str | None] = mapped_column(Text)  # JSON list of skipped-row reports
     trigger: Mapped[str] = mapped_column(String(20), default="manual", server_default="manual")  # or scheduled
+    calls: Mapped[str | None] = mapped_column(Text)  # how its calls were rendered (sync.calls.CallSpec as JSON)
 
 
 class RunUpdate(Base):
@@ -230,3 +231,12 @@ class JobAlert(Base):
     conditions: Mapped[str] = mapped_column(Text)
     since: Mapped[datetime] = mapped_column(UTCDateTime())
     run_id: Mapped[int] = mapped_column(Integer)
+
+
+class Installation(Base):
+    """One row, made with the store: this installation's id (it salts messageIds sent into Segment)."""
+
+    __tablename__ = "installation"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -44,12 +44,12 @@ from sync.destinations.base import DeliveryResult
 from sync.destinations.outcomes import is_rejection
 from sync.engine import SCHEME, stored_table
 from sync.errors import StoreError
-from sync.messages import Update
-from sync.snapshot import Computation
+from sync.model import KEY_COUNTS, RUN_COUNTS, Computation, Update
 from sync.store.models import (
     AckState,
     FailedUpdate,
     FingerprintIndex,
+    Installation,
     JobAlert,
     JobKey,
     JobLease,
@@ -74,17 +74,6 @@ _STREAM = 5000
 _UNDELIVERED = ("failed", "pending")
 # Run statuses that delivered nothing; repeated ones make a job FAILING.
 TROUBLE = ("failed", "blocked")
-COUNT_FIELDS = (
-    "users",
-    "entered",
-    "exited",
-    "traits_changed",
-    "updates",
-    "delivered",
-    "failed",
-    "skipped_rows",
-    "parked",
-)
 
 
 @dataclass(frozen=True)
@@ -185,6 +174,7 @@ class Store:
         now: datetime,
         space_id: str | None = None,
         trigger: str = "manual",
+        calls: str | None = None,
     ) -> int:
         with Session(self.engine) as session, session.begin():
             run = Run(
@@ -195,7 +185,8 @@ class Store:
                 started_at=now,
                 space_id=space_id,
                 trigger=trigger,
-                **dict.fromkeys(COUNT_FIELDS, 0),
+                calls=calls,
+                **dict.fromkeys(RUN_COUNTS, 0),
             )
             session.add(run)
             session.flush()
@@ -219,7 +210,7 @@ class Store:
                     finished_at=now,
                     error=error,
                     issues=_dumps(list(issues)) if issues else None,
-                    **{k: v for k, v in counts.items() if k in COUNT_FIELDS},
+                    **{k: v for k, v in counts.items() if k in RUN_COUNTS},
                 )
             )
 
@@ -227,9 +218,8 @@ class Store:
         """Per-key counts of a run (planned and acknowledged), replacing any recorded before."""
         with Session(self.engine) as session, session.begin():
             session.execute(delete(RunKey).where(RunKey.run_id == run_id))
-            fields = ("entered", "exited", "changed", "delivered_entered", "delivered_exited", "delivered_changed")
             session.add_all(
-                RunKey(run_id=run_id, key=key, kind=kind, **{f: values.get(f, 0) for f in fields})
+                RunKey(run_id=run_id, key=key, kind=kind, **{f: values.get(f, 0) for f in KEY_COUNTS})
                 for (key, kind), values in counts.items()
             )
 
@@ -243,6 +233,14 @@ class Store:
         )
         with Session(self.engine, expire_on_commit=False) as session:
             return [(run, key) for run, key in session.execute(query)]
+
+    def installation_id(self) -> str:
+        """This installation's id, made with the store (migration 0008)."""
+        with Session(self.engine) as session:
+            found = session.scalar(select(Installation.id).limit(1))
+        if found is None:
+            raise StoreError("the state store has no installation id; run `audience-sync migrate`")
+        return found
 
     def run(self, run_id: int) -> Run | None:
         with Session(self.engine, expire_on_commit=False) as session:

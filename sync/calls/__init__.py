@@ -1,0 +1,81 @@
+"""Rendering: one ``Update`` becomes the Segment-spec calls a job's destination asks for. Pure.
+
+Planning decides *what* changed for a subject (one ``Update``); rendering decides *how* that is said. The
+``CallSpec`` is everything rendering needs besides the update; a run keeps it, so that ``messages`` shows a
+past run's calls exactly as they were sent, whatever the configuration says today.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from sync.calls.identify import coalesced_identify, computation_identify
+from sync.model import Update
+
+Mode = Literal["per_user", "per_computation"]
+
+# Segment: a messageId is unique and shorter than 100 characters ("as-" and 40 hex digits).
+CALL_ID_PREFIX = "as-"
+
+
+@dataclass(frozen=True)
+class CallSpec:
+    """How a job's updates become calls.
+
+    ``salt`` makes messageIds unique to one installation (its state store): two installations syncing the
+    same job name and users (staging and production) into one Segment workspace, which deduplicates by
+    messageId across all its sources, never collide. Empty: the call's messageId is the update's.
+    """
+
+    mode: Mode = "per_user"
+    space_id: str | None = None
+    integrations: Mapping[str, Any] = field(default_factory=lambda: {"All": False, "ChartMogul": True})
+    ids: Mapping[str, str] = field(default_factory=dict)  # computation key → computation_id
+    salt: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | None, space_id: str | None = None) -> CallSpec:
+        """A run's spec as stored; runs recorded before specs were kept used the default, per user."""
+        if not text:
+            return cls(space_id=space_id)
+        values = json.loads(text)
+        return cls(
+            mode=values["mode"],
+            space_id=values.get("space_id"),
+            integrations=values.get("integrations", {}),
+            ids=values.get("ids", {}),
+            salt=values.get("salt", ""),
+        )
+
+
+def call_id(salt: str, message_id: str, key: str | None = None) -> str:
+    """The messageId of a call: the update's, or (salted, or one of several calls) a hash of it; the same for
+    every retry of the same update, as its own id is."""
+    if not salt and key is None:
+        return message_id
+    text = "\x1f".join((salt, message_id, key or ""))
+    return CALL_ID_PREFIX + hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
+def render(
+    update: Update, spec: CallSpec, *, timestamp: datetime, sent_at: datetime | None = None
+) -> tuple[dict[str, Any], ...]:
+    """The calls ``update`` becomes under ``spec``; all of them must be accepted to acknowledge it."""
+    if spec.mode == "per_user":
+        call = coalesced_identify(update, spec.space_id, spec.integrations, timestamp, sent_at)
+        call["messageId"] = call_id(spec.salt, update.message_id)
+        return (call,)
+    calls = []
+    for change in update.changes:
+        call = computation_identify(update, change, spec.space_id, spec.integrations, spec.ids, timestamp, sent_at)
+        call["messageId"] = call_id(spec.salt, update.message_id, change.key)
+        calls.append(call)
+    return tuple(calls)

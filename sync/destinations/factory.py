@@ -1,0 +1,52 @@
+"""From a job's destination settings to the destination that delivers them, and to how its updates are
+rendered: the one place outside each destination's module that knows which destinations exist."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from sync.calls import CallSpec
+from sync.clock import Clock, Sleep, utc_now
+from sync.config import ChartMogulWebhookConfig, DestinationConfig, JobConfig, SegmentConfig
+from sync.destinations.base import Capabilities
+from sync.destinations.breaker import Breaker
+from sync.destinations.chartmogul import ChartMogulWebhook
+from sync.destinations.http import HttpDestination, Target
+from sync.destinations.segment import SegmentBatch
+
+# Each destination type: its target (body shaping and packing) from its settings.
+TARGETS: dict[type[Any], Callable[[Any], Target]] = {
+    ChartMogulWebhookConfig: ChartMogulWebhook,
+    SegmentConfig: SegmentBatch,
+}
+
+
+def build_destination(
+    settings: DestinationConfig,
+    client: httpx.AsyncClient,
+    *,
+    sleep: Sleep = asyncio.sleep,
+    clock: Clock = utc_now,
+    breaker: Breaker | None = None,
+) -> HttpDestination:
+    return HttpDestination(
+        TARGETS[type(settings)](settings), client, settings, sleep=sleep, clock=clock, breaker=breaker
+    )
+
+
+def capabilities(settings: DestinationConfig) -> Capabilities:
+    return TARGETS[type(settings)](settings).capabilities
+
+
+def call_spec(job: JobConfig, installation: str) -> CallSpec:
+    """How ``job``'s updates are rendered. Calls into a Segment workspace carry messageIds salted with the
+    installation's id; a ChartMogul webhook gets the update's own id, as it always has."""
+    ids = {item.resolved_key: item.id for item in (*job.audiences, *job.traits) if item.id}
+    settings = job.destination
+    if isinstance(settings, SegmentConfig):
+        return CallSpec(settings.calls, job.space_id, dict(settings.integrations), ids, installation)
+    return CallSpec("per_user", job.space_id, {"All": False, "ChartMogul": True}, ids)
