@@ -30,21 +30,58 @@ VECTORS = [
     ("café users", "cafe_users"),
 ]
 
-# Further cases of the Go package's own test suite.
+# go-snakecase's own test table, whole (segmentio/go-snakecase, snake_test.go, current version).
 UPSTREAM = [
-    ("edf_6N", "edf_6n"),
+    ("@49L0S145_¬fwHƒ0TSLNVp", "49l0s145_fw_h_0tslnvp"),
+    ("lk0B@bFmjrLQ_Z6YL", "lk0_b_b_fmjr_lq_z6yl"),
+    ("samPLE text", "sam_ple_text"),
+    ("sample text", "sample_text"),
+    ("sample-text", "sample_text"),
+    ("sample_text", "sample_text"),
+    ("sample___text", "sample_text"),
+    ("sampleText", "sample_text"),
+    ("inviteYourCustomersAddInvites", "invite_your_customers_add_invites"),
+    ("sample 2 Text", "sample_2_text"),
+    ("   sample   2    Text   ", "sample_2_text"),
+    ("   $#$sample   2    Text   ", "sample_2_text"),
+    ("SAMPLE 2 TEXT", "sample_2_text"),
+    ("___$$Base64Encode", "base64_encode"),
+    ("FOO:BAR$BAZ", "foo_bar_baz"),
+    ("FOO#BAR#BAZ", "foo_bar_baz"),
+    ("something.com", "something_com"),
+    ("$something%", "something"),
+    ("•¶§ƒ˚foo˙∆˚¬", "foo"),
+    ("CStringRef", "cstring_ref"),
+    ("5test", "5test"),
+    ("test5", "test5"),
     ("THE5r", "the5r"),
+    ("5TEst", "5test"),
     ("_5TEst", "5test"),
     ("@%#&5TEst", "5test"),
-    ("lk0B@bFmjrLQ_Z6YL", "lk0_b_b_fmjr_lq_z6yl"),
+    ("edf_6N", "edf_6n"),
+    ("f_pX9", "f_p_x9"),
+    ("p_z9Rg", "p_z9_rg"),
+    ("2FA Enabled", "2fa_enabled"),
+    ("Enabled 2FA", "enabled_2fa"),
+]
+
+# Not go-snakecase's: the kebab-case table of a Go ``strcase`` package built on the same rules (there with
+# "-" for "_"); they hold here too.
+OTHER_PACKAGE = [
     ("here\nis\na\nmultiline\nstring", "here_is_a_multiline_string"),
     ('"hello world"', "hello_world"),
-    ("FOO#BAR#BAZ", "foo_bar_baz"),
-    ("@49L0S145_¬fwHƒ0TSLNVp", "49l0s145_fw_h_0tslnvp"),
 ]
 
 
-@pytest.mark.parametrize(("name", "key"), VECTORS + UPSTREAM)
+@pytest.mark.parametrize(
+    ("name", "key"),
+    [("_vip", "vip"), ("_5TEst", "5test"), ("_vip_customers", "vip_customers"), ("vip_", "vip"), ("a_Vip", "a_vip")],
+)
+def test_an_underscore_is_kept_only_after_the_first_character(name: str, key: str) -> None:
+    assert snake_case(name) == key
+
+
+@pytest.mark.parametrize(("name", "key"), VECTORS + UPSTREAM + OTHER_PACKAGE)
 def test_snake_case_matches_engage_keys(name: str, key: str) -> None:
     assert snake_case(name) == key
 
