@@ -111,3 +111,43 @@ def test_a_call_that_carries_nothing_but_identifiers_is_rejected() -> None:
 def test_a_body_over_32_kb_is_rejected_with_its_size() -> None:
     with pytest.raises(PermanentDeliveryError, match=f"over the {MAX_BODY_BYTES}-byte limit"):
         encode_body(call({"vip": "x" * MAX_BODY_BYTES}))
+
+
+def test_first_and_last_name_are_read_as_the_published_action_reads_them_then_as_the_spec_names_them() -> None:
+    both = send_contact_body(call({"first_name": "Ada", "firstName": "A.", "last_name": "Lovelace"}))
+    assert (both["first_name"], both["last_name"]) == ("Ada", "Lovelace")  # the action's default: traits.first_name
+    spec = send_contact_body(call({"firstName": "Ada", "lastName": "Lovelace"}))
+    assert (spec["first_name"], spec["last_name"]) == ("Ada", "Lovelace")  # Segment's spec names, not dropped
+
+
+@pytest.mark.parametrize(
+    ("email", "sent"),
+    [
+        ("ada@example.com", True),
+        ("Ada.Lovelace+vip@mail.example.co.uk", True),
+        ("zoë@example.com", True),
+        ("not-an-email", False),
+        ("ada@localhost", False),
+        ("ada @example.com", False),
+        ("@example.com", False),
+        ("ada@@example.com", False),
+    ],
+)
+def test_an_email_that_is_not_an_address_is_left_out_and_the_rest_sent(email: str, sent: bool) -> None:
+    body = send_contact_body(call({"email": email}))
+    assert ("email" in body) is sent and body["custom_attributes"] == {"vip": True}
+
+
+@pytest.mark.parametrize(
+    ("linked_in", "sent"),
+    [
+        ("https://www.linkedin.com/in/ada", True),
+        ("http://linkedin.com/in/ada", True),
+        ("linkedin.com/in/ada", False),
+        ("ada lovelace", False),
+        ("https://linkedin.com/in/ada lovelace", False),
+    ],
+)
+def test_a_linked_in_that_is_not_a_uri_is_left_out_and_the_rest_sent(linked_in: str, sent: bool) -> None:
+    body = send_contact_body(call({"linkedIn": linked_in, "email": "ada@example.com"}))
+    assert ("linked_in" in body) is sent and body["email"] == "ada@example.com"
