@@ -28,6 +28,7 @@ import sync.engine  # noqa: E402
 import sync.runner  # noqa: E402
 import sync.sources  # noqa: E402
 import sync.store.repository  # noqa: E402
+from bench.memory import peak_rss_mb  # noqa: E402
 from bench.steps import job_for  # noqa: E402
 from sync.store import Store  # noqa: E402
 
@@ -99,7 +100,7 @@ def main() -> None:
     wall = time.perf_counter() - started
     if report.status != "planned":
         raise SystemExit(f"the dry run ended {report.status}: {report.error}")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mb()
     print(f"| step ({report.users:,} users, {report.updates:,} updates) | seconds | peak RSS MiB while it ran |")
     print("|---|---|---|")
     print(f"| whole run | {wall:.3f} | {peak:.0f} |")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from datetime import UTC, datetime
@@ -22,6 +21,7 @@ import pyarrow as pa
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.generate import AUDIENCES, job_yaml  # noqa: E402
+from bench.memory import peak_rss_mb  # noqa: E402
 from sync.config import parse_config  # noqa: E402
 from sync.destinations.base import DeliveryResult  # noqa: E402
 from sync.runner import Runner, RunOptions  # noqa: E402
@@ -29,10 +29,6 @@ from sync.sources import computations  # noqa: E402
 from sync.store import Store  # noqa: E402
 
 NOW = datetime(2026, 11, 22, tzinfo=UTC)
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def job_for(folder: Path, source: str, state_url: str) -> Any:

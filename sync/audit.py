@@ -16,9 +16,8 @@ from sync.clock import iso
 from sync.config import JobConfig, JobOutline, parse_duration
 from sync.errors import SyncError
 from sync.model import KEY_COUNTS, KeyChange, Update, change_kind
-from sync.store import Store
+from sync.store import AuditFilter, AuditRow, Store
 from sync.store.models import Run, RunKey, RunUpdate
-from sync.store.repository import AuditFilter, AuditRow
 
 # The columns of `diff`: one row per (user, key) of an update, with the update's delivery outcome.
 CHANGE_FIELDS = (

@@ -31,9 +31,8 @@ from sync.display import FORMATS, print_rows
 from sync.errors import ConfigError, SyncError
 from sync.report import render_report
 from sync.runner import EXIT_USAGE
-from sync.store import Store
+from sync.store import AuditFilter, Store
 from sync.store.models import FailedUpdate, RunUpdate
-from sync.store.repository import AuditFilter
 
 
 def known_job(store: Store, job: str) -> str:

@@ -24,8 +24,7 @@ from sync.display import print_rows
 from sync.errors import ConfigError
 from sync.receiver import Faults, Receiver
 from sync.runner import EXIT_USAGE, SUMMARY_FIELDS, Runner, RunOptions
-from sync.store import Store
-from sync.store.repository import AuditFilter
+from sync.store import AuditFilter, Store
 
 log = logging.getLogger("sync.cli")
 # `plan` shows this many changes after its summary; `diff RUN_ID` has them all.

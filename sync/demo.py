@@ -21,8 +21,7 @@ from sync.display import print_table
 from sync.errors import ConfigError, SyncError
 from sync.receiver import Receiver
 from sync.runner import EXIT_FAILED, EXIT_USAGE, Runner, RunOptions, RunReport
-from sync.store import Store
-from sync.store.repository import AuditFilter
+from sync.store import AuditFilter, Store
 
 DEMO_JOB = "contacts"
 DEMO_USERS = 3000

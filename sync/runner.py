@@ -43,8 +43,7 @@ from sync.messages import plan_updates, tally
 from sync.metrics import Metrics
 from sync.model import RUN_COUNTS, Update
 from sync.sources import computations, read_snapshot
-from sync.store import Store
-from sync.store.repository import Baseline, store_reason
+from sync.store import Baseline, Store, store_reason
 
 log = logging.getLogger(__name__)
 

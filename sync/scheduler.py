@@ -24,8 +24,7 @@ from sync.clock import Clock, utc_now
 from sync.config import Config, JobConfig
 from sync.metrics import Metrics
 from sync.runner import Runner, RunOptions, holder_is_dead, process_owner
-from sync.store import Store
-from sync.store.repository import TROUBLE
+from sync.store import TROUBLE, Store
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,8 @@ from sync.display import print_rows
 from sync.errors import SyncError
 from sync.receiver import Action, Receiver
 from sync.runner import Runner, RunReport
-from sync.store import Store
+from sync.store import AuditFilter, Store
 from sync.store.models import Run
-from sync.store.repository import AuditFilter
 from tests.conftest import Warehouse, make_job
 
 NOW = datetime.now(UTC)

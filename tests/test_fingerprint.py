@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import delete, select, update
 
+import sync.store.state as state_store
 from sync.config import JobConfig
 from sync.diff import diff_states
 from sync.engine import Snapshot, stored_table
@@ -15,7 +16,7 @@ from sync.model import Computation
 from sync.receiver import Receiver
 from sync.runner import Runner
 from sync.snapshot import build_snapshot
-from sync.store import Store, repository
+from sync.store import Store
 from sync.store.models import AckState, FingerprintIndex
 from tests.conftest import Warehouse, make_job
 
@@ -175,7 +176,7 @@ def test_rows_listed_twice_have_the_fingerprint_of_one_listing() -> None:
 def test_acknowledged_fingerprints_read_in_pieces_are_all_there(
     store: Store, warehouse: Warehouse, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(repository, "_FETCH", 2)
+    monkeypatch.setattr(state_store, "_FETCH", 2)
     warehouse.set_members("vip", ["a", "b", "c", "d", "e"])
     job = make_job(warehouse, receiver.url, audiences=[warehouse.audience("VIP", "vip")], profiles=False)
     Runner(store).run(job)

@@ -166,3 +166,13 @@ def test_a_run_that_lost_its_lease_records_answers_but_leaves_the_state(store: S
     assert not store.record_results("contacts", run_id, [(second, result(second, True))], owner="host:1:old")
     assert store.acknowledged("contacts", "u1") is not None and store.acknowledged("contacts", "u2") is None
     assert {u.user_id: u.status for u in store.updates_of(run_id)} == {"u1": "delivered", "u2": "delivered"}
+
+
+def test_a_database_the_store_does_not_support_is_refused_by_name() -> None:
+    from sqlalchemy import create_mock_engine
+
+    from sync.store import dialect
+
+    engine = create_mock_engine("mssql+pyodbc://", lambda *_args, **_kwargs: None)
+    with pytest.raises(StoreError, match="cannot use a mssql database; use one of: sqlite, postgresql"):
+        dialect.check(engine)  # type: ignore[arg-type]

@@ -1,0 +1,214 @@
+"""Runs of the state store: each run, its counts and per-key counts, and what the history says of a job."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    Engine,
+    bindparam,
+    delete,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.orm import Session
+
+from sync.errors import StoreError
+from sync.model import KEY_COUNTS, RUN_COUNTS
+from sync.store.common import dumps
+from sync.store.models import (
+    Installation,
+    Run,
+    RunKey,
+    RunUpdate,
+)
+
+# Update statuses that the next run sends again.
+_UNDELIVERED = ("failed", "pending")
+# Run statuses that delivered nothing; repeated ones make a job FAILING.
+TROUBLE = ("failed", "blocked")
+
+
+class RunStore:
+    """The runs of each job and what they add up to."""
+
+    engine: Engine
+
+    def start_run(
+        self,
+        job: str,
+        kind: str,
+        dry_run: bool,
+        now: datetime,
+        space_id: str | None = None,
+        trigger: str = "manual",
+        calls: str | None = None,
+    ) -> int:
+        with Session(self.engine) as session, session.begin():
+            run = Run(
+                job=job,
+                kind=kind,
+                dry_run=dry_run,
+                status="running",
+                started_at=now,
+                space_id=space_id,
+                trigger=trigger,
+                calls=calls,
+                **dict.fromkeys(RUN_COUNTS, 0),
+            )
+            session.add(run)
+            session.flush()
+            return run.id
+
+    def finish_run(
+        self,
+        run_id: int,
+        status: str,
+        counts: Mapping[str, int],
+        now: datetime,
+        error: str | None = None,
+        issues: Sequence[Mapping[str, Any]] = (),
+    ) -> None:
+        with Session(self.engine) as session, session.begin():
+            session.execute(
+                update(Run)
+                .where(Run.id == run_id)
+                .values(
+                    status=status,
+                    finished_at=now,
+                    error=error,
+                    issues=dumps(list(issues)) if issues else None,
+                    **{k: v for k, v in counts.items() if k in RUN_COUNTS},
+                )
+            )
+
+    def record_run_keys(self, run_id: int, counts: Mapping[tuple[str, str], Mapping[str, int]]) -> None:
+        """Per-key counts of a run (planned and acknowledged), replacing any recorded before."""
+        with Session(self.engine) as session, session.begin():
+            session.execute(delete(RunKey).where(RunKey.run_id == run_id))
+            session.add_all(
+                RunKey(run_id=run_id, key=key, kind=kind, **{f: values.get(f, 0) for f in KEY_COUNTS})
+                for (key, kind), values in counts.items()
+            )
+
+    def run_keys(self, job: str) -> list[tuple[Run, RunKey]]:
+        """Every real run of a job with its per-key counts, oldest first."""
+        query = (
+            select(Run, RunKey)
+            .join(RunKey, RunKey.run_id == Run.id)
+            .where(Run.job == job, Run.dry_run.is_(False))
+            .order_by(Run.id, RunKey.key)
+        )
+        with Session(self.engine, expire_on_commit=False) as session:
+            return [(run, key) for run, key in session.execute(query)]
+
+    def installation_id(self) -> str:
+        """This installation's id, made with the store (migration 0008)."""
+        with Session(self.engine) as session:
+            found = session.scalar(select(Installation.id).limit(1))
+        if found is None:
+            raise StoreError("the state store has no installation id; run `audience-sync migrate`")
+        return found
+
+    def run(self, run_id: int) -> Run | None:
+        with Session(self.engine, expire_on_commit=False) as session:
+            return session.get(Run, run_id)
+
+    def runs(self, job: str | None = None, limit: int = 50) -> list[Run]:
+        query = select(Run).order_by(Run.id.desc()).limit(limit)
+        if job:
+            query = query.where(Run.job == job)
+        with Session(self.engine, expire_on_commit=False) as session:
+            return list(session.scalars(query))
+
+    def mark_interrupted(self, job: str, now: datetime, keep: int | None = None) -> int:
+        """Runs of ``job`` still marked running (their process died) become ``interrupted``."""
+        with Session(self.engine) as session, session.begin():
+            query = update(Run).where(Run.job == job, Run.status == "running")
+            if keep is not None:
+                query = query.where(Run.id != keep)
+            note = "the process running it stopped before it finished"
+            marked = query.values(status="interrupted", finished_at=now, error=note).returning(Run.id)
+            return len(session.execute(marked).all())
+
+    def last_run(self, job: str, statuses: Sequence[str] | None = None) -> Run | None:
+        """The newest real (not dry, not skipped) run of a job, optionally with one of ``statuses``."""
+        query = select(Run).where(Run.job == job, Run.dry_run.is_(False), Run.status != "skipped")
+        if statuses is not None:
+            query = query.where(Run.status.in_(statuses))
+        with Session(self.engine, expire_on_commit=False) as session:
+            return session.scalars(query.order_by(Run.id.desc()).limit(1)).first()
+
+    def consecutive_failures(self, job: str, limit: int = 100, statuses: Sequence[str] = TROUBLE) -> int:
+        """Real runs in a row, newest first, that ended with one of ``statuses`` (by default failed or
+        blocked: runs that delivered nothing)."""
+        query = (
+            select(Run.status)
+            .where(Run.job == job, Run.dry_run.is_(False), Run.status != "skipped", Run.status != "running")
+            .order_by(Run.id.desc())
+            .limit(limit)
+        )
+        count = 0
+        with self.engine.connect() as connection:
+            for (status,) in connection.execute(query):
+                if status not in statuses:
+                    break
+                count += 1
+        return count
+
+    def pending_updates(self, job: str) -> int:
+        """Updates the last run that planned did not deliver: the next run sends them again."""
+        last = self._last_planned_run(job)
+        if last is None or last.status == "succeeded":
+            return 0
+        if last.status == "blocked":
+            return last.updates
+        query = select(func.count()).select_from(RunUpdate).where(RunUpdate.run_id == last.id)
+        with self.engine.connect() as connection:
+            return int(connection.execute(query.where(RunUpdate.status.in_(_UNDELIVERED))).scalar_one())
+
+    def undelivered(self, job: str) -> list[RunUpdate]:
+        """The updates of the last run that planned which were not delivered (being retried, or not sent)."""
+        last = self._last_planned_run(job)
+        if last is None or last.status in ("succeeded", "blocked"):
+            return []
+        query = select(RunUpdate).where(RunUpdate.run_id == last.id, RunUpdate.status.in_(_UNDELIVERED))
+        with Session(self.engine, expire_on_commit=False) as session:
+            return list(session.scalars(query.order_by(RunUpdate.user_id)))
+
+    def _last_planned_run(self, job: str, look_back: int = 20) -> Run | None:
+        """The newest real run that got as far as a plan: succeeded, blocked (it recorded no update rows but
+        counted what it planned), or one with update rows. A run that failed before planning (the warehouse
+        was down) is passed over for the one before it."""
+        runs = (
+            select(Run)
+            .where(Run.job == job, Run.dry_run.is_(False), Run.status.not_in(("skipped", "running")))
+            .order_by(Run.id.desc())
+            .limit(look_back)
+        )
+        has_rows = select(RunUpdate.id).where(RunUpdate.run_id == bindparam("run_id")).limit(1)
+        with Session(self.engine, expire_on_commit=False) as session:
+            for run in session.scalars(runs):
+                if run.status in ("succeeded", "blocked"):
+                    return run
+                if session.execute(has_rows, {"run_id": run.id}).first() is not None:
+                    return run
+        return None
+
+    def recent_user_counts(self, job: str, count: int, before_run: int | None = None) -> list[int]:
+        """Snapshot sizes of the job's last completed runs (succeeded or partial), newest first."""
+        query = select(Run.users).where(
+            Run.job == job, Run.dry_run.is_(False), Run.status.in_(("succeeded", "partial"))
+        )
+        if before_run is not None:
+            query = query.where(Run.id < before_run)
+        with self.engine.connect() as connection:
+            return [int(n) for n in connection.execute(query.order_by(Run.id.desc()).limit(count)).scalars()]
+
+    def job_names(self) -> list[str]:
+        """Every job the state store has runs of."""
+        with self.engine.connect() as connection:
+            return list(connection.execute(select(Run.job).distinct().order_by(Run.job)).scalars())
