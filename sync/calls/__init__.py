@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from sync.calls.identify import coalesced_identify, computation_identify
+from sync.calls.identify import coalesced_identify, computation_identifies
 from sync.model import Update
 
 Mode = Literal["per_user", "per_computation"]
@@ -56,13 +56,21 @@ class CallSpec:
         )
 
 
-def call_id(salt: str, message_id: str, key: str | None = None) -> str:
-    """The messageId of a call: the update's, or (salted, or one of several calls) a hash of it; the same for
-    every retry of the same update, as its own id is."""
-    if not salt and key is None:
+def call_id(salt: str, message_id: str) -> str:
+    """The messageId of an update's one call: the update's own, or salted with the installation's id. The same
+    for every retry of the same update, as the update's own id is."""
+    if not salt:
         return message_id
-    text = "\x1f".join((salt, message_id, key or ""))
-    return CALL_ID_PREFIX + hashlib.sha256(text.encode()).hexdigest()[:40]
+    return CALL_ID_PREFIX + hashlib.sha256(f"{salt}\x1f{message_id}".encode()).hexdigest()[:40]
+
+
+def call_ids(salt: str, message_id: str, keys: Sequence[str]) -> list[str]:
+    """The messageIds of an update's calls, one per computation key: the salted update id (36 hex digits) and
+    the key's place among the update's keys in sorted order. An update's keys are fixed by its id (the id
+    hashes them), so every retry gives each call the same id."""
+    stem = CALL_ID_PREFIX + hashlib.sha256(f"{salt}\x1f{message_id}".encode()).hexdigest()[:36] + "-"
+    place = {key: index for index, key in enumerate(sorted(keys))}
+    return [f"{stem}{place[key]:x}" for key in keys]
 
 
 def render(
@@ -73,9 +81,8 @@ def render(
         call = coalesced_identify(update, spec.space_id, spec.integrations, timestamp, sent_at)
         call["messageId"] = call_id(spec.salt, update.message_id)
         return (call,)
-    calls = []
-    for change in update.changes:
-        call = computation_identify(update, change, spec.space_id, spec.integrations, spec.ids, timestamp, sent_at)
-        call["messageId"] = call_id(spec.salt, update.message_id, change.key)
-        calls.append(call)
+    calls = computation_identifies(update, spec.space_id, spec.integrations, spec.ids, timestamp, sent_at)
+    ids = call_ids(spec.salt, update.message_id, [change.key for change in update.changes])
+    for call, message_id in zip(calls, ids, strict=True):
+        call["messageId"] = message_id
     return tuple(calls)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from sync.clock import iso
@@ -32,33 +33,40 @@ def coalesced_identify(
     return call
 
 
-def computation_identify(
+def computation_identifies(
     update: Update,
-    change: KeyChange,
     space_id: str | None,
     integrations: Mapping[str, Any],
     ids: Mapping[str, str],
     timestamp: datetime,
     sent_at: datetime | None = None,
-) -> dict[str, Any]:
-    """The identify Engage sends for one computation: its key and value, plus ``email`` when known (the
-    identifier Engage adds by default), and that computation's ``context.personas``."""
-    call = _base(update, timestamp, sent_at)
-    traits: dict[str, Any] = {change.key: change.new}
-    if update.profile.get("email"):
-        traits["email"] = update.profile["email"]
-    call["traits"] = traits
+) -> list[dict[str, Any]]:
+    """The identify Engage sends for each changed computation: its key and value, plus ``email`` when known
+    (the identifier Engage adds by default), and that computation's ``context.personas``. (The calls share
+    their unchanging parts: they are encoded, never changed.)"""
+    base = _base(update, timestamp, sent_at)
+    email = update.profile.get("email")
+    calls = []
+    for change in update.changes:
+        traits: dict[str, Any] = {change.key: change.new}
+        if email:
+            traits["email"] = email
+        personas = _personas(change.kind, change.key, ids.get(change.key), space_id)
+        calls.append({**base, "traits": traits, "context": personas, "integrations": integrations})
+    return calls
+
+
+@lru_cache(maxsize=4096)
+def _personas(kind: str, key: str, computation_id: str | None, space_id: str | None) -> dict[str, Any]:
     context: dict[str, Any] = {
-        "computation_class": change.kind,
-        "computation_id": ids.get(change.key) or derived_id(change.kind, change.key),
-        "computation_key": change.key,
+        "computation_class": kind,
+        "computation_id": computation_id or derived_id(kind, key),
+        "computation_key": key,
     }
     if space_id:
         context["namespace"] = space_id
         context["space_id"] = space_id
-    call["context"] = {"personas": context}
-    call["integrations"] = dict(integrations)
-    return call
+    return {"personas": context}
 
 
 def _base(update: Update, timestamp: datetime, sent_at: datetime | None) -> dict[str, Any]:
@@ -74,6 +82,7 @@ def _base(update: Update, timestamp: datetime, sent_at: datetime | None) -> dict
     return call
 
 
+@lru_cache(maxsize=4096)  # a run derives the same few ids for every call
 def derived_id(kind: str, key: str) -> str:
     """A stable computation id for a key with no explicit ``id:``, shaped like Engage's (``aud_…``)."""
     number = int.from_bytes(hashlib.sha256(f"{kind}\x1f{key}".encode()).digest()[:21])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncGenerator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -20,11 +20,12 @@ from sync.destinations.breaker import Breaker
 
 @dataclass(frozen=True)
 class Outgoing:
-    """One update to deliver: the Segment-spec calls it rendered to, all accepted or none."""
+    """One update to deliver: the Segment-spec calls it rendered to, all accepted or none. The calls are built
+    for this delivery; the destination stamps their ``sentAt``."""
 
     user_id: str
     message_id: str
-    calls: tuple[Mapping[str, Any], ...]
+    calls: tuple[dict[str, Any], ...]
 
 
 @dataclass(frozen=True)

@@ -57,20 +57,23 @@ class SegmentBatch:
         encoded: list[bytes] = []
         size = calls = 0
         sent_at = clock()
+        stamp = iso(sent_at)
         for message in messages:
             if not packed:
                 sent_at = clock()
-            own = [encode_json({**call, "sentAt": iso(sent_at)}) for call in message.calls]
-            refused = _refusal(own, room, limits)
+                stamp = iso(sent_at)
+            own = _encoded(message, stamp)
+            own_size = sum(map(len, own)) + len(own)  # each with its comma
+            refused = _refusal(own, own_size, room, limits)
             if refused is not None:
                 yield Request((message,), refused=refused)
                 continue
-            own_size = sum(len(call) + 1 for call in own)  # each with its comma
             if packed and (size + own_size > room or calls + len(own) > limits.calls_per_request):
                 yield _batch(packed, encoded, sent_at)
                 packed, encoded, size, calls = [], [], 0, 0
                 sent_at = clock()
-                own = [encode_json({**call, "sentAt": iso(sent_at)}) for call in message.calls]
+                stamp = iso(sent_at)
+                own = _encoded(message, stamp)  # the same size: a timestamp is always as long
             packed.append(message)
             encoded += own
             size += own_size
@@ -79,12 +82,22 @@ class SegmentBatch:
             yield _batch(packed, encoded, sent_at)
 
 
-def _refusal(calls: list[bytes], room: int, limits: Capabilities) -> str | None:
+def _encoded(message: Outgoing, stamp: str) -> list[bytes]:
+    """The message's calls as JSON, stamped with the moment their batch is sent (the calls were built for
+    this delivery: stamping them in place saves a copy of each)."""
+    own = []
+    for call in message.calls:
+        call["sentAt"] = stamp
+        own.append(encode_json(call))
+    return own
+
+
+def _refusal(calls: list[bytes], size: int, room: int, limits: Capabilities) -> str | None:
     """Why an update's calls cannot be sent at all, if they cannot."""
-    largest = max((len(call) for call in calls), default=0)
+    largest = max(map(len, calls), default=0)
     if largest > limits.bytes_per_call:
         return f"rejected before sending: a call is {largest} bytes, over Segment's {limits.bytes_per_call}-byte limit"
-    if len(calls) > limits.calls_per_request or sum(len(c) + 1 for c in calls) > room:
+    if len(calls) > limits.calls_per_request or size > room:
         return (
             f"rejected before sending: the update's {len(calls)} calls do not fit one batch "
             f"({limits.calls_per_request} calls, {limits.bytes_per_request} bytes)"
