@@ -30,7 +30,7 @@ from sync.clock import iso, utc_now
 from sync.display import FORMATS, print_rows
 from sync.errors import ConfigError, SyncError
 from sync.report import render_report
-from sync.runner import EXIT_USAGE
+from sync.run_report import EXIT_USAGE
 from sync.store import AuditFilter, Store
 from sync.store.models import FailedUpdate, RunUpdate
 

@@ -12,7 +12,7 @@ from sync.clock import utc_now
 from sync.display import print_rows
 from sync.errors import ConfigError
 from sync.metrics import Metrics
-from sync.runner import EXIT_USAGE
+from sync.run_report import EXIT_USAGE
 from sync.scheduler import Daemon
 from sync.status import STATUS_FIELDS, status_rows, table_row
 

@@ -23,7 +23,8 @@ from sync.cli_common import fail, job_config, open_store, state_url_of, stdout_c
 from sync.display import print_rows
 from sync.errors import ConfigError
 from sync.receiver import Faults, Receiver
-from sync.runner import EXIT_USAGE, SUMMARY_FIELDS, Runner, RunOptions
+from sync.run_report import EXIT_USAGE, SUMMARY_FIELDS, RunOptions
+from sync.runner import Runner
 from sync.store import AuditFilter, Store
 
 log = logging.getLogger("sync.cli")

@@ -33,7 +33,7 @@ from sync.model import Update
 from sync.store import Store
 
 if TYPE_CHECKING:
-    from sync.runner import RunReport
+    from sync.run_report import RunReport
 
 log = logging.getLogger(__name__)
 

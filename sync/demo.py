@@ -20,7 +20,8 @@ from sync.config import Config, JobConfig, load_config
 from sync.display import print_table
 from sync.errors import ConfigError, SyncError
 from sync.receiver import Receiver
-from sync.runner import EXIT_FAILED, EXIT_USAGE, Runner, RunOptions, RunReport
+from sync.run_report import EXIT_FAILED, EXIT_USAGE, RunOptions, RunReport
+from sync.runner import Runner
 from sync.store import AuditFilter, Store
 
 DEMO_JOB = "contacts"

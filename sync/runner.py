@@ -13,21 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
-from itertools import chain, islice
-from typing import Any, TypeVar
+from typing import TypeVar
 
-import pandas as pd
 from sqlalchemy.exc import SQLAlchemyError
 
+from sync import lease
 from sync.alerts import RECENT_RUNS, Alerts, RunFacts
 from sync.calls import CallSpec
 from sync.clock import Clock, Sleep, utc_now
@@ -35,45 +31,22 @@ from sync.config import JobConfig
 from sync.delivery import PROGRESS_INTERVAL_S, ClientFactory, Delivery, Pace, Progress, default_client
 from sync.destinations.breaker import Breaker
 from sync.destinations.factory import call_spec
-from sync.diff import diff_states
-from sync.engine import Examined, Selection, Snapshot
 from sync.errors import GuardError, SyncError
-from sync.guard import guard_problems, moves
-from sync.messages import plan_updates, tally
+from sync.lease import LEASE_TTL, process_owner
 from sync.metrics import Metrics
-from sync.model import RUN_COUNTS, Update
-from sync.sources import computations, read_snapshot
-from sync.store import Baseline, Store, store_reason
+from sync.model import Update
+from sync.planner import BATCH, KEEP, Plan, Planner, Sink
+from sync.run_report import RunOptions as RunOptions
+from sync.run_report import RunReport as RunReport
+from sync.sources import computations
+from sync.store import Store, store_reason
 
 log = logging.getLogger(__name__)
 
-# A lease lives this long without a heartbeat; the holder renews it three times per period.
-LEASE_TTL = timedelta(seconds=60)
 # After a stop request, requests in flight get this long to finish before they are abandoned.
 STOP_GRACE = timedelta(seconds=20)
 
 _Loaded = TypeVar("_Loaded")
-
-# What `run --json` prints, in this order.
-SUMMARY_FIELDS = (
-    "run_id",
-    "job",
-    "kind",
-    "status",
-    "users",
-    "entered",
-    "exited",
-    "traits_changed",
-    "updates",
-    "delivered",
-    "failed",
-)
-
-# Users examined together: their acknowledged states, diffs and updates are in memory one batch at a time.
-BATCH = 20_000
-# A plan of up to this many updates is kept in memory between planning and sending; a larger one is
-# planned again, batch by batch, as it is sent.
-KEEP = 200_000
 
 # How loudly the end of a run is logged: anything that leaves work undone is at least a warning.
 _LEVELS = {
@@ -82,105 +55,6 @@ _LEVELS = {
     "partial": logging.WARNING,
     "interrupted": logging.WARNING,
 }
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_BUSY, EXIT_BLOCKED = 0, 1, 2, 3, 4, 5
-
-
-def process_owner() -> str:
-    """A lease owner name that tells an operator which process holds a job: ``host:pid:random``."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-
-
-def holder_is_dead(owner: str) -> bool:
-    """True when ``owner`` names a process of this host that has exited (killed, crashed)."""
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit() or int(pid_text) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
-        return False
-    return False
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    full: bool = False
-    dry_run: bool = False
-    force: bool = False  # send even when the mass-change guard would stop the run
-    trigger: str = "manual"  # or "scheduled": who started the run, for the audit trail
-
-
-@dataclass
-class RunReport:
-    run_id: int
-    job: str
-    kind: str
-    dry_run: bool
-    status: str = "running"
-    users: int = 0
-    entered: int = 0
-    exited: int = 0
-    traits_changed: int = 0
-    updates: int = 0
-    delivered: int = 0
-    failed: int = 0
-    skipped_rows: int = 0
-    parked: int = 0
-    error: str | None = None
-    issues: list[dict[str, Any]] = field(default_factory=list)
-    key_counts: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
-
-    @property
-    def exit_code(self) -> int:
-        if self.status == "failed":
-            return EXIT_FAILED
-        if self.status == "skipped":
-            return EXIT_BUSY
-        if self.status == "blocked":
-            return EXIT_BLOCKED
-        return EXIT_PARTIAL if self.failed or self.status == "interrupted" else EXIT_OK
-
-    def counts(self) -> dict[str, int]:
-        return {k: getattr(self, k) for k in RUN_COUNTS}
-
-    def summary(self) -> dict[str, Any]:
-        """The fields ``run --json`` prints."""
-        return {k: getattr(self, k) for k in SUMMARY_FIELDS}
-
-
-@dataclass
-class Plan:
-    """What a run would send. ``batches()`` gives the updates, ``BATCH`` users' worth at a time: from memory
-    when the plan is small, planned again batch by batch when it is large (an initial sync of millions of
-    users never holds every update at once)."""
-
-    snapshot: Snapshot
-    users: int
-    entered: int = 0
-    exited: int = 0
-    traits_changed: int = 0
-    updates_count: int = 0
-    parked: int = 0
-    guard: tuple[str, ...] = ()
-    refresh: list[tuple[str, int]] = field(default_factory=list)  # fingerprints of unchanged states to record
-    examined: int = 0  # users whose acknowledged state was read and diffed
-    key_counts: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
-    kept: list[list[Update]] | None = field(default_factory=list)
-    replan: Callable[[], Iterator[list[Update]]] | None = None
-
-    def batches(self) -> Iterator[list[Update]]:
-        if self.kept is not None:
-            yield from self.kept
-        elif self.replan is not None:
-            yield from self.replan()
-
-    @property
-    def updates(self) -> list[Update]:
-        return [update for batch in self.batches() for update in batch]
 
 
 class _Phases:
@@ -278,40 +152,22 @@ class Runner:
         self.alerts = alerts
         self.metrics = metrics
 
-    def run(self, job: JobConfig, options: RunOptions = RunOptions()) -> RunReport:
+    def run(self, job: JobConfig, options: RunOptions | None = None) -> RunReport:
         """One run; it never raises for a failure of the run itself: the report says what happened."""
+        options = options or RunOptions()
         if options.dry_run:
             return self._run(job, options)
-        if not self._acquire(job.name):
+        if not lease.acquire(self.store, job.name, self.owner, self.clock, self.lease_ttl):
             return self._skip(job, options)
         lost = threading.Event()
-        heartbeat = _Heartbeat(self, job.name, lost)
+        heartbeat = lease.Heartbeat(self.store, job.name, self.owner, self.clock, self.lease_ttl, lost)
         try:
             self.store.mark_interrupted(job.name, self.clock())
             heartbeat.start()
             return self._run(job, options, heartbeat, lost)
         finally:
             heartbeat.finish()
-            self._release(job.name)
-
-    def _release(self, job: str) -> None:
-        try:
-            self.store.release_lease(job, self.owner)
-        except SQLAlchemyError:
-            log.warning("could not release the job's lease; it expires by itself", extra={"job": job})
-
-    def _acquire(self, job: str) -> bool:
-        now = self.clock()
-        if self.store.acquire_lease(job, self.owner, now, self.lease_ttl):
-            return True
-        lease = self.store.lease(job)
-        if lease is None or not holder_is_dead(lease.owner):
-            return False
-        log.warning(
-            "the job's lease is held by a process of this host that no longer exists; taking it over",
-            extra={"job": job, "holder": lease.owner},
-        )
-        return self.store.take_over_lease(job, lease.owner, self.owner, now, self.lease_ttl)
+            lease.release(self.store, job.name, self.owner)
 
     def _kind(self, job: JobConfig, tracked: dict[str, str], options: RunOptions) -> str:
         if options.full:
@@ -342,7 +198,7 @@ class Runner:
         self,
         job: JobConfig,
         options: RunOptions,
-        heartbeat: _Heartbeat | None = None,
+        heartbeat: lease.Heartbeat | None = None,
         lost: threading.Event | None = None,
     ) -> RunReport:
         now = self.clock()
@@ -569,82 +425,12 @@ class Runner:
         job: JobConfig,
         tracked: dict[str, str],
         full: bool = False,
-        sink: Callable[[list[Update], list[tuple[str, int]]], bool] | None = None,
+        sink: Sink | None = None,
         phases: _Phases | None = None,
     ) -> Plan:
-        """Snapshot, diff against the acknowledged state of ``tracked`` keys, and the updates to send.
-
-        Fingerprints pick the users worth a close look; only their acknowledged states are read and diffed,
-        ``BATCH`` users at a time. ``sink`` takes each batch of updates and fingerprints to refresh as it is
-        planned (a dry run records them, a streamed run sends them) and returns False to stop; without it,
-        up to ``KEEP`` updates stay in memory for sending and a larger plan is planned again, batch by
-        batch, when it is sent.
-        """
-        if phases:
-            phases.enter("querying")
-        snapshot = read_snapshot(job)
-        if phases:
-            phases.enter("planning")
-        comps = snapshot.computations
-        force = {c.key for c in comps} if full else {c.key for c in comps if c.key not in tracked}
-        selection = snapshot.examine(self.store.stored_fingerprints(job.name), force)
-        dead = self.store.parked(job.name)
-        plan = Plan(snapshot, snapshot.users, examined=len(selection) + len(selection.gone))
-        moved: dict[str, list[int]] = {}
-        kept: list[list[Update]] | None = []
-        for changes, updates, refresh in self._planned(job, selection, tracked, force, dead):
-            kinds = changes["change"].value_counts()
-            plan.entered += int(kinds.get("entered", 0))
-            plan.exited += int(kinds.get("exited", 0))
-            plan.traits_changed += int(kinds.get("trait", 0))
-            plan.updates_count += len(updates)
-            plan.parked += changes["user_id"].nunique() - len(updates)
-            tally(updates, plan.key_counts)
-            moves(changes, moved)
-            if sink is not None:
-                if not sink(updates, refresh):
-                    break
-                if phases:
-                    phases.enter("planning")
-                continue
-            plan.refresh += refresh
-            if kept is not None:
-                kept.append(updates)
-                kept = kept if plan.updates_count <= self.keep else None
-        plan.kept = None if sink is not None else kept
-        if sink is None and kept is None:
-            plan.replan = lambda: (batch for _, batch, _ in self._planned(job, selection, tracked, force, dead))
-        if tracked:
-            members = snapshot.member_counts()
-            plan.guard = tuple(guard_problems(members, moved, comps, set(tracked), job.guard))
-        return plan
-
-    def _planned(
-        self,
-        job: JobConfig,
-        selection: Selection,
-        tracked: Mapping[str, str],
-        force: set[str],
-        dead: Mapping[str, str],
-    ) -> Iterator[tuple[pd.DataFrame, list[Update], list[tuple[str, int]]]]:
-        """Per batch of examined users: the changes, the updates to send and the fingerprints to refresh."""
-        comps = selection.snapshot.computations
-        gone = Examined(selection.gone, [0] * len(selection.gone), pd.DataFrame(columns=[c.key for c in comps]), {})
-        batches = chain(selection.batches(self.batch), [gone] if selection.gone else [])
-
-        def load(batch: Examined) -> tuple[Examined, Baseline]:
-            return batch, self.store.load_baseline(job.name, comps, tracked, batch.user_ids)
-
-        for batch, baseline in _prefetched(load, batches):
-            examined = batch.user_ids
-            changes = diff_states(baseline.state, batch.state, comps, force)
-            signed = dict(zip(examined, batch.fingerprints, strict=True))
-            profiles = _profiles(batch, baseline, changes)
-            planned = plan_updates(job.name, changes, comps, batch.state, profiles, baseline.versions, signed)
-            updates = [u for u in planned if dead.get(u.user_id) != u.message_id]
-            changed = set(changes["user_id"].tolist())
-            refresh = [(u, signed[u]) for u in examined if u not in changed and u in baseline.versions]
-            yield changes, updates, refresh
+        """Snapshot, diff against the acknowledged state of ``tracked`` keys, and the updates to send
+        (``sync.planner``)."""
+        return Planner(self.store, self.batch, self.keep).plan(job, tracked, full, sink, phases)
 
     @staticmethod
     def _fill(report: RunReport, plan: Plan) -> None:
@@ -656,59 +442,3 @@ class Runner:
             report.key_counts.setdefault(key, {}).update(counts)
         report.skipped_rows = sum(issue.count for issue in plan.snapshot.issues)
         report.issues = [asdict(issue) for issue in plan.snapshot.issues]
-
-
-class _Heartbeat:
-    """Renews the job's lease from a thread while the run works; sets ``lost`` if the lease was taken."""
-
-    def __init__(self, runner: Runner, job: str, lost: threading.Event) -> None:
-        self.runner, self.job, self.lost = runner, job, lost
-        self.run_id: int | None = None
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"lease-{job}", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def finish(self) -> None:
-        self._done.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=10)
-
-    def _beat(self) -> None:
-        interval = self.runner.lease_ttl.total_seconds() / 3
-        while not self._done.wait(interval):
-            try:
-                renewed = self.runner.store.renew_lease(
-                    self.job, self.runner.owner, self.runner.clock(), self.runner.lease_ttl, self.run_id
-                )
-            except Exception:
-                log.warning("could not renew the job's lease; retrying", extra={"job": self.job}, exc_info=True)
-                continue
-            if not renewed:
-                self.lost.set()
-                log.error("the job's lease was taken over; stopping this run", extra={"job": self.job})
-                return
-
-
-def _profiles(batch: Examined, baseline: Baseline, changes: pd.DataFrame) -> dict[str, Mapping[str, str]]:
-    """Profiles of the changed users; the last acknowledged one for users without one in the snapshot."""
-    profiles: dict[str, Mapping[str, str]] = {}
-    for user_id in changes["user_id"].unique().tolist():
-        known = batch.profiles[user_id] if user_id in batch.profiles else baseline.profile(user_id)
-        if known is not None:
-            profiles[user_id] = known
-    return profiles
-
-
-def _prefetched(load: Callable[[Examined], _Loaded], batches: Iterator[Examined]) -> Iterator[_Loaded]:
-    """``load`` of each batch, the next one loading in a thread while the caller works on the current one.
-
-    The store's reads wait on the database with the GIL released, so they overlap the caller's Python work.
-    """
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="audience-sync-prefetch") as pool:
-        ahead = [pool.submit(load, batch) for batch in islice(batches, 1)]
-        while ahead:
-            loaded = ahead.pop().result()
-            ahead = [pool.submit(load, batch) for batch in islice(batches, 1)]
-            yield loaded

@@ -22,8 +22,9 @@ from sync.audit import prune_job
 from sync.cadence import earliest_after, next_run_at
 from sync.clock import Clock, utc_now
 from sync.config import Config, JobConfig
+from sync.lease import holder_is_dead, process_owner
 from sync.metrics import Metrics
-from sync.runner import Runner, RunOptions, holder_is_dead, process_owner
+from sync.runner import Runner, RunOptions
 from sync.store import TROUBLE, Store
 
 log = logging.getLogger(__name__)

@@ -132,7 +132,7 @@ def test_only_a_dead_process_of_this_host_counts_as_a_dead_holder() -> None:
     import subprocess
     import sys
 
-    from sync.runner import holder_is_dead
+    from sync.lease import holder_is_dead
 
     host = socket.gethostname()
     exited = subprocess.run(

@@ -1,0 +1,182 @@
+"""Planning a run: snapshot → the users worth a close look → their acknowledged states, diffs and updates,
+``BATCH`` users at a time. Pure but for reading the source and the acknowledged state."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import chain, islice
+from typing import Protocol, TypeVar
+
+import pandas as pd
+
+from sync.config import JobConfig
+from sync.diff import diff_states
+from sync.engine import Examined, Selection, Snapshot
+from sync.guard import guard_problems, moves
+from sync.messages import plan_updates, tally
+from sync.model import Update
+from sync.sources import read_snapshot
+from sync.store import Baseline, Store
+
+# Users examined together: their acknowledged states, diffs and updates are in memory one batch at a time.
+BATCH = 20_000
+# A plan of up to this many updates is kept in memory between planning and sending; a larger one is
+# planned again, batch by batch, as it is sent.
+KEEP = 200_000
+
+
+_Loaded = TypeVar("_Loaded")
+
+# Takes each batch of updates and fingerprints to refresh as it is planned; False stops planning.
+Sink = Callable[[list[Update], list[tuple[str, int]]], bool]
+
+
+class Phases(Protocol):
+    """Where a run says which phase it is in."""
+
+    def enter(self, name: str) -> None: ...
+
+
+@dataclass
+class Plan:
+    """What a run would send. ``batches()`` gives the updates, ``BATCH`` users' worth at a time: from memory
+    when the plan is small, planned again batch by batch when it is large (an initial sync of millions of
+    users never holds every update at once)."""
+
+    snapshot: Snapshot
+    users: int
+    entered: int = 0
+    exited: int = 0
+    traits_changed: int = 0
+    updates_count: int = 0
+    parked: int = 0
+    guard: tuple[str, ...] = ()
+    refresh: list[tuple[str, int]] = field(default_factory=list)  # fingerprints of unchanged states to record
+    examined: int = 0  # users whose acknowledged state was read and diffed
+    key_counts: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
+    kept: list[list[Update]] | None = field(default_factory=list)
+    replan: Callable[[], Iterator[list[Update]]] | None = None
+
+    def batches(self) -> Iterator[list[Update]]:
+        if self.kept is not None:
+            yield from self.kept
+        elif self.replan is not None:
+            yield from self.replan()
+
+    @property
+    def updates(self) -> list[Update]:
+        return [update for batch in self.batches() for update in batch]
+
+
+class Planner:
+    """Plans runs of jobs against one state store."""
+
+    def __init__(self, store: Store, batch: int = BATCH, keep: int = KEEP) -> None:
+        self.store, self.batch, self.keep = store, batch, keep
+
+    def plan(
+        self,
+        job: JobConfig,
+        tracked: dict[str, str],
+        full: bool = False,
+        sink: Sink | None = None,
+        phases: Phases | None = None,
+    ) -> Plan:
+        """Snapshot, diff against the acknowledged state of ``tracked`` keys, and the updates to send.
+
+        Fingerprints pick the users worth a close look; only their acknowledged states are read and diffed,
+        ``BATCH`` users at a time. ``sink`` takes each batch of updates and fingerprints to refresh as it is
+        planned (a dry run records them, a streamed run sends them) and returns False to stop; without it,
+        up to ``KEEP`` updates stay in memory for sending and a larger plan is planned again, batch by
+        batch, when it is sent.
+        """
+        if phases:
+            phases.enter("querying")
+        snapshot = read_snapshot(job)
+        if phases:
+            phases.enter("planning")
+        comps = snapshot.computations
+        force = {c.key for c in comps} if full else {c.key for c in comps if c.key not in tracked}
+        selection = snapshot.examine(self.store.stored_fingerprints(job.name), force)
+        dead = self.store.parked(job.name)
+        plan = Plan(snapshot, snapshot.users, examined=len(selection) + len(selection.gone))
+        moved: dict[str, list[int]] = {}
+        kept: list[list[Update]] | None = []
+        for changes, updates, refresh in self._planned(job, selection, tracked, force, dead):
+            kinds = changes["change"].value_counts()
+            plan.entered += int(kinds.get("entered", 0))
+            plan.exited += int(kinds.get("exited", 0))
+            plan.traits_changed += int(kinds.get("trait", 0))
+            plan.updates_count += len(updates)
+            plan.parked += changes["user_id"].nunique() - len(updates)
+            tally(updates, plan.key_counts)
+            moves(changes, moved)
+            if sink is not None:
+                if not sink(updates, refresh):
+                    break
+                if phases:
+                    phases.enter("planning")
+                continue
+            plan.refresh += refresh
+            if kept is not None:
+                kept.append(updates)
+                kept = kept if plan.updates_count <= self.keep else None
+        plan.kept = None if sink is not None else kept
+        if sink is None and kept is None:
+            plan.replan = lambda: (batch for _, batch, _ in self._planned(job, selection, tracked, force, dead))
+        if tracked:
+            members = snapshot.member_counts()
+            plan.guard = tuple(guard_problems(members, moved, comps, set(tracked), job.guard))
+        return plan
+
+    def _planned(
+        self,
+        job: JobConfig,
+        selection: Selection,
+        tracked: Mapping[str, str],
+        force: set[str],
+        dead: Mapping[str, str],
+    ) -> Iterator[tuple[pd.DataFrame, list[Update], list[tuple[str, int]]]]:
+        """Per batch of examined users: the changes, the updates to send and the fingerprints to refresh."""
+        comps = selection.snapshot.computations
+        gone = Examined(selection.gone, [0] * len(selection.gone), pd.DataFrame(columns=[c.key for c in comps]), {})
+        batches = chain(selection.batches(self.batch), [gone] if selection.gone else [])
+
+        def load(batch: Examined) -> tuple[Examined, Baseline]:
+            return batch, self.store.load_baseline(job.name, comps, tracked, batch.user_ids)
+
+        for batch, baseline in _prefetched(load, batches):
+            examined = batch.user_ids
+            changes = diff_states(baseline.state, batch.state, comps, force)
+            signed = dict(zip(examined, batch.fingerprints, strict=True))
+            profiles = _profiles(batch, baseline, changes)
+            planned = plan_updates(job.name, changes, comps, batch.state, profiles, baseline.versions, signed)
+            updates = [u for u in planned if dead.get(u.user_id) != u.message_id]
+            changed = set(changes["user_id"].tolist())
+            refresh = [(u, signed[u]) for u in examined if u not in changed and u in baseline.versions]
+            yield changes, updates, refresh
+
+
+def _profiles(batch: Examined, baseline: Baseline, changes: pd.DataFrame) -> dict[str, Mapping[str, str]]:
+    """Profiles of the changed users; the last acknowledged one for users without one in the snapshot."""
+    profiles: dict[str, Mapping[str, str]] = {}
+    for user_id in changes["user_id"].unique().tolist():
+        known = batch.profiles[user_id] if user_id in batch.profiles else baseline.profile(user_id)
+        if known is not None:
+            profiles[user_id] = known
+    return profiles
+
+
+def _prefetched(load: Callable[[Examined], _Loaded], batches: Iterator[Examined]) -> Iterator[_Loaded]:
+    """``load`` of each batch, the next one loading in a thread while the caller works on the current one.
+
+    The store's reads wait on the database with the GIL released, so they overlap the caller's Python work.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="audience-sync-prefetch") as pool:
+        ahead = [pool.submit(load, batch) for batch in islice(batches, 1)]
+        while ahead:
+            loaded = ahead.pop().result()
+            ahead = [pool.submit(load, batch) for batch in islice(batches, 1)]
+            yield loaded

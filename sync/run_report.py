@@ -1,0 +1,71 @@
+"""What a run was asked to do and what it did: its options, its report and its exit status."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sync.model import RUN_COUNTS
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_BUSY, EXIT_BLOCKED = 0, 1, 2, 3, 4, 5
+
+# What `run --json` prints, in this order.
+SUMMARY_FIELDS = (
+    "run_id",
+    "job",
+    "kind",
+    "status",
+    "users",
+    "entered",
+    "exited",
+    "traits_changed",
+    "updates",
+    "delivered",
+    "failed",
+)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    full: bool = False
+    dry_run: bool = False
+    force: bool = False  # send even when the mass-change guard would stop the run
+    trigger: str = "manual"  # or "scheduled": who started the run, for the audit trail
+
+
+@dataclass
+class RunReport:
+    run_id: int
+    job: str
+    kind: str
+    dry_run: bool
+    status: str = "running"
+    users: int = 0
+    entered: int = 0
+    exited: int = 0
+    traits_changed: int = 0
+    updates: int = 0
+    delivered: int = 0
+    failed: int = 0
+    skipped_rows: int = 0
+    parked: int = 0
+    error: str | None = None
+    issues: list[dict[str, Any]] = field(default_factory=list)
+    key_counts: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        if self.status == "failed":
+            return EXIT_FAILED
+        if self.status == "skipped":
+            return EXIT_BUSY
+        if self.status == "blocked":
+            return EXIT_BLOCKED
+        return EXIT_PARTIAL if self.failed or self.status == "interrupted" else EXIT_OK
+
+    def counts(self) -> dict[str, int]:
+        return {k: getattr(self, k) for k in RUN_COUNTS}
+
+    def summary(self) -> dict[str, Any]:
+        """The fields ``run --json`` prints."""
+        return {k: getattr(self, k) for k in SUMMARY_FIELDS}
