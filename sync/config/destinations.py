@@ -1,0 +1,99 @@
+"""Where a job sends: a union on ``type``, each type with its own settings and its documented limits beside
+them (with where each limit comes from)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    Discriminator,
+    Field,
+    SecretStr,
+    Tag,
+)
+
+from sync.config.values import (
+    CHARTMOGUL_MAX_CONNECTIONS,
+    CHARTMOGUL_REQUESTS_PER_SECOND,
+    DEFAULT_TIMEOUT_S,
+    Duration,
+    FrozenModel,
+    PublicUrl,
+    SecretUrl,
+)
+
+
+class HttpDestinationConfig(FrozenModel):
+    """What every HTTP destination takes: its pace, its patience and when an update is given up."""
+
+    requests_per_second: float = Field(default=CHARTMOGUL_REQUESTS_PER_SECOND, gt=0, allow_inf_nan=False)
+    max_connections: int = Field(default=CHARTMOGUL_MAX_CONNECTIONS, ge=1, le=1000)
+    timeout: Duration = timedelta(seconds=DEFAULT_TIMEOUT_S)
+    # Attempts per request within one run; what is still failing waits for the next run.
+    max_attempts: int = Field(default=5, ge=1, le=50)
+    # Runs in which the destination rejects the same update (400, 404, 422…) before it is parked as dead.
+    dead_after: int = Field(default=5, ge=1, le=1000)
+    backoff_initial: Duration = timedelta(seconds=1)
+    backoff_max: Duration = timedelta(seconds=60)
+
+
+class ChartMogulWebhookConfig(HttpDestinationConfig):
+    """ChartMogul (Actions) "Send Contact": one identify call per POST to the webhook URL (no batching).
+
+    The rate and connection defaults are ChartMogul's API limits (40 requests/s, 20 connections per
+    account); whether the webhook shares them is undocumented, so both are settings.
+    """
+
+    type: Literal["chartmogul"] = "chartmogul"
+    webhook_url: SecretUrl
+    calls: Literal["per_user"] = "per_user"  # one coalesced identify per user: the body has one custom_attributes
+
+
+# Segment's HTTP Tracking API (docs, "HTTP Tracking API"; analytics-python's consumer):
+SEGMENT_ENDPOINT = "https://api.segment.io/v1/batch"
+# a batch is at most 500 KB; analytics-python stops at 475,000 bytes, leaving room for what is added last;
+SEGMENT_MAX_REQUEST_BYTES = 475_000
+# at most 2,500 calls in a batch;
+SEGMENT_MAX_CALLS = 2_500
+# one call at most 32 KB (400 for the whole batch otherwise);
+SEGMENT_MAX_CALL_BYTES = 32 * 1024
+# keep well under ~1,000 requests/s per workspace (429 with Retry-After beyond): every request carries up to
+# 2,500 calls, so 20 requests/s over 4 connections is tens of thousands of calls a second.
+SEGMENT_REQUESTS_PER_SECOND = 20.0
+SEGMENT_MAX_CONNECTIONS = 4
+
+
+class SegmentConfig(HttpDestinationConfig):
+    """Segment's HTTP Tracking API ``/v1/batch``, or any service that speaks it (RudderStack, Jitsu…)."""
+
+    type: Literal["segment"]
+    write_key: SecretStr = Field(min_length=1)  # sent as the basic-auth user; as secret as a webhook URL
+    endpoint: PublicUrl = SEGMENT_ENDPOINT
+    # per_computation: one identify per changed audience or trait, as Engage sends them; per_user coalesces.
+    calls: Literal["per_computation", "per_user"] = "per_computation"
+    integrations: dict[str, Any] = Field(default_factory=lambda: {"All": True})
+    requests_per_second: float = Field(default=SEGMENT_REQUESTS_PER_SECOND, gt=0, allow_inf_nan=False)
+    max_connections: int = Field(default=SEGMENT_MAX_CONNECTIONS, ge=1, le=1000)
+
+
+# The destination types; pydantic names the one an error is about in its path, which _loc leaves out.
+DESTINATION_TYPES = ("chartmogul", "segment")
+
+
+def _destination_type(raw: Any) -> str:
+    """The tag of a destination: its ``type``, ``chartmogul`` when left out (the first destination)."""
+    if isinstance(raw, Mapping):
+        return str(raw.get("type", "chartmogul"))
+    return str(getattr(raw, "type", "chartmogul"))
+
+
+DestinationConfig = Annotated[
+    Annotated[ChartMogulWebhookConfig, Tag("chartmogul")] | Annotated[SegmentConfig, Tag("segment")],
+    Discriminator(
+        _destination_type,
+        custom_error_type="destination_type",
+        custom_error_message=f"unknown destination type; use one of {', '.join(DESTINATION_TYPES)}",
+    ),
+]

@@ -1,0 +1,178 @@
+"""A job and what it is made of (source, audiences and traits, destination, guard, schedule), the outline
+the control commands read, alert targets, and the whole configuration."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from apscheduler.triggers.cron import CronTrigger
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+)
+
+from sync.config.destinations import DestinationConfig
+from sync.config.values import DEFAULT_STATE_URL, MAX_KEY, Duration, FrozenModel, JobName, SecretUrl, redact_url
+from sync.errors import ConfigError
+from sync.keys import snake_case
+
+
+class SourceConfig(FrozenModel):
+    url: str | None = None
+    profiles: str | None = None  # a query against url
+    profiles_file: str | None = None  # or a CSV / Parquet file with the profile columns
+
+    def redacted_url(self) -> str:
+        return redact_url(self.url) if self.url else "(none)"
+
+
+class ComputationConfig(FrozenModel):
+    """An audience (``query``/``file`` yields member ``user_id`` rows) or a trait (``user_id, value`` rows)."""
+
+    name: str = Field(min_length=1)
+    key: str | None = None
+    # Engage's computation_id (``aud_…`` / ``tra_…``), to keep the one a Segment workspace already knows;
+    # a stable one is derived from the job and the key otherwise.
+    id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+$", max_length=MAX_KEY)
+    query: str | None = None
+    file: str | None = None
+
+    @field_validator("key")
+    @classmethod
+    def _key_shape(cls, key: str | None) -> str | None:
+        if key is not None and not re.fullmatch(r"[a-z0-9][a-z0-9_]*", key):
+            raise ValueError("a key is lower-case letters, digits and underscores, e.g. vip_customers")
+        return key
+
+    @property
+    def resolved_key(self) -> str:
+        return self.key or snake_case(self.name)
+
+
+class GuardConfig(FrozenModel):
+    """The mass-change guard (see ``sync.guard``); ``run --force`` overrides it for one run."""
+
+    enabled: bool = True
+    exit_share: float = Field(
+        default=0.5, gt=0, le=1, allow_inf_nan=False
+    )  # more than this share of an audience exiting stops the run
+    min_members: int = Field(default=100, ge=1)  # ... for audiences of at least this many acknowledged members
+    block_empty: bool = True  # an audience whose snapshot comes back empty where it had members stops the run
+
+
+class ScheduleConfig(FrozenModel):
+    """Either ``every`` (+ ``jitter``), counted from the end of the last run, or a ``cron`` expression."""
+
+    every: Duration = timedelta(hours=2)
+    jitter: Duration = timedelta(hours=1)
+    cron: str | None = None
+    timezone: str = "UTC"
+    enabled: bool = True
+
+    @field_validator("every")
+    @classmethod
+    def _positive(cls, every: timedelta) -> timedelta:
+        if every.total_seconds() <= 0:
+            raise ValueError("must be longer than zero")
+        return every
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, zone: str) -> str:
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {zone!r} (use an IANA name such as Europe/Berlin)") from None
+        return zone
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, cron: str | None) -> str | None:
+        if cron is not None:
+            try:
+                CronTrigger.from_crontab(cron, timezone="UTC")
+            except ValueError as exc:
+                raise ValueError(f"not a valid cron expression: {exc}") from None
+        return cron
+
+
+class JobConfig(FrozenModel):
+    name: JobName
+    space_id: str | None = Field(default=None, max_length=MAX_KEY)
+    source: SourceConfig = SourceConfig()
+    audiences: tuple[ComputationConfig, ...] = ()
+    traits: tuple[ComputationConfig, ...] = ()
+    destination: DestinationConfig
+    schedule: ScheduleConfig = ScheduleConfig()
+    guard: GuardConfig = GuardConfig()
+    audit_retention_days: int = Field(default=30, ge=1)  # per-update audit rows older than this are pruned
+
+    def audience_keys(self) -> list[str]:
+        return [audience.resolved_key for audience in self.audiences]
+
+    def trait_keys(self) -> list[str]:
+        return [trait.resolved_key for trait in self.traits]
+
+
+class JobOutline(BaseModel):
+    """What the control and audit commands need of a job: its name, schedule and retention, not its secrets."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    name: JobName
+    schedule: ScheduleConfig = ScheduleConfig()
+    audit_retention_days: int = Field(default=30, ge=1)
+
+
+class Outline(FrozenModel):
+    state_url: str
+    jobs: tuple[JobOutline, ...] = ()
+
+    def job(self, name: str) -> JobOutline:
+        return _named(self.jobs, name)
+
+
+# What an alert can be about (README, Operations).
+ALERT_CONDITIONS = ("failed", "unreachable", "blocked", "failed_share", "failing", "user_count_change")
+
+
+class NotifyConfig(FrozenModel):
+    """Where alerts go: a generic JSON webhook, or a Slack-compatible incoming webhook (``{"text": ...}``)."""
+
+    type: Literal["webhook", "slack"]
+    url: SecretUrl  # as secret as a destination's webhook URL
+    jobs: tuple[str, ...] = ()  # only these jobs; all when empty
+    on: tuple[Literal["failed", "unreachable", "blocked", "failed_share", "failing", "user_count_change"], ...] = (
+        ALERT_CONDITIONS  # type: ignore[assignment]
+    )
+    failed_share: float = Field(default=0.1, gt=0, le=1, allow_inf_nan=False)  # of a run's answered updates
+    user_count_change: float = Field(default=0.5, gt=0, le=100, allow_inf_nan=False)  # vs the last 5 runs' median
+    timeout: Duration = timedelta(seconds=5)
+
+
+_Job = TypeVar("_Job", JobConfig, JobOutline)
+
+
+class Config(FrozenModel):
+    state_url: str = DEFAULT_STATE_URL
+    jobs: tuple[JobConfig, ...] = ()
+    notify: tuple[NotifyConfig, ...] = ()
+    base_dir: Path = Path(".")
+
+    def job(self, name: str) -> JobConfig:
+        return _named(self.jobs, name)
+
+
+def _named(jobs: tuple[_Job, ...], name: str) -> _Job:
+    """The job called ``name``; a ConfigError listing the jobs there are otherwise."""
+    for job in jobs:
+        if job.name == name:
+            return job
+    known = ", ".join(job.name for job in jobs) or "none"
+    raise ConfigError([f"no job named {name!r} in the configuration (jobs: {known})"])

@@ -1,0 +1,323 @@
+"""jobs.yaml: loading, environment expansion and validation.
+
+Every problem is collected and reported at once, each naming its job and field; nothing here ever
+repeats the webhook URL or a database password back, because error messages end up in logs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import (
+    ValidationError,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from sync.config.destinations import DESTINATION_TYPES
+from sync.config.jobs import ComputationConfig, Config, JobConfig, JobOutline, NotifyConfig, Outline
+from sync.config.values import (
+    _ENV_REF,
+    CONFIG_ENV,
+    DEFAULT_CONFIG,
+    DEFAULT_STATE_URL,
+    MAX_CONFIG_DEPTH,
+    MAX_CONFIG_VALUES,
+    MAX_KEY,
+    RESERVED_KEYS,
+    STATE_URL_ENV,
+    driver_problem,
+)
+from sync.errors import ConfigError
+
+
+def check_size(value: Any) -> None:
+    """Raise ConfigError for a tree with more than ``MAX_CONFIG_VALUES`` values or nested deeper than
+    ``MAX_CONFIG_DEPTH``: YAML aliases can make a small file stand for billions of values."""
+    count = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        count += 1
+        if count > MAX_CONFIG_VALUES:
+            raise ConfigError([f"the configuration holds more than {MAX_CONFIG_VALUES:,} values (YAML aliases?)"])
+        if depth > MAX_CONFIG_DEPTH:
+            raise ConfigError([f"the configuration nests deeper than {MAX_CONFIG_DEPTH} levels"])
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+
+
+def expand_env(value: Any, env: Mapping[str, str], path: str, problems: list[str]) -> Any:
+    """Expand ``${VAR}`` and ``${VAR:-default}`` in every string of a parsed YAML tree; ``$$`` is a ``$``."""
+    if isinstance(value, dict):
+        return {
+            key: expand_env(item, env, f"{path}.{key}" if path else str(key), problems) for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [expand_env(item, env, f"{path}[{index}]", problems) for index, item in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, default = match.group(1), match.group(2)
+        if default is not None and not env.get(name):
+            return default  # as in the shell, ${VAR:-default} also replaces an empty value
+        if name in env:
+            return env[name]
+        problems.append(f"{path}: environment variable {name} is not set (use ${{{name}:-default}} for a default)")
+        return ""
+
+    return _ENV_REF.sub(substitute, value)
+
+
+def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read, expand and validate a jobs.yaml; raise ConfigError listing every problem."""
+    env = os.environ if env is None else env
+    config_path = Path(path or env.get(CONFIG_ENV) or DEFAULT_CONFIG)
+    return parse_config(_read_yaml(config_path), env, base_dir=config_path.resolve().parent)
+
+
+def load_state_url(path: Path | str | None = None, env: Mapping[str, str] | None = None) -> str:
+    """Only the state store's URL: what the audit commands need, without the jobs' secrets."""
+    env = os.environ if env is None else env
+    config_path = Path(path or env.get(CONFIG_ENV) or DEFAULT_CONFIG)
+    return _state_url(None if env.get(STATE_URL_ENV) else _read_yaml(config_path), env, config_path)
+
+
+def _state_url(raw: Any, env: Mapping[str, str], config_path: Path) -> str:
+    """The state store's URL from the environment's override or the parsed file ``raw``."""
+    if env.get(STATE_URL_ENV):
+        return resolve_sqlite_url(env[STATE_URL_ENV], config_path.resolve().parent)
+    problems: list[str] = []
+    state_url = expand_env(
+        raw.get("state_url", DEFAULT_STATE_URL) if isinstance(raw, dict) else None, env, "state_url", problems
+    )
+    if not isinstance(state_url, str):
+        problems.append("state_url: must be a SQLAlchemy URL string")
+    if problems:
+        raise ConfigError(problems)
+    try:
+        return resolve_sqlite_url(state_url, config_path.resolve().parent)
+    except ArgumentError:
+        raise ConfigError(["state_url: not a valid SQLAlchemy URL (e.g. sqlite:///audience-sync.db)"]) from None
+
+
+def load_outline(path: Path | str | None = None, env: Mapping[str, str] | None = None) -> Outline:
+    """The state store and each job's name, schedule and retention: what ``status``, ``pause``, ``resume``,
+    ``skip`` and ``prune`` need. Environment variables the rest of a job refers to (its webhook URL, its
+    warehouse password) need not be set."""
+    env = os.environ if env is None else env
+    config_path = Path(path or env.get(CONFIG_ENV) or DEFAULT_CONFIG)
+    raw = _read_yaml(config_path)
+    state_url = _state_url(raw, env, config_path)
+    jobs_raw = raw.get("jobs") if isinstance(raw, dict) else None
+    problems: list[str] = []
+    jobs: list[JobOutline] = []
+    for index, item in enumerate(jobs_raw if isinstance(jobs_raw, list) else []):
+        label = _job_label(index, item)
+        if not isinstance(item, dict):
+            problems.append(f"{label}: must be a mapping")
+            continue
+        wanted = {k: item[k] for k in ("name", "schedule", "audit_retention_days") if k in item}
+        try:
+            jobs.append(JobOutline.model_validate(expand_env(wanted, env, "", problems)))
+        except ValidationError as exc:
+            problems += [f"{label}: {_loc(e['loc'])}: {_message(e['type'], e['msg'])}" for e in exc.errors()]
+    if problems:
+        raise ConfigError(problems)
+    return Outline(state_url=state_url, jobs=tuple(jobs))
+
+
+def _read_yaml(config_path: Path) -> Any:
+    try:
+        raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError([f"{config_path}: cannot read the configuration ({exc.strerror})"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            [f"{config_path}: not UTF-8 text (byte {exc.start + 1} is {exc.object[exc.start]:#04x})"]
+        ) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{config_path}: not valid YAML: {_yaml_problem(exc)}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{config_path}: the configuration nests deeper than {MAX_CONFIG_DEPTH} levels"]) from None
+    check_size(raw)
+    return raw
+
+
+def parse_config(raw: object, env: Mapping[str, str], base_dir: Path) -> Config:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(["the configuration must be a mapping with state_url and jobs"])
+    problems: list[str] = []
+    expanded = expand_env(raw, env, "", problems)
+    if env.get(STATE_URL_ENV):
+        expanded["state_url"] = env[STATE_URL_ENV]
+    jobs_raw = expanded.pop("jobs", None) or []
+    if not isinstance(jobs_raw, list):
+        problems.append("jobs: must be a list of jobs")
+        jobs_raw = []
+    jobs = [job for index, item in enumerate(jobs_raw) if (job := _parse_job(index, item, base_dir, problems))]
+    notify = _parse_notify(expanded.pop("notify", None) or [], {job.name for job in jobs}, problems)
+    top = _parse_top(expanded, problems)
+    problems += _duplicate_job_names(jobs_raw)
+    if problems:
+        raise ConfigError(problems)
+    state_url = resolve_sqlite_url(top.get("state_url", DEFAULT_STATE_URL), base_dir)
+    return Config(state_url=state_url, jobs=tuple(jobs), notify=tuple(notify), base_dir=base_dir)
+
+
+def _parse_notify(raw: object, jobs: set[str], problems: list[str]) -> list[NotifyConfig]:
+    if not isinstance(raw, list):
+        problems.append("notify: must be a list of notification targets")
+        return []
+    targets: list[NotifyConfig] = []
+    for index, item in enumerate(raw):
+        try:
+            target = NotifyConfig.model_validate(item)
+        except ValidationError as exc:
+            problems += [f"notify[{index}]: {_loc(e['loc'])}: {_message(e['type'], e['msg'])}" for e in exc.errors()]
+            continue
+        problems += [f"notify[{index}].jobs: no job named {name!r}" for name in target.jobs if name not in jobs]
+        targets.append(target)
+    return targets
+
+
+def _parse_top(expanded: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    unknown = sorted(set(expanded) - {"state_url"})
+    problems += [f"{key}: unknown setting (allowed at the top level: state_url, jobs, notify)" for key in unknown]
+    state_url = expanded.get("state_url", DEFAULT_STATE_URL)
+    if not isinstance(state_url, str):
+        problems.append("state_url: must be a SQLAlchemy URL string")
+        return {}
+    problem = driver_problem(state_url)
+    if problem:
+        problems.append(f"state_url: {problem}")
+    return {"state_url": state_url}
+
+
+def _parse_job(index: int, raw: object, base_dir: Path, problems: list[str]) -> JobConfig | None:
+    label = _job_label(index, raw)
+    if not isinstance(raw, dict):
+        problems.append(f"{label}: must be a mapping")
+        return None
+    try:
+        job = JobConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems += [
+            f"{label}: {_loc(error['loc'])}: {_message(error['type'], error['msg'])}" for error in exc.errors()
+        ]
+        return None
+    job_problems = _check_job(job, base_dir)
+    problems += [f"{label}: {problem}" for problem in job_problems]
+    return None if job_problems else _resolve_paths(job, base_dir)
+
+
+def _check_job(job: JobConfig, base_dir: Path) -> list[str]:
+    problems: list[str] = []
+    seen: dict[str, str] = {}
+    for section, items in (("audiences", job.audiences), ("traits", job.traits)):
+        for index, item in enumerate(items):
+            field = f"{section}[{index}]"
+            key = item.resolved_key
+            if (item.query is None) == (item.file is None):
+                problems.append(f"{field}: give exactly one of query or file")
+            if item.query is not None and not job.source.url:
+                problems.append(f"{field}.query: needs source.url, the warehouse to run it against")
+            if item.file is not None and not (base_dir / item.file).is_file():
+                problems.append(f"{field}.file: no such file: {item.file}")
+            if not key:
+                problems.append(f"{field}.name: {item.name!r} gives an empty key; set key explicitly")
+            elif len(key) > MAX_KEY:
+                problems.append(f"{field}: the key is {len(key)} characters long, over {MAX_KEY}; set a shorter key")
+            elif key in RESERVED_KEYS:
+                problems.append(f"{field}: key {key!r} is a standard contact field; set another key")
+            elif key in seen:
+                problems.append(f"{field}: key {key!r} is already used by {seen[key]}")
+            else:
+                seen[key] = field
+    if job.source.profiles is not None and not job.source.url:
+        problems.append("source.profiles: needs source.url, the warehouse to run it against")
+    if job.source.profiles is not None and job.source.profiles_file is not None:
+        problems.append("source: give profiles (a query) or profiles_file, not both")
+    if job.source.profiles_file is not None and not (base_dir / job.source.profiles_file).is_file():
+        problems.append(f"source.profiles_file: no such file: {job.source.profiles_file}")
+    if job.source.url:
+        problem = driver_problem(job.source.url)
+        if problem:
+            problems.append(f"source.url: {problem}")
+    if not seen:
+        problems.append("audiences/traits: a job needs at least one audience or trait")
+    return problems
+
+
+def _resolve_paths(job: JobConfig, base_dir: Path) -> JobConfig:
+    def resolve(item: ComputationConfig) -> ComputationConfig:
+        if item.file is None:
+            return item
+        return item.model_copy(update={"file": str((base_dir / item.file).resolve())})
+
+    source = job.source
+    if source.url:
+        source = source.model_copy(update={"url": resolve_sqlite_url(source.url, base_dir)})
+    if source.profiles_file:
+        source = source.model_copy(update={"profiles_file": str((base_dir / source.profiles_file).resolve())})
+    return job.model_copy(
+        update={
+            "source": source,
+            "audiences": tuple(resolve(a) for a in job.audiences),
+            "traits": tuple(resolve(t) for t in job.traits),
+        }
+    )
+
+
+def resolve_sqlite_url(url: str, base_dir: Path) -> str:
+    """Make a relative SQLite path in a URL relative to the configuration file's folder."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return url
+    if Path(parsed.database).is_absolute() or parsed.database.startswith("file:"):
+        return url
+    return parsed.set(database=str((base_dir / parsed.database).resolve())).render_as_string(hide_password=False)
+
+
+def _duplicate_job_names(jobs_raw: list[Any]) -> list[str]:
+    names = [item.get("name") for item in jobs_raw if isinstance(item, dict)]
+    duplicates = sorted({name for name in names if isinstance(name, str) and names.count(name) > 1})
+    return [f"job {name!r}: the job name is used more than once" for name in duplicates]
+
+
+def _job_label(index: int, raw: object) -> str:
+    name = raw.get("name") if isinstance(raw, dict) else None
+    return f"job {name!r}" if isinstance(name, str) and name else f"jobs[{index}]"
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for index, part in enumerate(loc):
+        if index and loc[index - 1] == "destination" and part in DESTINATION_TYPES:
+            continue
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(job)"
+
+
+def _message(kind: str, message: str) -> str:
+    if kind == "extra_forbidden":
+        return "unknown setting"
+    return message.removeprefix("Value error, ")
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or "syntax error"
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else str(problem)
