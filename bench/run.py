@@ -154,7 +154,7 @@ def receiver(port: int, *args: str, out: Path | None = None) -> Iterator[str]:
         yield url
     finally:
         process.terminate()
-        process.wait(10)
+        process.wait(120)  # a receiver recording to a file finishes writing first
 
 
 async def bare_httpx(url: str, bodies: list[bytes]) -> float:
