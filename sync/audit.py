@@ -14,6 +14,7 @@ from typing import Any
 from sync.calls import CallSpec, render
 from sync.clock import iso
 from sync.config import JobConfig, JobOutline, parse_duration
+from sync.destinations.factory import spec_before_specs
 from sync.errors import SyncError
 from sync.model import KEY_COUNTS, KeyChange, Update, change_kind
 from sync.store import AuditFilter, AuditRow, Store
@@ -158,7 +159,7 @@ def _record(row: AuditRow, key: str, kind: str, old: Any, new: Any) -> dict[str,
 
 
 def history(store: Store, job: str, user_id: str) -> dict[str, Any]:
-    """A user's timeline: every run that changed them, and what ChartMogul holds now."""
+    """A user's timeline: every run that changed them, and what the destination acknowledged last."""
     acknowledged = store.acknowledged(job, user_id)
     timeline = list(change_records(store, AuditFilter(job=job, user_id=user_id)))
     return {
@@ -218,7 +219,7 @@ def run_calls(store: Store, run_id: int, user_id: str | None = None) -> Iterator
     """The run's calls exactly as sent (or, for a dry run, as they would have been): rendered again from each
     update with the run's own call spec, so the same messageIds, timestamp and sentAt."""
     run = run_or_fail(store, run_id)
-    spec = CallSpec.from_json(run.calls, run.space_id)
+    spec = CallSpec.from_json(run.calls, spec_before_specs(run.space_id))
     for row in store.updates_of(run_id, user_id):
         yield from render(rebuild_update(row), spec, timestamp=run.started_at, sent_at=row.sent_at)
 

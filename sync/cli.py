@@ -36,7 +36,7 @@ COMMANDS = [
 @click.version_option(__version__, prog_name="audience-sync")
 @click.pass_context
 def cli(ctx: click.Context, config_path: Path | None, log_level: str, log_format: str) -> None:
-    """Sync warehouse audiences and computed traits to ChartMogul, the way Engage does."""
+    """Sync warehouse audiences and computed traits to ChartMogul or Segment, the way Engage does."""
     logs.configure(log_level, log_format)
     ctx.obj = config_path
 

@@ -154,7 +154,7 @@ def history(ctx: click.Context, job: str, user_id: str, as_json: bool) -> None:
         return
     console = stdout_console()
     held = ", ".join(f"{k}={json.dumps(v)}" for k, v in timeline["acknowledged"].items()) or "nothing"
-    console.print(f"{user_id} in {job}: ChartMogul acknowledged {held} (version {timeline['version']})")
+    console.print(f"{user_id} in {job}: the destination acknowledged {held} (version {timeline['version']})")
     print_rows(console, timeline["timeline"], HISTORY_FIELDS, "table")
 
 

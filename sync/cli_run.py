@@ -214,7 +214,7 @@ def receiver(
         drop_rate=drop_rate,
         seed=seed,
     )
-    server = Receiver(port, faults, out, mode=mode, write_key=write_key)
+    server = Receiver(port, faults, out, mode=mode, write_key=write_key, keep=False)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     click.echo(f"receiving on {server.url}" + (f", recording to {out}" if out else ""), err=True)
     try:

@@ -52,7 +52,7 @@ def guard_problems(
         if before and not after and guard.block_empty:
             problems.append(
                 f"audience {computation.key}: the snapshot has no members, but {before} users are "
-                "members in ChartMogul; every one of them would be sent false"
+                "members as the destination acknowledged them; every one of them would be sent false"
             )
         elif before >= guard.min_members and leaving > guard.exit_share * before:
             problems.append(

@@ -4,6 +4,7 @@ from datetime import UTC, datetime
 
 from sync.calls import CallSpec, render
 from sync.calls.identify import derived_id
+from sync.destinations.factory import spec_before_specs
 from sync.model import KeyChange, Update
 
 NOW = datetime(2026, 11, 30, 6, tzinfo=UTC)
@@ -61,12 +62,14 @@ def test_call_ids_are_unique_stable_for_a_retry_and_whatever_order_the_changes_c
 
 
 def test_per_user_keeps_the_update_s_id_without_a_salt_and_salts_it_with_one() -> None:
-    (plain,) = render(update(), CallSpec(), timestamp=NOW)
+    (plain,) = render(update(), CallSpec(integrations={"All": False, "ChartMogul": True}), timestamp=NOW)
     assert plain["messageId"] == "as-update" and plain["integrations"] == {"All": False, "ChartMogul": True}
     (salted,) = render(update(), CallSpec(integrations={"All": True}, salt="x"), timestamp=NOW)
     assert salted["messageId"] != "as-update" and len(salted["messageId"]) == 43
 
 
 def test_a_call_spec_survives_the_run_record() -> None:
-    assert CallSpec.from_json(SEGMENT.to_json()) == SEGMENT
-    assert CallSpec.from_json(None, "spa_9") == CallSpec(space_id="spa_9")  # runs recorded before specs were kept
+    assert CallSpec.from_json(SEGMENT.to_json(), CallSpec()) == SEGMENT
+    before = spec_before_specs("spa_9")  # runs recorded before specs were kept: ChartMogul's calls, per user
+    assert CallSpec.from_json(None, before) == before
+    assert before.integrations == {"All": False, "ChartMogul": True} and before.mode == "per_user"

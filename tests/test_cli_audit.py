@@ -49,7 +49,7 @@ def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_history_explains_a_membership(audited: Path) -> None:
     table = cli(audited, "history", "contacts", "u2")
     assert table.returncode == 0, table.stderr
-    assert "ChartMogul acknowledged" in table.stdout and "vip=true" in table.stdout
+    assert "the destination acknowledged" in table.stdout and "vip=true" in table.stdout
     timeline = json.loads(cli(audited, "history", "contacts", "u2", "--json").stdout)
     assert [(r["run_id"], r["key"], r["new"]) for r in timeline["timeline"]][:1] == [(1, "vip", True)]
     assert timeline["acknowledged"]["vip"] is True

@@ -37,7 +37,7 @@ def test_more_than_half_of_a_large_audience_exiting_trips_the_guard() -> None:
 def test_small_audiences_may_shrink_freely_but_not_vanish() -> None:
     assert problems(99, 1) == []
     assert problems(3, 0) == [
-        "audience vip: the snapshot has no members, but 3 users are members in ChartMogul; "
+        "audience vip: the snapshot has no members, but 3 users are members as the destination acknowledged them; "
         "every one of them would be sent false"
     ]
     assert problems(3, 0, {"block_empty": False}) == []

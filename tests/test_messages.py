@@ -5,8 +5,9 @@ from typing import Any
 
 import pandas as pd
 
-from sync.calls import CallSpec, render
+from sync.calls import render
 from sync.clock import iso
+from sync.destinations.factory import spec_before_specs as call_spec_for_chartmogul
 from sync.diff import diff_states
 from sync.messages import message_id, plan_updates
 from sync.model import Computation, KeyChange, Update
@@ -57,7 +58,7 @@ def identify_call(
     update: Update, *, space_id: str | None, timestamp: datetime, sent_at: datetime | None = None
 ) -> dict[str, Any]:
     """The one call a ChartMogul job renders an update to."""
-    (call,) = render(update, CallSpec(space_id=space_id), timestamp=timestamp, sent_at=sent_at)
+    (call,) = render(update, call_spec_for_chartmogul(space_id), timestamp=timestamp, sent_at=sent_at)
     return call
 
 

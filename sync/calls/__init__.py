@@ -34,7 +34,7 @@ class CallSpec:
 
     mode: Mode = "per_user"
     space_id: str | None = None
-    integrations: Mapping[str, Any] = field(default_factory=lambda: {"All": False, "ChartMogul": True})
+    integrations: Mapping[str, Any] = field(default_factory=dict)
     ids: Mapping[str, str] = field(default_factory=dict)  # computation key → computation_id
     salt: str = ""
 
@@ -42,10 +42,10 @@ class CallSpec:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, text: str | None, space_id: str | None = None) -> CallSpec:
-        """A run's spec as stored; runs recorded before specs were kept used the default, per user."""
+    def from_json(cls, text: str | None, before: CallSpec) -> CallSpec:
+        """A run's spec as stored; ``before`` for runs recorded before specs were kept."""
         if not text:
-            return cls(space_id=space_id)
+            return before
         values = json.loads(text)
         return cls(
             mode=values["mode"],

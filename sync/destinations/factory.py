@@ -18,6 +18,9 @@ from sync.destinations.chartmogul import ChartMogulWebhook
 from sync.destinations.http import HttpDestination, Target
 from sync.destinations.segment import SegmentBatch
 
+# What Engage puts on calls for the ChartMogul destination only.
+CHARTMOGUL_INTEGRATIONS = {"All": False, "ChartMogul": True}
+
 # Each destination type: its target (body shaping and packing) from its settings.
 TARGETS: dict[type[Any], Callable[[Any], Target]] = {
     ChartMogulWebhookConfig: ChartMogulWebhook,
@@ -49,4 +52,9 @@ def call_spec(job: JobConfig, installation: str) -> CallSpec:
     settings = job.destination
     if isinstance(settings, SegmentConfig):
         return CallSpec(settings.calls, job.space_id, dict(settings.integrations), ids, installation)
-    return CallSpec("per_user", job.space_id, {"All": False, "ChartMogul": True}, ids)
+    return CallSpec("per_user", job.space_id, CHARTMOGUL_INTEGRATIONS, ids)
+
+
+def spec_before_specs(space_id: str | None) -> CallSpec:
+    """How runs recorded before each run kept its spec rendered their calls: ChartMogul's, per user."""
+    return CallSpec("per_user", space_id, CHARTMOGUL_INTEGRATIONS)
