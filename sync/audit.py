@@ -16,7 +16,7 @@ from sync.clock import iso
 from sync.config import JobConfig, JobOutline, parse_duration
 from sync.destinations.factory import spec_before_specs
 from sync.errors import SyncError
-from sync.model import KEY_COUNTS, KeyChange, Update, change_kind
+from sync.model import KEY_COUNTS, RUN_SUMMARY_COUNTS, KeyChange, Update, change_kind
 from sync.store import AuditFilter, AuditRow, Store
 from sync.store.models import Run, RunKey, RunUpdate
 
@@ -50,20 +50,7 @@ HISTORY_FIELDS = (
 )
 CHANGES = ("entered", "exited", "trait")
 # The columns of run listings for people (`runs`, the demo, the report).
-RUN_TABLE_FIELDS = (
-    "run_id",
-    "kind",
-    "status",
-    "started_at",
-    "users",
-    "entered",
-    "exited",
-    "traits_changed",
-    "updates",
-    "delivered",
-    "failed",
-    "parked",
-)
+RUN_TABLE_FIELDS = ("run_id", "kind", "status", "started_at", *RUN_SUMMARY_COUNTS, "parked")
 
 
 def run_or_fail(store: Store, run_id: int) -> Run:

@@ -5,24 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sync.model import RUN_COUNTS
+from sync.model import RUN_COUNTS, RUN_SUMMARY_COUNTS
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_BUSY, EXIT_BLOCKED = 0, 1, 2, 3, 4, 5
 
 # What `run --json` prints, in this order.
-SUMMARY_FIELDS = (
-    "run_id",
-    "job",
-    "kind",
-    "status",
-    "users",
-    "entered",
-    "exited",
-    "traits_changed",
-    "updates",
-    "delivered",
-    "failed",
-)
+SUMMARY_FIELDS = ("run_id", "job", "kind", "status", *RUN_SUMMARY_COUNTS)
 
 
 @dataclass(frozen=True)

@@ -403,8 +403,7 @@ class Runner:
             return False
         if updates:
             self.store.record_plan(report.run_id, updates, "pending")
-            if halt.delivery is None:
-                halt.phases.enter("sending")
+            if halt.delivery is None:  # one for the whole run: its connections, rate limit and breaker last
                 pace = Pace(
                     self.clock,
                     self.sleep,

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -249,3 +252,21 @@ class LogWatch:
     def __exit__(self, *_exc: object) -> None:
         self._logger.removeHandler(self._handler)
         self._logger.setLevel(self._previous)
+
+
+def kill_run_when(config: Path, reached: threading.Event, env: Mapping[str, str] | None = None) -> None:
+    """Start `audience-sync run contacts` on ``config`` in a process of its own and SIGKILL it once ``reached``
+    is set (within a minute); the process's environment is this one without a state URL override, plus ``env``."""
+    environment = {**{k: v for k, v in os.environ.items() if k != "AUDIENCE_SYNC_STATE_URL"}, **(env or {})}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sync", "--config", str(config), "run", "contacts"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=environment,
+    )
+    try:
+        assert reached.wait(60)
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+    finally:
+        process.kill()

@@ -1,9 +1,5 @@
 """Faults injected into real parts: nothing is lost, nothing is sent twice but what was in flight."""
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import uuid
 from collections import defaultdict
@@ -21,7 +17,7 @@ from sync.delivery import WINDOW_PER_CONNECTION
 from sync.receiver import Action, Faults, Receiver
 from sync.runner import Runner
 from sync.store import Store
-from tests.conftest import POSTGRES_URL, RecordingSleep, Warehouse, _postgres_or_skip, make_job
+from tests.conftest import POSTGRES_URL, RecordingSleep, Warehouse, _postgres_or_skip, kill_run_when, make_job
 
 USERS = [f"u{i:04d}" for i in range(200)]
 
@@ -97,19 +93,7 @@ def test_a_process_killed_mid_run_loses_nothing_and_duplicates_only_what_was_in_
                 }
             )
         )
-        env = {k: v for k, v in os.environ.items() if k != "AUDIENCE_SYNC_STATE_URL"}
-        process = subprocess.Popen(
-            [sys.executable, "-m", "sync", "--config", str(config), "run", "contacts"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=env,
-        )
-        try:
-            assert reached.wait(30)
-            process.send_signal(signal.SIGKILL)
-            process.wait(10)
-        finally:
-            process.kill()
+        kill_run_when(config, reached)
         first_run_ids = message_ids(receiver)
         store = Store.open(f"sqlite:///{state}")
         try:

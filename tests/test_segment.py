@@ -3,10 +3,6 @@
 import base64
 import json
 import logging
-import os
-import signal
-import subprocess
-import sys
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping
@@ -28,7 +24,7 @@ from sync.destinations.segment import SegmentBatch
 from sync.receiver import Action, Faults, Receiver
 from sync.runner import Runner, RunOptions
 from sync.store import Store
-from tests.conftest import RecordingSleep, Warehouse, job_dict, make_config
+from tests.conftest import RecordingSleep, Warehouse, job_dict, kill_run_when, make_config
 
 WRITE_KEY = "wk_live_5ecret_segment_key"
 USERS = [f"u{i:03d}" for i in range(60)]
@@ -341,19 +337,7 @@ def test_a_process_killed_mid_run_loses_nothing_and_resends_with_the_first_messa
         config.write_text(
             yaml.safe_dump({"state_url": f"sqlite:///{state}", "jobs": [{**job, "destination": destination}]})
         )
-        env = {**{k: v for k, v in os.environ.items() if k != "AUDIENCE_SYNC_STATE_URL"}, "KEY": WRITE_KEY}
-        process = subprocess.Popen(
-            [sys.executable, "-m", "sync", "--config", str(config), "run", "contacts"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=env,
-        )
-        try:
-            assert reached.wait(60)
-            process.send_signal(signal.SIGKILL)
-            process.wait(10)
-        finally:
-            process.kill()
+        kill_run_when(config, reached, {"KEY": WRITE_KEY})
         first = {c["userId"]: c["messageId"] for r in segment.records for c in r.body.get("batch", [])}
         segment.faults.delay = 0.0
         store = Store.open(f"sqlite:///{state}")

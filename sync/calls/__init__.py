@@ -81,8 +81,5 @@ def render(
         call = coalesced_identify(update, spec.space_id, spec.integrations, timestamp, sent_at)
         call["messageId"] = call_id(spec.salt, update.message_id)
         return (call,)
-    calls = computation_identifies(update, spec.space_id, spec.integrations, spec.ids, timestamp, sent_at)
     ids = call_ids(spec.salt, update.message_id, [change.key for change in update.changes])
-    for call, message_id in zip(calls, ids, strict=True):
-        call["messageId"] = message_id
-    return tuple(calls)
+    return tuple(computation_identifies(update, ids, spec.space_id, spec.integrations, spec.ids, timestamp, sent_at))

@@ -35,24 +35,35 @@ def coalesced_identify(
 
 def computation_identifies(
     update: Update,
+    message_ids: Sequence[str],
     space_id: str | None,
     integrations: Mapping[str, Any],
     ids: Mapping[str, str],
     timestamp: datetime,
     sent_at: datetime | None = None,
 ) -> list[dict[str, Any]]:
-    """The identify Engage sends for each changed computation: its key and value, plus ``email`` when known
-    (the identifier Engage adds by default), and that computation's ``context.personas``. (The calls share
-    their unchanging parts: they are encoded, never changed.)"""
-    base = _base(update, timestamp, sent_at)
-    email = update.profile.get("email")
+    """The identify Engage sends for each changed computation (with the messageId given for it): its key and
+    value, plus ``email`` when known (the identifier Engage adds by default), and that computation's
+    ``context.personas``. (The calls share their unchanging parts: they are encoded, never changed.)"""
+    stamp, sent = iso(timestamp), iso(sent_at or timestamp)
+    profile = update.profile
+    email, anonymous_id = profile.get("email"), profile.get("anonymous_id")
     calls = []
-    for change in update.changes:
-        traits: dict[str, Any] = {change.key: change.new}
-        if email:
-            traits["email"] = email
-        personas = _personas(change.kind, change.key, ids.get(change.key), space_id)
-        calls.append({**base, "traits": traits, "context": personas, "integrations": integrations})
+    for change, message_id in zip(update.changes, message_ids, strict=True):
+        traits: dict[str, Any] = {change.key: change.new, "email": email} if email else {change.key: change.new}
+        call: dict[str, Any] = {
+            "type": "identify",
+            "messageId": message_id,
+            "timestamp": stamp,
+            "sentAt": sent,
+            "userId": update.user_id,
+        }
+        if anonymous_id:
+            call["anonymousId"] = anonymous_id
+        call["traits"] = traits
+        call["context"] = _personas(change.kind, change.key, ids.get(change.key), space_id)
+        call["integrations"] = integrations
+        calls.append(call)
     return calls
 
 
