@@ -61,16 +61,21 @@ def call_id(salt: str, message_id: str) -> str:
     for every retry of the same update, as the update's own id is."""
     if not salt:
         return message_id
-    return CALL_ID_PREFIX + hashlib.sha256(f"{salt}\x1f{message_id}".encode()).hexdigest()[:40]
+    return CALL_ID_PREFIX + _salted(salt, message_id, 20)
 
 
 def call_ids(salt: str, message_id: str, keys: Sequence[str]) -> list[str]:
     """The messageIds of an update's calls, one per computation key: the salted update id (36 hex digits) and
     the key's place among the update's keys in sorted order. An update's keys are fixed by its id (the id
     hashes them), so every retry gives each call the same id."""
-    stem = CALL_ID_PREFIX + hashlib.sha256(f"{salt}\x1f{message_id}".encode()).hexdigest()[:36] + "-"
+    stem = CALL_ID_PREFIX + _salted(salt, message_id, 18) + "-"
     place = {key: index for index, key in enumerate(sorted(keys))}
     return [f"{stem}{place[key]:x}" for key in keys]
+
+
+def _salted(salt: str, message_id: str, size: int) -> str:
+    """``message_id`` hashed with the installation's id as the key (BLAKE2b, ``size`` bytes as hex)."""
+    return hashlib.blake2b(message_id.encode(), digest_size=size, key=salt.encode()[:64]).hexdigest()
 
 
 def render(

@@ -12,6 +12,8 @@ import base64
 from collections.abc import Iterator, Mapping
 from datetime import datetime
 
+import orjson
+
 from sync.clock import Clock, iso
 from sync.config import (
     SEGMENT_MAX_CALL_BYTES,
@@ -64,7 +66,7 @@ class SegmentBatch:
                 stamp = iso(sent_at)
             own = _encoded(message, stamp)
             own_size = sum(map(len, own)) + len(own)  # each with its comma
-            refused = _refusal(own, own_size, room, limits)
+            refused = None if own_size <= limits.bytes_per_call else _refusal(own, own_size, room, limits)
             if refused is not None:
                 yield Request((message,), refused=refused)
                 continue
@@ -85,11 +87,12 @@ class SegmentBatch:
 def _encoded(message: Outgoing, stamp: str) -> list[bytes]:
     """The message's calls as JSON, stamped with the moment their batch is sent (the calls were built for
     this delivery: stamping them in place saves a copy of each)."""
-    own = []
     for call in message.calls:
         call["sentAt"] = stamp
-        own.append(encode_json(call))
-    return own
+    try:
+        return [orjson.dumps(call) for call in message.calls]
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits: the slower encoder that takes it
+        return [encode_json(call) for call in message.calls]
 
 
 def _refusal(calls: list[bytes], size: int, room: int, limits: Capabilities) -> str | None:
