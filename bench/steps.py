@@ -62,7 +62,7 @@ def initial(args: argparse.Namespace) -> dict[str, Any]:
         return True
 
     started = time.perf_counter()
-    plan = runner.plan(job, {}, sink=record)
+    plan = runner.planner.plan(job, {}, sink=record)
     planning = time.perf_counter() - started - recording
     indexed = time.perf_counter()
     store.index_fingerprints("bench", run_id)
@@ -90,7 +90,7 @@ def acknowledging(args: argparse.Namespace) -> dict[str, Any]:
     """Persisting the acknowledged state of every changed user, as delivery records it."""
     store = Store.open(args.state_url)
     job = job_for(Path(args.folder), args.source, args.state_url)
-    plan = Runner(store).plan(job, store.tracked_keys("bench"))
+    plan = Runner(store).planner.plan(job, store.tracked_keys("bench"))
     updates = plan.updates
     run_id = store.start_run("bench", "incremental", False, NOW)
     store.record_plan(run_id, updates, "pending")

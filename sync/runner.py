@@ -19,7 +19,6 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
-from typing import TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -35,7 +34,7 @@ from sync.errors import GuardError, SyncError
 from sync.lease import LEASE_TTL, process_owner
 from sync.metrics import Metrics
 from sync.model import Update
-from sync.planner import BATCH, KEEP, Plan, Planner, Sink
+from sync.planner import BATCH, KEEP, Plan, Planner
 from sync.run_report import RunOptions as RunOptions
 from sync.run_report import RunReport as RunReport
 from sync.sources import computations
@@ -46,7 +45,6 @@ log = logging.getLogger(__name__)
 # After a stop request, requests in flight get this long to finish before they are abandoned.
 STOP_GRACE = timedelta(seconds=20)
 
-_Loaded = TypeVar("_Loaded")
 
 # How loudly the end of a run is logged: anything that leaves work undone is at least a warning.
 _LEVELS = {
@@ -146,7 +144,7 @@ class Runner:
         self.owner = owner or process_owner()
         self.lease_ttl = lease_ttl
         self.grace = grace
-        self.batch, self.keep = batch, keep
+        self.planner = Planner(store, batch, keep)
         self.breaker = breaker
         self.progress_interval = progress_interval
         self.alerts = alerts
@@ -176,8 +174,8 @@ class Runner:
 
     def _skip(self, job: JobConfig, options: RunOptions) -> RunReport:
         now = self.clock()
-        lease = self.store.lease(job.name)
-        holder = f"{lease.owner} (lease expires {lease.expires_at.isoformat(timespec='seconds')})" if lease else "?"
+        held = self.store.lease(job.name)
+        holder = f"{held.owner} (lease expires {held.expires_at.isoformat(timespec='seconds')})" if held else "?"
         kind = self._kind(job, self.store.tracked_keys(job.name), options)
         report = RunReport(
             self.store.start_run(job.name, kind, False, now, job.space_id, options.trigger),
@@ -305,7 +303,7 @@ class Runner:
         elif streamed:
             plan = self._stream(job, tracked, options, report, now, halt)
         else:
-            plan = self.plan(job, tracked, options.full, phases=halt.phases)
+            plan = self.planner.plan(job, tracked, options.full, phases=halt.phases)
         self._fill(report, plan)
         if plan.guard and not options.force:
             explained = "; ".join(plan.guard)
@@ -353,7 +351,7 @@ class Runner:
                 written = writer.submit(self.store.record_plan, report.run_id, updates, "planned")
                 return True
 
-            plan = self.plan(job, tracked, options.full, sink=record, phases=phases)
+            plan = self.planner.plan(job, tracked, options.full, sink=record, phases=phases)
             if written is not None:
                 written.result()
         return plan
@@ -384,7 +382,7 @@ class Runner:
                 failure = exc
                 return False
 
-        plan = self.plan(job, tracked, options.full, sink=send, phases=halt.phases)
+        plan = self.planner.plan(job, tracked, options.full, sink=send, phases=halt.phases)
         if failure is not None:
             self._fill(report, plan)
             raise failure
@@ -418,18 +416,6 @@ class Runner:
             halt.phases.enter("sending")
             halt.delivery.send(updates, now)
         return not (self.stop.is_set() or halt.lost.is_set())
-
-    def plan(
-        self,
-        job: JobConfig,
-        tracked: dict[str, str],
-        full: bool = False,
-        sink: Sink | None = None,
-        phases: _Phases | None = None,
-    ) -> Plan:
-        """Snapshot, diff against the acknowledged state of ``tracked`` keys, and the updates to send
-        (``sync.planner``)."""
-        return Planner(self.store, self.batch, self.keep).plan(job, tracked, full, sink, phases)
 
     @staticmethod
     def _fill(report: RunReport, plan: Plan) -> None:

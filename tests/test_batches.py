@@ -43,7 +43,7 @@ def test_an_initial_sync_bigger_than_a_batch_is_streamed_and_sent_once(
     assert report.key_counts[("vip", "audience")]["delivered_entered"] == 20
     audit = list(store.updates_of(report.run_id))
     assert sorted(u.user_id for u in audit) == USERS and {u.status for u in audit} == {"delivered"}
-    assert runner.plan(job(warehouse, receiver), store.tracked_keys("contacts")).examined == 0
+    assert runner.planner.plan(job(warehouse, receiver), store.tracked_keys("contacts")).examined == 0
 
 
 def test_a_guarded_plan_bigger_than_what_is_kept_is_planned_again_as_it_is_sent(
@@ -54,7 +54,7 @@ def test_a_guarded_plan_bigger_than_what_is_kept_is_planned_again_as_it_is_sent(
     first = len(receiver.accepted())
     warehouse.set_members("vip", USERS[3:20])  # 3 exits: the guard looks, and lets it through
     warehouse.set_trait("revenue", {u: i + 100 for i, u in enumerate(USERS)})  # everyone's trait changes
-    plan = runner.plan(job(warehouse, receiver), store.tracked_keys("contacts"))
+    plan = runner.planner.plan(job(warehouse, receiver), store.tracked_keys("contacts"))
     assert plan.kept is None and plan.updates_count == 23 and not plan.guard
     assert len(plan.updates) == 23  # planned again from the same selection
     report = runner.run(job(warehouse, receiver))
@@ -62,7 +62,7 @@ def test_a_guarded_plan_bigger_than_what_is_kept_is_planned_again_as_it_is_sent(
     again = receiver.accepted()[first:]
     assert Counter(b["user_id"] for b in again) == Counter(USERS)
     assert {b["user_id"] for b in again if b["custom_attributes"].get("vip") is False} == set(USERS[:3])
-    assert runner.plan(job(warehouse, receiver), store.tracked_keys("contacts")).examined == 0
+    assert runner.planner.plan(job(warehouse, receiver), store.tracked_keys("contacts")).examined == 0
 
 
 def test_a_guarded_plan_is_stopped_before_any_batch_is_sent(

@@ -111,7 +111,7 @@ def test_an_incremental_run_examines_only_changed_users(store: Store, warehouse:
     assert runner.run(job).delivered == 200
     warehouse.set_members("vip", users[:149] + ["u199"])  # u149 exits, u199 enters
     warehouse.set_trait("revenue", {u: (i if u != "u000" else 1000) for i, u in enumerate(users) if u != "u010"})
-    plan = runner.plan(job, store.tracked_keys("contacts"))
+    plan = runner.planner.plan(job, store.tracked_keys("contacts"))
     assert plan.examined == 4  # u000, u010, u149, u199
     assert {u.user_id for u in plan.updates} == {"u000", "u010", "u149", "u199"}
 
@@ -133,10 +133,10 @@ def test_states_without_a_fingerprint_are_compared_in_full_then_get_one(
         connection.execute(update(AckState).values(fingerprint=None))
         connection.execute(delete(FingerprintIndex))
     warehouse.set_members("vip", ["a", "b"])
-    plan = runner.plan(job, store.tracked_keys("contacts"))
+    plan = runner.planner.plan(job, store.tracked_keys("contacts"))
     assert plan.examined == 3 and [u.user_id for u in plan.updates] == ["c"]
     assert runner.run(job).updates == 1
-    assert runner.plan(job, store.tracked_keys("contacts")).examined == 0  # a and b got fingerprints back
+    assert runner.planner.plan(job, store.tracked_keys("contacts")).examined == 0  # a and b got fingerprints back
 
 
 def test_a_removed_trait_refreshes_fingerprints_instead_of_sending(
@@ -156,7 +156,7 @@ def test_a_removed_trait_refreshes_fingerprints_instead_of_sending(
     without = make_job(warehouse, receiver.url, audiences=[warehouse.audience("VIP", "vip")], profiles=False)
     first = runner.run(without)
     assert first.updates == 0
-    assert runner.plan(without, store.tracked_keys("contacts")).examined == 0
+    assert runner.planner.plan(without, store.tracked_keys("contacts")).examined == 0
 
 
 def test_rows_listed_twice_have_the_fingerprint_of_one_listing() -> None:
@@ -214,7 +214,7 @@ def test_the_index_with_the_rows_written_since_is_the_truth_and_is_rewritten_pas
     warehouse.set_members("vip", users[4:])  # 4 of 40 since the index: past 5 %, rewritten
     third = runner.run(job).run_id
     assert index_run() == third and read() == truth()
-    assert runner.plan(job, store.tracked_keys("contacts")).examined == 0
+    assert runner.planner.plan(job, store.tracked_keys("contacts")).examined == 0
 
 
 def test_an_index_of_another_hash_scheme_is_compared_in_full_once_then_rewritten(
@@ -224,6 +224,6 @@ def test_an_index_of_another_hash_scheme_is_compared_in_full_once_then_rewritten
     with store.engine.begin() as connection:
         connection.execute(update(FingerprintIndex).values(scheme="another-hash"))
     assert not any(store.stored_fingerprints("contacts").column("known").to_pylist())
-    assert runner.plan(job, store.tracked_keys("contacts")).examined == 3
+    assert runner.planner.plan(job, store.tracked_keys("contacts")).examined == 3
     assert runner.run(job).updates == 0
-    assert runner.plan(job, store.tracked_keys("contacts")).examined == 0
+    assert runner.planner.plan(job, store.tracked_keys("contacts")).examined == 0

@@ -83,8 +83,7 @@ def render(
 ) -> tuple[dict[str, Any], ...]:
     """The calls ``update`` becomes under ``spec``; all of them must be accepted to acknowledge it."""
     if spec.mode == "per_user":
-        call = coalesced_identify(update, spec.space_id, spec.integrations, timestamp, sent_at)
-        call["messageId"] = call_id(spec.salt, update.message_id)
-        return (call,)
+        message_id = call_id(spec.salt, update.message_id)
+        return (coalesced_identify(update, message_id, spec.space_id, spec.integrations, timestamp, sent_at),)
     ids = call_ids(spec.salt, update.message_id, [change.key for change in update.changes])
     return tuple(computation_identifies(update, ids, spec.space_id, spec.integrations, spec.ids, timestamp, sent_at))

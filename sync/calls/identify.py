@@ -19,6 +19,7 @@ _ID_CHARS = 27
 
 def coalesced_identify(
     update: Update,
+    message_id: str,
     space_id: str | None,
     integrations: Mapping[str, Any],
     timestamp: datetime,
@@ -26,7 +27,7 @@ def coalesced_identify(
 ) -> dict[str, Any]:
     """One identify carrying every changed key of the update (best for a destination taking one call per
     request); ``context.personas`` lists each computation."""
-    call = _base(update, timestamp, sent_at)
+    call = _base(update, message_id, iso(timestamp), iso(sent_at or timestamp))
     call["traits"] = {**{c.key: c.new for c in update.changes}, **standard_traits(update.profile)}
     call["context"] = {"personas": personas(update.changes, space_id)}
     call["integrations"] = dict(integrations)
@@ -46,21 +47,11 @@ def computation_identifies(
     value, plus ``email`` when known (the identifier Engage adds by default), and that computation's
     ``context.personas``. (The calls share their unchanging parts: they are encoded, never changed.)"""
     stamp, sent = iso(timestamp), iso(sent_at or timestamp)
-    profile = update.profile
-    email, anonymous_id = profile.get("email"), profile.get("anonymous_id")
+    email = update.profile.get("email")
     calls = []
     for change, message_id in zip(update.changes, message_ids, strict=True):
-        traits: dict[str, Any] = {change.key: change.new, "email": email} if email else {change.key: change.new}
-        call: dict[str, Any] = {
-            "type": "identify",
-            "messageId": message_id,
-            "timestamp": stamp,
-            "sentAt": sent,
-            "userId": update.user_id,
-        }
-        if anonymous_id:
-            call["anonymousId"] = anonymous_id
-        call["traits"] = traits
+        call = _base(update, message_id, stamp, sent)
+        call["traits"] = {change.key: change.new, "email": email} if email else {change.key: change.new}
         call["context"] = _personas(change.kind, change.key, ids.get(change.key), space_id)
         call["integrations"] = integrations
         calls.append(call)
@@ -80,16 +71,18 @@ def _personas(kind: str, key: str, computation_id: str | None, space_id: str | N
     return {"personas": context}
 
 
-def _base(update: Update, timestamp: datetime, sent_at: datetime | None) -> dict[str, Any]:
+def _base(update: Update, message_id: str, timestamp: str, sent_at: str) -> dict[str, Any]:
+    """What every identify of the update starts with: its type, ids and times."""
     call: dict[str, Any] = {
         "type": "identify",
-        "messageId": update.message_id,
-        "timestamp": iso(timestamp),
-        "sentAt": iso(sent_at or timestamp),
+        "messageId": message_id,
+        "timestamp": timestamp,
+        "sentAt": sent_at,
         "userId": update.user_id,
     }
-    if update.profile.get("anonymous_id"):
-        call["anonymousId"] = update.profile["anonymous_id"]
+    anonymous_id = update.profile.get("anonymous_id")
+    if anonymous_id:
+        call["anonymousId"] = anonymous_id
     return call
 
 

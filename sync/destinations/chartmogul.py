@@ -17,18 +17,16 @@ instead and the rest is sent, so that a malformed profile value never holds back
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-import orjson
-
 from sync.clock import Clock, iso
 from sync.config import ChartMogulWebhookConfig
+from sync.config.values import CHARTMOGUL_MAX_CONNECTIONS, CHARTMOGUL_REQUESTS_PER_SECOND
 from sync.destinations.base import Capabilities, Outgoing
-from sync.destinations.http import Request
+from sync.destinations.http import Request, encode_json
 from sync.errors import PermanentDeliveryError
 from sync.redact import public_label, secret_parts
 
@@ -40,8 +38,8 @@ CAPABILITIES = Capabilities(
     calls_per_request=1,
     bytes_per_request=MAX_BODY_BYTES,
     bytes_per_call=MAX_BODY_BYTES,
-    requests_per_second=40.0,  # ChartMogul's API limits (config.CHARTMOGUL_*)
-    max_connections=20,
+    requests_per_second=CHARTMOGUL_REQUESTS_PER_SECOND,
+    max_connections=CHARTMOGUL_MAX_CONNECTIONS,
 )
 
 # An address: one "@", something before it, a dotted domain after it, no spaces.
@@ -114,14 +112,6 @@ def encode_body(call: Mapping[str, Any]) -> bytes:
             f"rejected before sending: body is {len(encoded)} bytes, over the {MAX_BODY_BYTES}-byte limit"
         )
     return encoded
-
-
-def encode_json(value: Any) -> bytes:
-    """Compact UTF-8 JSON, as json.dumps(separators=(",", ":"), ensure_ascii=False) writes it."""
-    try:
-        return orjson.dumps(value)
-    except orjson.JSONEncodeError:  # what orjson does not take (integers beyond 64 bits)
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 class ChartMogulWebhook:

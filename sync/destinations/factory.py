@@ -12,7 +12,6 @@ import httpx
 from sync.calls import CallSpec
 from sync.clock import Clock, Sleep, utc_now
 from sync.config import ChartMogulWebhookConfig, DestinationConfig, JobConfig, SegmentConfig
-from sync.destinations.base import Capabilities
 from sync.destinations.breaker import Breaker
 from sync.destinations.chartmogul import ChartMogulWebhook
 from sync.destinations.http import HttpDestination, Target
@@ -39,10 +38,6 @@ def build_destination(
     return HttpDestination(
         TARGETS[type(settings)](settings), client, settings, sleep=sleep, clock=clock, breaker=breaker
     )
-
-
-def capabilities(settings: DestinationConfig) -> Capabilities:
-    return TARGETS[type(settings)](settings).capabilities
 
 
 def call_spec(job: JobConfig, installation: str) -> CallSpec:

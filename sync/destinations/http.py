@@ -11,15 +11,17 @@ for all of them, so an update is acknowledged only when every call it rendered t
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from collections import Counter
 from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
+import orjson
 from aiolimiter import AsyncLimiter
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 from tenacity.stop import stop_base
@@ -46,6 +48,22 @@ class Request:
     body: bytes = b""
     sent_at: datetime | None = None
     refused: str | None = None
+
+
+def encode_json(value: Any) -> bytes:
+    """Compact UTF-8 JSON, as json.dumps(separators=(",", ":"), ensure_ascii=False) writes it."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:  # what orjson does not take (integers beyond 64 bits)
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def encode_all(values: list[dict[str, Any]]) -> list[bytes]:
+    """Each value as ``encode_json`` writes it; orjson in one pass unless one of them needs the fallback."""
+    try:
+        return [orjson.dumps(value) for value in values]
+    except orjson.JSONEncodeError:
+        return [encode_json(value) for value in values]
 
 
 class Target(Protocol):

@@ -12,8 +12,6 @@ import base64
 from collections.abc import Iterator, Mapping
 from datetime import datetime
 
-import orjson
-
 from sync.clock import Clock, iso
 from sync.config import (
     SEGMENT_MAX_CALL_BYTES,
@@ -24,8 +22,7 @@ from sync.config import (
     SegmentConfig,
 )
 from sync.destinations.base import Capabilities, Outgoing
-from sync.destinations.chartmogul import encode_json
-from sync.destinations.http import Request
+from sync.destinations.http import Request, encode_all
 from sync.redact import public_label
 
 CAPABILITIES = Capabilities(
@@ -58,12 +55,9 @@ class SegmentBatch:
         packed: list[Outgoing] = []
         encoded: list[bytes] = []
         size = calls = 0
-        sent_at = clock()
+        sent_at = clock()  # when this batch is built and sent; each batch's calls carry their own
         stamp = iso(sent_at)
         for message in messages:
-            if not packed:
-                sent_at = clock()
-                stamp = iso(sent_at)
             own = _encoded(message, stamp)
             own_size = sum(map(len, own)) + len(own)  # each with its comma
             refused = None if own_size <= limits.bytes_per_call else _refusal(own, own_size, room, limits)
@@ -89,10 +83,7 @@ def _encoded(message: Outgoing, stamp: str) -> list[bytes]:
     this delivery: stamping them in place saves a copy of each)."""
     for call in message.calls:
         call["sentAt"] = stamp
-    try:
-        return [orjson.dumps(call) for call in message.calls]
-    except orjson.JSONEncodeError:  # an integer beyond 64 bits: the slower encoder that takes it
-        return [encode_json(call) for call in message.calls]
+    return encode_all(list(message.calls))
 
 
 def _refusal(calls: list[bytes], size: int, room: int, limits: Capabilities) -> str | None:
