@@ -3,7 +3,7 @@
 `python bench/fold.py --users N [--repeat R] [--memory 1GB]` reads the second snapshot of a generated
 workload (run `bench/run.py --users N` first), registers it as the engine does (profile ids, ten audience
 results, two trait results, each with its rows' order), and times variants of the engine's fold
-(`sync/engine.py`), medians of R: the engine's query, without its order or row count, the XOR alone,
+(`sync/snapshot/engine.py`), medians of R: the engine's query, without its order or row count, the XOR alone,
 and grouping by a 64-bit hash of the id instead of the id. Prints one JSON object as its last line.
 """
 

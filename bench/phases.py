@@ -24,8 +24,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import sync.engine  # noqa: E402
-import sync.runner  # noqa: E402
+import sync.run.runner  # noqa: E402
+import sync.snapshot.engine  # noqa: E402
 import sync.sources  # noqa: E402
 import sync.store.repository  # noqa: E402
 from bench.memory import peak_rss_mb  # noqa: E402
@@ -34,18 +34,18 @@ from sync.store import Store  # noqa: E402
 
 # (owner, attribute): what is timed. Functions that the runner imported by name are timed where it calls them.
 STEPS: list[tuple[Any, str]] = [
-    (sync.runner.Runner, "plan"),
-    (sync.runner, "read_snapshot"),
+    (sync.run.runner.Runner, "plan"),
+    (sync.run.runner, "read_snapshot"),
     (sync.sources, "normalise"),
-    (sync.engine.Snapshot, "_fold"),
-    (sync.engine.Snapshot, "_check_duplicates"),
+    (sync.snapshot.engine.Snapshot, "_fold"),
+    (sync.snapshot.engine.Snapshot, "_check_duplicates"),
     (sync.store.repository.Store, "stored_fingerprints"),
-    (sync.engine.Snapshot, "_examine"),
-    (sync.engine.Snapshot, "_selected"),
+    (sync.snapshot.engine.Snapshot, "_examine"),
+    (sync.snapshot.engine.Snapshot, "_selected"),
     (sync.store.repository.Store, "load_baseline"),
-    (sync.runner, "diff_states"),
+    (sync.run.runner, "diff_states"),
     (sync.store.repository.Store, "record_plan"),
-    (sync.engine.Snapshot, "member_counts"),
+    (sync.snapshot.engine.Snapshot, "member_counts"),
 ]
 
 
@@ -96,7 +96,7 @@ def main() -> None:
     store = Store.open(args.state_url)
     job = job_for(args.folder.resolve(), args.source, args.state_url)
     started = time.perf_counter()
-    report = sync.runner.Runner(store).run(job, sync.runner.RunOptions(dry_run=True))
+    report = sync.run.runner.Runner(store).run(job, sync.run.runner.RunOptions(dry_run=True))
     wall = time.perf_counter() - started
     if report.status != "planned":
         raise SystemExit(f"the dry run ended {report.status}: {report.error}")

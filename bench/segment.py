@@ -42,7 +42,7 @@ CONNECTIONS = 4  # the destination's default, for both our path and the bare loo
 _RUN = """
 import json, sys
 from bench.memory import peak_rss_mb
-from sync.cli import cli
+from sync.cli.main import cli
 try:
     cli.main(args=sys.argv[1:], prog_name="audience-sync")
 except SystemExit as exit:

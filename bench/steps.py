@@ -24,7 +24,7 @@ from bench.generate import AUDIENCES, job_yaml  # noqa: E402
 from bench.memory import peak_rss_mb  # noqa: E402
 from sync.config import parse_config  # noqa: E402
 from sync.destinations.base import DeliveryResult  # noqa: E402
-from sync.runner import Runner, RunOptions  # noqa: E402
+from sync.run.runner import Runner, RunOptions  # noqa: E402
 from sync.sources import computations  # noqa: E402
 from sync.store import Store  # noqa: E402
 

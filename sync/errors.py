@@ -13,7 +13,7 @@
         └── PermanentDeliveryError   any other non-2xx: recorded with its reason, not retried in this run
 
 Bad rows in a query result (a null ``user_id``, say) are not exceptions: they are skipped, counted and
-reported with the run as ``RowIssue`` values (see ``sync.snapshot``).
+reported with the run as ``RowIssue`` values (see ``sync.snapshot.normalise``).
 """
 
 from __future__ import annotations

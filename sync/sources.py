@@ -17,10 +17,10 @@ from sqlalchemy import Connection, create_engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from sync.config import ComputationConfig, JobConfig, driver_problem
-from sync.engine import Snapshot
 from sync.errors import SourceError
 from sync.model import Computation
-from sync.snapshot import Arrow, Columns, Profiles, Raw, arrow_or_list, normalise
+from sync.snapshot.engine import Snapshot
+from sync.snapshot.normalise import Arrow, Columns, Profiles, Raw, arrow_or_list, normalise
 
 log = logging.getLogger(__name__)
 

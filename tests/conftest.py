@@ -20,8 +20,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from sync.config import Config, JobConfig, parse_config
-from sync.receiver import Faults, Receiver
-from sync.runner import Runner
+from sync.dev.receiver import Faults, Receiver
+from sync.run.runner import Runner
 from sync.store import Store
 
 POSTGRES_URL = os.environ.get("AUDIENCE_SYNC_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

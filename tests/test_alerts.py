@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from sync.alerts import Alerts, RunFacts, conditions
 from sync.config import NotifyConfig
-from sync.receiver import Receiver
-from sync.runner import Runner
+from sync.dev.receiver import Receiver
+from sync.run.alerts import Alerts, RunFacts, conditions
+from sync.run.runner import Runner
 from sync.store import Store
 from tests.conftest import RecordingSleep, Warehouse, job_dict, make_config
 

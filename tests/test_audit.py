@@ -13,12 +13,12 @@ import pytest
 from rich.console import Console
 from sqlalchemy import update
 
-from sync.audit import ChangeFilter, audiences, change_records, history, moment, prune_job
+from sync.audit.display import print_rows
+from sync.audit.queries import ChangeFilter, audiences, change_records, history, moment, prune_job
 from sync.config import JobConfig
-from sync.display import print_rows
+from sync.dev.receiver import Action, Receiver
 from sync.errors import SyncError
-from sync.receiver import Action, Receiver
-from sync.runner import Runner, RunReport
+from sync.run.runner import Runner, RunReport
 from sync.store import AuditFilter, Store
 from sync.store.models import Run
 from tests.conftest import Warehouse, make_job

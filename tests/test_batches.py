@@ -3,8 +3,8 @@
 from collections import Counter
 
 from sync.config import JobConfig
-from sync.receiver import Receiver
-from sync.runner import Runner
+from sync.dev.receiver import Receiver
+from sync.run.runner import Runner
 from sync.store import Store
 from tests.conftest import RecordingSleep, Warehouse, make_job
 

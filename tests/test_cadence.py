@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from sync.cadence import due_after, earliest_after, next_run_at
 from sync.config import ScheduleConfig, parse_config
 from sync.errors import ConfigError
+from sync.scheduler.cadence import due_after, earliest_after, next_run_at
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 DEFAULT = ScheduleConfig()

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from sync.receiver import Receiver
+from sync.dev.receiver import Receiver
 from tests.conftest import Warehouse
 
 SECRET_PATH = "/webhook/s3cret-token"

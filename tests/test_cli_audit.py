@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from sync.receiver import Receiver
-from sync.runner import Runner
+from sync.dev.receiver import Receiver
+from sync.run.runner import Runner
 from sync.store import Store
 from tests.conftest import LogWatch, RecordingSleep, Warehouse, job_dict
 from tests.test_audit import Story
@@ -146,7 +146,7 @@ def test_every_listing_has_json(audited: Path) -> None:
 
 def test_the_daemon_prunes_when_it_starts(tmp_path: Path, warehouse: Warehouse, receiver: Receiver) -> None:
     from sync.config import parse_config
-    from sync.scheduler import Daemon
+    from sync.scheduler.daemon import Daemon
 
     job = job_dict(warehouse, receiver.url, audiences=[warehouse.audience("VIP", "vip")])
     job["schedule"] = {"enabled": False}

@@ -13,7 +13,7 @@ import pytest
 from sync.config import ChartMogulWebhookConfig
 from sync.destinations.base import DeliveryResult, Outgoing, SendWindow
 from sync.destinations.factory import build_destination
-from sync.receiver import Action, Faults, Receiver
+from sync.dev.receiver import Action, Faults, Receiver
 from tests.conftest import RecordingSleep
 
 

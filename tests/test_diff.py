@@ -4,8 +4,8 @@ import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sync.diff import apply_changes, diff_states
 from sync.model import Computation
+from sync.plan.diff import apply_changes, diff_states
 
 VIP = Computation("vip", "audience", "VIP")
 BETA = Computation("beta", "audience", "Beta")

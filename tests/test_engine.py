@@ -11,12 +11,12 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from sync.engine import stored_table
+from sync.dev.receiver import Receiver
 from sync.errors import EngineError
 from sync.model import Computation
-from sync.receiver import Receiver
-from sync.runner import Runner
-from sync.snapshot import Columns, Profiles, build_snapshot
+from sync.run.runner import Runner
+from sync.snapshot.engine import stored_table
+from sync.snapshot.normalise import Columns, Profiles, build_snapshot
 from sync.store import Store
 from tests.conftest import Warehouse, make_job
 
@@ -60,7 +60,7 @@ def test_too_little_engine_memory_fails_the_run_with_the_setting_named(
 
 
 def test_arrow_memory_comes_from_jemalloc_unless_the_environment_says_otherwise() -> None:
-    code = "import sync.engine, pyarrow as pa; print(pa.default_memory_pool().backend_name)"
+    code = "import sync.snapshot.engine, pyarrow as pa; print(pa.default_memory_pool().backend_name)"
     env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
     chosen = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert chosen.stdout.strip() == "jemalloc"

@@ -13,9 +13,9 @@ import yaml
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from sync.delivery import WINDOW_PER_CONNECTION
-from sync.receiver import Action, Faults, Receiver
-from sync.runner import Runner
+from sync.dev.receiver import Action, Faults, Receiver
+from sync.run.delivery import WINDOW_PER_CONNECTION
+from sync.run.runner import Runner
 from sync.store import Store
 from tests.conftest import POSTGRES_URL, RecordingSleep, Warehouse, _postgres_or_skip, kill_run_when, make_job
 

@@ -10,12 +10,12 @@ from sqlalchemy import delete, select, update
 
 import sync.store.state as state_store
 from sync.config import JobConfig
-from sync.diff import diff_states
-from sync.engine import Snapshot, stored_table
+from sync.dev.receiver import Receiver
 from sync.model import Computation
-from sync.receiver import Receiver
-from sync.runner import Runner
-from sync.snapshot import build_snapshot
+from sync.plan.diff import diff_states
+from sync.run.runner import Runner
+from sync.snapshot.engine import Snapshot, stored_table
+from sync.snapshot.normalise import build_snapshot
 from sync.store import Store
 from sync.store.models import AckState, FingerprintIndex
 from tests.conftest import Warehouse, make_job

@@ -4,11 +4,11 @@ import pandas as pd
 import pytest
 
 from sync.config import GuardConfig
-from sync.diff import diff_states
-from sync.guard import guard_problems, moves
+from sync.dev.receiver import Receiver
 from sync.model import Computation
-from sync.receiver import Receiver
-from sync.runner import Runner, RunOptions
+from sync.plan.diff import diff_states
+from sync.plan.guard import guard_problems, moves
+from sync.run.runner import Runner, RunOptions
 from sync.store import Store
 from tests.conftest import Warehouse, make_job
 

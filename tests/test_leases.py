@@ -5,8 +5,8 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import update
 
-from sync.receiver import Receiver
-from sync.runner import Runner, RunReport
+from sync.dev.receiver import Receiver
+from sync.run.runner import Runner, RunReport
 from sync.store import Store
 from sync.store.models import JobLease
 from tests.conftest import Gate, LogWatch, RecordingSleep, Warehouse, make_job
@@ -132,7 +132,7 @@ def test_only_a_dead_process_of_this_host_counts_as_a_dead_holder() -> None:
     import subprocess
     import sys
 
-    from sync.lease import holder_is_dead
+    from sync.run.lease import holder_is_dead
 
     host = socket.gethostname()
     exited = subprocess.run(

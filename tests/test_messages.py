@@ -8,9 +8,9 @@ import pandas as pd
 from sync.calls import render
 from sync.clock import iso
 from sync.destinations.factory import spec_before_specs as call_spec_for_chartmogul
-from sync.diff import diff_states
-from sync.messages import message_id, plan_updates
 from sync.model import Computation, KeyChange, Update
+from sync.plan.diff import diff_states
+from sync.plan.updates import message_id, plan_updates
 
 NOW = datetime(2026, 11, 22, 6, 0, 0, 123456, tzinfo=UTC)
 VIP = Computation("vip_customers", "audience", "VIP")

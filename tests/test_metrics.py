@@ -15,9 +15,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from sync.metrics import Metrics
-from sync.receiver import Receiver
-from sync.runner import Runner, RunOptions
+from sync.dev.receiver import Receiver
+from sync.run.runner import Runner, RunOptions
+from sync.scheduler.metrics import Metrics
 from sync.store import Store
 from tests.conftest import RecordingSleep, Warehouse, job_dict, make_job
 

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import create_engine, text
 
-from sync.receiver import Receiver
-from sync.runner import Runner
+from sync.dev.receiver import Receiver
+from sync.run.runner import Runner
 from sync.store import Store
 from tests.conftest import Warehouse, job_dict, make_config, make_job
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sync.receiver import Receiver
+from sync.dev.receiver import Receiver
 from tests.conftest import Warehouse
 from tests.test_cli import cli, seeded, write_config  # noqa: F401 - the fixture is used by name
 
@@ -124,7 +124,7 @@ def test_a_table_too_wide_for_the_terminal_is_shown_as_blocks_with_nothing_cut()
 
     from rich.console import Console
 
-    from sync.display import print_rows
+    from sync.audit.display import print_rows
 
     row = {
         "job": "crm-contacts-production",
@@ -151,7 +151,7 @@ def test_failed_all_lists_updates_still_being_retried_and_plan_summarises_first(
 ) -> None:
     import json
 
-    from sync.receiver import Faults
+    from sync.dev.receiver import Faults
 
     config = write_config(tmp_path, seeded, f"sqlite:///{tmp_path / 'state.db'}")
     planned = cli(config, "plan", "contacts", webhook="https://hooks.example.com/x")

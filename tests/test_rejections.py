@@ -4,8 +4,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from sync.destinations.chartmogul import MAX_BODY_BYTES
-from sync.receiver import Action, Receiver
-from sync.runner import Runner
+from sync.dev.receiver import Action, Receiver
+from sync.run.runner import Runner
 from sync.store import Store
 from tests.conftest import Warehouse, make_job
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from sync.report import ENTERED, EXITED, PALETTE, render_report
+from sync.audit.report import ENTERED, EXITED, PALETTE, render_report
 from sync.store import Store
 from tests.test_audit import Story, story  # noqa: F401 - the fixture
 
@@ -117,7 +117,7 @@ def test_a_browser_opens_a_runs_page_from_its_link_with_its_changes_and_calls(re
 
 
 def test_failure_reasons_that_differ_only_in_numbers_are_one_reason() -> None:
-    from sync.report import grouped_reasons
+    from sync.audit.report import grouped_reasons
 
     now = datetime.now(UTC)
     reasons = [

@@ -4,8 +4,8 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from sync.receiver import Action, Receiver
-from sync.runner import Runner, RunOptions
+from sync.dev.receiver import Action, Receiver
+from sync.run.runner import Runner, RunOptions
 from sync.store import Store
 from tests.conftest import Warehouse, make_job
 

@@ -16,11 +16,11 @@ import pytest
 import yaml
 from sqlalchemy import update
 
+from sync.audit.status import status_rows
 from sync.config import Config, JobConfig
-from sync.receiver import Action, Receiver
-from sync.runner import Runner, RunOptions, RunReport
-from sync.scheduler import Daemon
-from sync.status import status_rows
+from sync.dev.receiver import Action, Receiver
+from sync.run.runner import Runner, RunOptions, RunReport
+from sync.scheduler.daemon import Daemon
 from sync.store import Store
 from sync.store.models import Run
 from tests.conftest import LogWatch, RecordingSleep, Warehouse, job_dict, make_config

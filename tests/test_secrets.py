@@ -12,7 +12,7 @@ import yaml
 from sqlalchemy import MetaData, create_engine, select
 from sqlalchemy.engine import make_url
 
-from sync.receiver import Action, Receiver
+from sync.dev.receiver import Action, Receiver
 from tests.conftest import Warehouse
 
 TOKEN = "wh-s3cret-9f8e7d"

@@ -14,15 +14,15 @@ from typing import Any
 import pytest
 import yaml
 
-from sync.audit import run_calls
+from sync.audit.queries import run_calls
 from sync.calls.identify import derived_id
 from sync.clock import iso
 from sync.config import SEGMENT_MAX_CALLS, SEGMENT_MAX_REQUEST_BYTES, SegmentConfig
-from sync.delivery import WINDOW_PER_CONNECTION
 from sync.destinations.base import Outgoing
 from sync.destinations.segment import SegmentBatch
-from sync.receiver import Action, Faults, Receiver
-from sync.runner import Runner, RunOptions
+from sync.dev.receiver import Action, Faults, Receiver
+from sync.run.delivery import WINDOW_PER_CONNECTION
+from sync.run.runner import Runner, RunOptions
 from sync.store import Store
 from tests.conftest import RecordingSleep, Warehouse, job_dict, kill_run_when, make_config
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from sync.receiver import Action, Receiver
-from sync.runner import Runner, RunReport
+from sync.dev.receiver import Action, Receiver
+from sync.run.runner import Runner, RunReport
 from sync.store import Store
 from tests.conftest import Gate, RecordingSleep, Warehouse, make_job
 

@@ -8,7 +8,7 @@ import pytest
 
 from sync.errors import SourceError
 from sync.model import Computation
-from sync.snapshot import build_snapshot
+from sync.snapshot.normalise import build_snapshot
 
 AUD = Computation("vip", "audience", "VIP")
 TRAIT = Computation("revenue", "trait", "Revenue")

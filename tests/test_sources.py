@@ -14,9 +14,9 @@ from sqlalchemy import create_engine, text
 
 from sync import sources
 from sync.config import JobConfig
-from sync.engine import stored_table
 from sync.errors import SourceError
-from sync.snapshot import Arrow, Profiles
+from sync.snapshot.engine import stored_table
+from sync.snapshot.normalise import Arrow, Profiles
 from sync.sources import read_snapshot
 from tests.conftest import Warehouse, make_config, make_job
 

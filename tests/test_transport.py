@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from sync.destinations.transport import AiohttpTransport
-from sync.receiver import Receiver
+from sync.dev.receiver import Receiver
 
 SECRET = "/webhook/s3cr3t-token"
 

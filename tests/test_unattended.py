@@ -15,13 +15,13 @@ import httpx
 import pytest
 
 from sync.clock import utc_now
-from sync.delivery import default_client
 from sync.destinations.base import Outgoing
 from sync.destinations.breaker import Breaker
 from sync.destinations.factory import build_destination
-from sync.receiver import Receiver
-from sync.runner import Runner
-from sync.scheduler import Daemon
+from sync.dev.receiver import Receiver
+from sync.run.delivery import default_client
+from sync.run.runner import Runner
+from sync.scheduler.daemon import Daemon
 from sync.store import Store
 from tests.conftest import LogWatch, RecordingSleep, Warehouse, job_dict, make_config, make_job
 
@@ -221,7 +221,7 @@ def test_the_timeout_bounds_the_whole_exchange_not_each_read(warehouse: Warehous
 def test_blocked_runs_are_warnings_escalate_and_show_in_status(
     store: Store, warehouse: Warehouse, receiver: Receiver
 ) -> None:
-    from sync.status import job_status
+    from sync.audit.status import job_status
 
     users = [f"u{i}" for i in range(200)]
     warehouse.set_members("vip", users)

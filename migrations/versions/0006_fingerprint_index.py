@@ -1,6 +1,6 @@
 """A columnar copy of each job's acknowledged fingerprints, read in one piece by incremental runs.
 
-The fingerprints move to a new hash (``sync.engine.SCHEME``): those recorded before are cleared, and the
+The fingerprints move to a new hash (``sync.snapshot.engine.SCHEME``): those recorded before are cleared, and the
 first run after the upgrade compares every user's acknowledged state in full, once.
 
 Revision ID: 0006

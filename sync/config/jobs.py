@@ -56,7 +56,7 @@ class ComputationConfig(FrozenModel):
 
 
 class GuardConfig(FrozenModel):
-    """The mass-change guard (see ``sync.guard``); ``run --force`` overrides it for one run."""
+    """The mass-change guard (see ``sync.plan.guard``); ``run --force`` overrides it for one run."""
 
     enabled: bool = True
     exit_share: float = Field(

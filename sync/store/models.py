@@ -122,7 +122,7 @@ class AckState(Base):
     version: Mapped[int] = mapped_column(Integer)
     run_id: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    # ``sync.engine`` fingerprint of ``state`` (as a signed 64-bit integer); NULL when not known.
+    # ``sync.snapshot.engine`` fingerprint of ``state`` (as a signed 64-bit integer); NULL when not known.
     fingerprint: Mapped[int | None] = mapped_column(BigInteger)
 
 

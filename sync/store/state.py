@@ -30,8 +30,8 @@ from sqlalchemy.orm import Session
 
 from sync.destinations.base import DeliveryResult
 from sync.destinations.outcomes import is_rejection
-from sync.engine import SCHEME, stored_table
 from sync.model import Computation, Update
+from sync.snapshot.engine import SCHEME, stored_table
 from sync.store import dialect
 from sync.store.common import dumps
 from sync.store.models import (
@@ -168,7 +168,7 @@ class StateStore:
                 yield from ((row[0], row[1], row[2], row[3]) for row in rows)
 
     def stored_fingerprints(self, job: str) -> pa.Table:
-        """Every acknowledged user of the job with its fingerprint (``sync.engine.STORED_SCHEMA``).
+        """Every acknowledged user of the job with its fingerprint (``sync.snapshot.engine.STORED_SCHEMA``).
 
         Read from the fingerprint index plus the rows written since it was made; fingerprints of another
         hash scheme come back as not known. Without an index, every row is read.

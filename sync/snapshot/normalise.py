@@ -5,7 +5,7 @@ a value JSON cannot carry) are skipped and reported as ``RowIssue``; results tha
 untrustworthy (conflicting duplicate profiles or trait values, unknown columns) raise ``SourceError``.
 
 The snapshot is columnar: each result is normalised into an Arrow table once, vectorised, and the work
-over every user (the universe of users, their fingerprints, duplicate checks) is done by ``sync.engine``
+over every user (the universe of users, their fingerprints, duplicate checks) is done by ``sync.snapshot.engine``
 in an in-process DuckDB database. Python objects are made only for the users a run looks at closely.
 """
 
@@ -24,11 +24,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sync.errors import SourceError
-from sync.json_values import EXACT_INT, canonical, json_value
 from sync.model import PROFILE_COLUMNS, Computation
+from sync.snapshot.json_values import EXACT_INT, canonical, json_value
 
 if TYPE_CHECKING:
-    from sync.engine import Snapshot
+    from sync.snapshot.engine import Snapshot
 
 # How many offending user ids an error message lists before it says "and N more".
 SHOWN_IDS = 10
@@ -156,7 +156,7 @@ def build_snapshot(
     computations: Sequence[Computation], profiles: Raw | Profiles | None, results: Mapping[str, Raw]
 ) -> Snapshot:
     """Assemble a snapshot from the profiles query and one raw result per computation key."""
-    from sync.engine import Snapshot
+    from sync.snapshot.engine import Snapshot
 
     return Snapshot(normalise(computations, profiles, results))
 
@@ -421,7 +421,7 @@ def _mask(flags: pa.Array, null: bool) -> np.ndarray:
 
 def _texts(table: Columns, name: str) -> pa.Array:
     """A profile column as text. Blank texts stay as they are here: they read as null when a profile is
-    looked up (``sync.engine``), so that only the profiles a run sends pay for it."""
+    looked up (``sync.snapshot.engine``), so that only the profiles a run sends pay for it."""
     array, objects = _column(table, name)
     if array is not None and (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
         return array.cast(pa.string())

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from sync.json_values import json_key
 from sync.model import Computation
+from sync.snapshot.json_values import json_key
 
 CHANGE_COLUMNS = ["user_id", "key", "old", "new", "change"]
 

@@ -11,7 +11,10 @@ from pathlib import Path
 
 import click
 
-from sync import __version__, cli_audit, cli_daemon, cli_run, logs
+from sync import __version__, logs
+from sync.cli import audit as cli_audit
+from sync.cli import daemon as cli_daemon
+from sync.cli import run as cli_run
 
 COMMANDS = [
     cli_run.validate, cli_run.migrate, cli_run.run, cli_run.plan, cli_run.retry, cli_run.receiver, cli_run.demo,

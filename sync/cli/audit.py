@@ -10,7 +10,8 @@ from typing import Any
 
 import click
 
-from sync.audit import (
+from sync.audit.display import FORMATS, print_rows
+from sync.audit.queries import (
     CHANGE_FIELDS,
     CHANGES,
     HISTORY_FIELDS,
@@ -23,14 +24,13 @@ from sync.audit import (
     run_calls,
     run_record,
 )
-from sync.audit import audiences as audience_series
-from sync.audit import history as user_history
-from sync.cli_common import fail, open_store, outline_of, state_url_of, stdout_console
+from sync.audit.queries import audiences as audience_series
+from sync.audit.queries import history as user_history
+from sync.audit.report import render_report
+from sync.cli.common import fail, open_store, outline_of, state_url_of, stdout_console
 from sync.clock import iso, utc_now
-from sync.display import FORMATS, print_rows
 from sync.errors import ConfigError, SyncError
-from sync.report import render_report
-from sync.run_report import EXIT_USAGE
+from sync.run.report import EXIT_USAGE
 from sync.store import AuditFilter, Store
 from sync.store.models import FailedUpdate, RunUpdate
 

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sync.alerts import FAILING_AFTER
-from sync.audit import run_record
+from sync.audit.queries import run_record
 from sync.clock import iso
 from sync.config import Config, JobConfig, JobOutline, Outline
+from sync.run.alerts import FAILING_AFTER
 from sync.store import Store
 
 # The columns of the table people read; `--json` has every field.

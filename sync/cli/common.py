@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from sync.config import Config, Outline, load_config, load_outline, load_state_url
 from sync.errors import ConfigError, StoreError, SyncError
-from sync.run_report import EXIT_FAILED, EXIT_USAGE
+from sync.run.report import EXIT_FAILED, EXIT_USAGE
 from sync.store import Store, store_reason
 
 log = logging.getLogger("sync.cli")

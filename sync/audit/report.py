@@ -14,9 +14,9 @@ from datetime import datetime
 from itertools import islice
 from typing import Any
 
-from sync.audit import audiences, change_records, run_calls, run_record
+from sync.audit.display import cell
+from sync.audit.queries import audiences, change_records, run_calls, run_record
 from sync.clock import iso
-from sync.display import cell
 from sync.store import AuditFilter, Store
 
 PALETTE = ("#3b6fd8", "#e07b39", "#2e9e5b", "#9b59b6", "#c0392b", "#16a2b8", "#b8860b", "#e84393", "#5d6d7e", "#7f8c8d")

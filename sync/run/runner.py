@@ -22,21 +22,21 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from sync import lease
-from sync.alerts import RECENT_RUNS, Alerts, RunFacts
 from sync.calls import CallSpec
 from sync.clock import Clock, Sleep, utc_now
 from sync.config import JobConfig
-from sync.delivery import PROGRESS_INTERVAL_S, ClientFactory, Delivery, Pace, Progress, default_client
 from sync.destinations.breaker import Breaker
 from sync.destinations.factory import call_spec
 from sync.errors import GuardError, SyncError
-from sync.lease import LEASE_TTL, process_owner
-from sync.metrics import Metrics
 from sync.model import Update
-from sync.planner import BATCH, KEEP, Plan, Planner
-from sync.run_report import RunOptions as RunOptions
-from sync.run_report import RunReport as RunReport
+from sync.plan.planner import BATCH, KEEP, Plan, Planner
+from sync.run import lease
+from sync.run.alerts import RECENT_RUNS, Alerts, RunFacts
+from sync.run.delivery import PROGRESS_INTERVAL_S, ClientFactory, Delivery, Pace, Progress, default_client
+from sync.run.lease import LEASE_TTL, process_owner
+from sync.run.report import RunOptions as RunOptions
+from sync.run.report import RunReport as RunReport
+from sync.scheduler.metrics import Metrics
 from sync.sources import computations
 from sync.store import Store, store_reason
 

@@ -17,14 +17,14 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from sync.alerts import FAILING_AFTER, Alerts
-from sync.audit import prune_job
-from sync.cadence import earliest_after, next_run_at
+from sync.audit.queries import prune_job
 from sync.clock import Clock, utc_now
 from sync.config import Config, JobConfig
-from sync.lease import holder_is_dead, process_owner
-from sync.metrics import Metrics
-from sync.runner import Runner, RunOptions
+from sync.run.alerts import FAILING_AFTER, Alerts
+from sync.run.lease import holder_is_dead, process_owner
+from sync.run.runner import Runner, RunOptions
+from sync.scheduler.cadence import earliest_after, next_run_at
+from sync.scheduler.metrics import Metrics
 from sync.store import TROUBLE, Store
 
 log = logging.getLogger(__name__)

@@ -7,14 +7,14 @@ import logging
 
 import click
 
-from sync.cli_common import fail, job_config, open_store, outline_of, stdout_console, stop_on_signals
+from sync.audit.display import print_rows
+from sync.audit.status import STATUS_FIELDS, status_rows, table_row
+from sync.cli.common import fail, job_config, open_store, outline_of, stdout_console, stop_on_signals
 from sync.clock import utc_now
-from sync.display import print_rows
 from sync.errors import ConfigError
-from sync.metrics import Metrics
-from sync.run_report import EXIT_USAGE
-from sync.scheduler import Daemon
-from sync.status import STATUS_FIELDS, status_rows, table_row
+from sync.run.report import EXIT_USAGE
+from sync.scheduler.daemon import Daemon
+from sync.scheduler.metrics import Metrics
 
 log = logging.getLogger("sync.cli")
 

@@ -17,14 +17,14 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
-from sync.alerts import Alerts
-from sync.audit import CHANGE_FIELDS, change_records
-from sync.cli_common import fail, job_config, open_store, state_url_of, stdout_console, stop_on_signals
-from sync.display import print_rows
+from sync.audit.display import print_rows
+from sync.audit.queries import CHANGE_FIELDS, change_records
+from sync.cli.common import fail, job_config, open_store, state_url_of, stdout_console, stop_on_signals
+from sync.dev.receiver import Faults, Receiver
 from sync.errors import ConfigError
-from sync.receiver import Faults, Receiver
-from sync.run_report import EXIT_USAGE, SUMMARY_FIELDS, RunOptions
-from sync.runner import Runner
+from sync.run.alerts import Alerts
+from sync.run.report import EXIT_USAGE, SUMMARY_FIELDS, RunOptions
+from sync.run.runner import Runner
 from sync.store import AuditFilter, Store
 
 log = logging.getLogger("sync.cli")
@@ -237,6 +237,6 @@ def receiver(
 @click.pass_context
 def demo(ctx: click.Context, workdir: Path) -> None:
     """Build a demo warehouse, sync it to a loopback receiver twice, and show what happened."""
-    from sync.demo import run_demo
+    from sync.dev.demo import run_demo
 
     sys.exit(run_demo(workdir, stdout_console(), ctx.obj))

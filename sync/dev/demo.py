@@ -15,13 +15,13 @@ from pathlib import Path
 
 from rich.console import Console
 
-from sync.audit import CHANGE_FIELDS, RUN_TABLE_FIELDS, change_records, run_record
+from sync.audit.display import print_table
+from sync.audit.queries import CHANGE_FIELDS, RUN_TABLE_FIELDS, change_records, run_record
 from sync.config import Config, JobConfig, load_config
-from sync.display import print_table
+from sync.dev.receiver import Receiver
 from sync.errors import ConfigError, SyncError
-from sync.receiver import Receiver
-from sync.run_report import EXIT_FAILED, EXIT_USAGE, RunOptions, RunReport
-from sync.runner import Runner
+from sync.run.report import EXIT_FAILED, EXIT_USAGE, RunOptions, RunReport
+from sync.run.runner import Runner
 from sync.store import AuditFilter, Store
 
 DEMO_JOB = "contacts"

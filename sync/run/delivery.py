@@ -27,13 +27,13 @@ from sync.destinations.factory import build_destination
 from sync.destinations.outcomes import WEBHOOK_REFUSED
 from sync.destinations.transport import AiohttpTransport
 from sync.errors import SyncError
-from sync.messages import tally
-from sync.metrics import Metrics
 from sync.model import Update
+from sync.plan.updates import tally
+from sync.scheduler.metrics import Metrics
 from sync.store import Store
 
 if TYPE_CHECKING:
-    from sync.run_report import RunReport
+    from sync.run.report import RunReport
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,11 @@ from typing import Protocol, TypeVar
 import pandas as pd
 
 from sync.config import JobConfig
-from sync.diff import diff_states
-from sync.engine import Examined, Selection, Snapshot
-from sync.guard import guard_problems, moves
-from sync.messages import plan_updates, tally
 from sync.model import Update
+from sync.plan.diff import diff_states
+from sync.plan.guard import guard_problems, moves
+from sync.plan.updates import plan_updates, tally
+from sync.snapshot.engine import Examined, Selection, Snapshot
 from sync.sources import read_snapshot
 from sync.store import Baseline, Store
 

@@ -1,0 +1,1 @@
+"""The ``audience-sync`` command line: ``main`` and one module per command group."""

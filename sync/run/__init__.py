@@ -1,0 +1,2 @@
+"""One run of one job: its lifecycle (``runner``), its lease, its sending (``delivery``), its report and the
+alerts its end raises."""

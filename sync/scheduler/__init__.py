@@ -1,0 +1,1 @@
+"""The daemon: when each job runs next (``cadence``), running it then (``daemon``), and its metrics."""
