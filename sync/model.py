@@ -30,6 +30,7 @@ RUN_COUNTS = (
     "updates",
     "delivered",
     "failed",
+    "unmatched",
     "skipped_rows",
     "parked",
 )

@@ -107,6 +107,7 @@ def test_run_json_then_runs_diff_and_messages(tmp_path: Path, seeded: Warehouse,
         "updates": 4,
         "delivered": 4,
         "failed": 0,
+        "unmatched": 0,
     }
 
     seeded.set_members("vip", ["u1"])

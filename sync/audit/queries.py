@@ -76,6 +76,8 @@ def run_record(run: Run) -> dict[str, Any]:
         "updates": run.updates,
         "delivered": run.delivered,
         "failed": run.failed,
+        "unmatched": run.unmatched,
+        "match_rate": match_rate(run.delivered, run.unmatched),
         "skipped_rows": run.skipped_rows,
         "parked": run.parked,
         "error": run.error,
@@ -83,6 +85,12 @@ def run_record(run: Run) -> dict[str, Any]:
         "trigger": run.trigger,
         "duration_s": round((run.finished_at - run.started_at).total_seconds(), 1) if run.finished_at else None,
     }
+
+
+def match_rate(delivered: int, unmatched: int) -> float | None:
+    """The share of the subjects written that the destination had a record for; None when it found every
+    one (or the destination does not look records up)."""
+    return round(delivered / (delivered + unmatched), 4) if unmatched else None
 
 
 def moment(text: str, now: datetime) -> datetime:

@@ -214,7 +214,11 @@ def _svg(name: str, marks: list[str], top: int, ends: tuple[str, str], centred: 
 def _runs_table(runs: Sequence[dict[str, Any]]) -> str:
     if not runs:
         return "<p class=empty>No runs yet.</p>"
-    fields = _RUN_FIELDS
+    fields: tuple[str, ...] = _RUN_FIELDS
+    if any(run.get("unmatched") for run in runs):  # a destination that finds records: how many it found
+        at = fields.index("failed") + 1
+        fields = (*fields[:at], "unmatched", "matched", *fields[at:])
+        runs = [{**run, "matched": _percent(run.get("match_rate"))} for run in runs]
     head = "".join(f"<th>{f.replace('_', ' ')}</th>" for f in fields)
     rows = []
     for run in runs:
@@ -226,6 +230,10 @@ def _runs_table(runs: Sequence[dict[str, Any]]) -> str:
         )
         rows.append(f'<tr class="{_e(run["status"])}">{cells}</tr>')
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _percent(rate: float | None) -> str:
+    return "" if rate is None else f"{rate:.0%}"
 
 
 def _reasons_table(reasons: Sequence[tuple[str | None, int | None, int, datetime | None]]) -> str:

@@ -74,7 +74,7 @@ def table_row(status: dict[str, Any]) -> dict[str, Any]:
     return {
         "job": status["job"],
         "schedule": schedule,
-        "last_run": f"{last['run_id']} {last['status']}" if last else "never",
+        "last_run": _last_run(last),
         "finished": _short(last.get("finished_at")),
         "next_run": _short(status["next_run_at"]),
         "acknowledged": status["acknowledged_users"],
@@ -83,6 +83,15 @@ def table_row(status: dict[str, Any]) -> dict[str, Any]:
         "failures": trouble,
         "running": f"run {lease['run_id']} on {lease['owner']}" if lease and lease["live"] else "",
     }
+
+
+def _last_run(last: dict[str, Any]) -> str:
+    if not last:
+        return "never"
+    text = f"{last['run_id']} {last['status']}"
+    if last.get("match_rate") is not None:
+        text += f", {last['match_rate']:.0%} matched"
+    return text
 
 
 def _short(moment: str | None) -> str:

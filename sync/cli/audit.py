@@ -87,8 +87,9 @@ def runs(ctx: click.Context, job: str | None, limit: int, as_json: bool) -> None
 @click.option("--key", help="Only this audience or trait key.")
 @click.option(
     "--status",
-    type=click.Choice(["planned", "pending", "delivered", "failed", "dead"]),
-    help="Only updates with this delivery status (dead: parked after repeated rejections).",
+    type=click.Choice(["planned", "pending", "delivered", "failed", "unmatched", "dead"]),
+    help="Only updates with this delivery status (dead: parked after repeated rejections; unmatched: the "
+    "destination has no record for the subject).",
 )
 @click.option("--change", type=click.Choice(CHANGES), help="Only entries, exits or trait changes.")
 @click.option("--since", help="Runs started at or after this time (2026-11-15, 2026-11-15T08:00) or age (7d, 12h).")

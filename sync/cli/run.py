@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from sync.audit.display import print_rows
 from sync.audit.queries import CHANGE_FIELDS, change_records
 from sync.cli.common import fail, job_config, open_store, state_url_of, stdout_console, stop_on_signals
+from sync.dev.chartmogul_api import REQUESTS_PER_SECOND, Account, ChartMogulApiReceiver, load_account
 from sync.dev.receiver import Faults, Receiver
 from sync.errors import ConfigError
 from sync.run.alerts import Alerts
@@ -158,6 +159,9 @@ def _print_report(summary: Mapping[str, Any], as_json: bool) -> None:
         f"{summary['traits_changed']} trait changes, {summary['updates']} updates, "
         f"{summary['delivered']} delivered, {summary['failed']} failed"
     )
+    if summary.get("unmatched"):
+        matched = summary["delivered"] / max(1, summary["delivered"] + summary["unmatched"])
+        line += f", {summary['unmatched']} unmatched (no record at the destination; {matched:.0%} matched)"
     if summary.get("skipped_rows"):
         line += f", {summary['skipped_rows']} rows skipped"
     if summary.get("parked"):
@@ -178,15 +182,26 @@ def _print_report(summary: Mapping[str, Any], as_json: bool) -> None:
 @click.option("--seed", default=0, help="Seed of the fault dice.")
 @click.option(
     "--mode",
-    type=click.Choice(["chartmogul", "segment"]),
+    type=click.Choice(["chartmogul", "segment", "chartmogul_api"]),
     default="chartmogul",
     show_default=True,
-    help="chartmogul: a Send Contact webhook at any path; segment: Segment's /v1/batch.",
+    help="chartmogul: a Send Contact webhook at any path; segment: Segment's /v1/batch; chartmogul_api: "
+    "ChartMogul's REST API (customers, contacts, custom attributes) at /v1.",
 )
 @click.option(
     "--write-key-env",
     metavar="VAR",
     help="Segment mode: answer 401 unless the basic auth carries the write key in this environment variable.",
+)
+@click.option(
+    "--api-key-env",
+    metavar="VAR",
+    help="chartmogul_api mode: answer 401 unless the basic auth carries the API key in this environment variable.",
+)
+@click.option(
+    "--customers",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="chartmogul_api mode: the customers (and contacts) it starts with, from a JSON or CSV file.",
 )
 def receiver(
     port: int,
@@ -197,15 +212,16 @@ def receiver(
     delay: float,
     drop_rate: float,
     seed: int,
-    mode: Literal["chartmogul", "segment"],
+    mode: Literal["chartmogul", "segment", "chartmogul_api"],
     write_key_env: str | None,
+    api_key_env: str | None,
+    customers: Path | None,
 ) -> None:
     """A ChartMogul- or Segment-compatible capture server on 127.0.0.1, to try a configuration safely."""
-    write_key = None
-    if write_key_env is not None:
-        write_key = os.environ.get(write_key_env)
-        if not write_key:
-            fail(f"--write-key-env: environment variable {write_key_env} is not set", EXIT_USAGE)
+    write_key = _secret_from(write_key_env, "--write-key-env")
+    api_key = _secret_from(api_key_env, "--api-key-env")
+    if (api_key_env or customers) and mode != "chartmogul_api":
+        fail("--api-key-env and --customers are for --mode chartmogul_api", EXIT_USAGE)
     faults = Faults(
         error_rate=error_rate,
         rate_limit=rate_limit,
@@ -214,7 +230,24 @@ def receiver(
         drop_rate=drop_rate,
         seed=seed,
     )
-    server = Receiver(port, faults, out, mode=mode, write_key=write_key, keep=False)
+    server: Receiver | ChartMogulApiReceiver
+    if mode == "chartmogul_api":
+        try:
+            account = load_account(customers) if customers else Account()
+        except (OSError, ValueError) as exc:
+            fail(f"--customers: {exc}", EXIT_USAGE)
+        server = ChartMogulApiReceiver(
+            account,
+            api_key=api_key,
+            port=port,
+            faults=faults,
+            requests_per_second=rate_limit or REQUESTS_PER_SECOND,
+            keep=False,
+            out=out,
+        )
+        click.echo(f"{len(account.customers)} customers, {len(account.contacts)} contacts", err=True)
+    else:
+        server = Receiver(port, faults, out, mode=mode, write_key=write_key, keep=False)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     click.echo(f"receiving on {server.url}" + (f", recording to {out}" if out else ""), err=True)
     try:
@@ -223,6 +256,15 @@ def receiver(
         pass
     finally:
         server.stop()
+
+
+def _secret_from(variable: str | None, option: str) -> str | None:
+    if variable is None:
+        return None
+    value = os.environ.get(variable)
+    if not value:
+        fail(f"{option}: environment variable {variable} is not set", EXIT_USAGE)
+    return value
 
 
 @click.command()
@@ -234,9 +276,17 @@ def receiver(
     show_default=True,
     help="Where the demo keeps its warehouse, state store and received bodies.",
 )
+@click.option(
+    "--destination",
+    type=click.Choice(["chartmogul", "chartmogul_api"]),
+    default="chartmogul",
+    show_default=True,
+    help="chartmogul: the Send Contact webhook (the job's own destination); chartmogul_api: typed custom "
+    "attributes on ChartMogul customers, through a ChartMogul-API-compatible receiver.",
+)
 @click.pass_context
-def demo(ctx: click.Context, workdir: Path) -> None:
+def demo(ctx: click.Context, workdir: Path, destination: str) -> None:
     """Build a demo warehouse, sync it to a loopback receiver twice, and show what happened."""
     from sync.dev.demo import run_demo
 
-    sys.exit(run_demo(workdir, stdout_console(), ctx.obj))
+    sys.exit(run_demo(workdir, stdout_console(), ctx.obj, destination))

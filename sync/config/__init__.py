@@ -1,6 +1,7 @@
 """jobs.yaml: what a configuration is made of (values, destinations, jobs) and how it is loaded and checked."""
 
 from sync.config.destinations import (
+    CHARTMOGUL_API_URL,
     DESTINATION_TYPES,
     SEGMENT_ENDPOINT,
     SEGMENT_MAX_CALL_BYTES,
@@ -8,6 +9,7 @@ from sync.config.destinations import (
     SEGMENT_MAX_CONNECTIONS,
     SEGMENT_MAX_REQUEST_BYTES,
     SEGMENT_REQUESTS_PER_SECOND,
+    ChartMogulApiConfig,
     ChartMogulWebhookConfig,
     DestinationConfig,
     HttpDestinationConfig,
@@ -47,6 +49,7 @@ from sync.config.values import (
 
 __all__ = [
     "ALERT_CONDITIONS",
+    "CHARTMOGUL_API_URL",
     "CONFIG_ENV",
     "DEFAULT_CONFIG",
     "DEFAULT_STATE_URL",
@@ -58,6 +61,7 @@ __all__ = [
     "SEGMENT_MAX_REQUEST_BYTES",
     "SEGMENT_REQUESTS_PER_SECOND",
     "STATE_URL_ENV",
+    "ChartMogulApiConfig",
     "ChartMogulWebhookConfig",
     "ComputationConfig",
     "Config",

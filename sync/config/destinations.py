@@ -78,8 +78,28 @@ class SegmentConfig(HttpDestinationConfig):
     max_connections: int = Field(default=SEGMENT_MAX_CONNECTIONS, ge=1, le=1000)
 
 
+# ChartMogul's REST API (dev.chartmogul.com): its base URL; 40 requests/s and 20 parallel connections per
+# account, lookups and writes alike (the defaults of HttpDestinationConfig).
+CHARTMOGUL_API_URL = "https://api.chartmogul.com/v1"
+
+
+class ChartMogulApiConfig(HttpDestinationConfig):
+    """ChartMogul's REST API: typed custom attributes on the subject's ChartMogul contact or customer, found by
+    its external id (the subject's ``user_id``) or its email."""
+
+    type: Literal["chartmogul_api"]
+    api_key: SecretStr = Field(min_length=1)  # sent as the basic-auth user; never printed, never stored
+    target: Literal["contact", "customer"] = "contact"
+    match: Literal["external_id", "email"] = "external_id"
+    base_url: PublicUrl = CHARTMOGUL_API_URL
+    source: str = Field(default="audience-sync", min_length=1, max_length=100)  # an attribute's "source"
+    # A subject ChartMogul had no record for is looked up again this long after (0s: on every run).
+    rematch_after: Duration = timedelta(hours=6)
+    calls: Literal["per_user"] = "per_user"  # all of one subject's changed keys in one write
+
+
 # The destination types; pydantic names the one an error is about in its path, which _loc leaves out.
-DESTINATION_TYPES = ("chartmogul", "segment")
+DESTINATION_TYPES = ("chartmogul", "chartmogul_api", "segment")
 
 
 def _destination_type(raw: Any) -> str:
@@ -90,7 +110,9 @@ def _destination_type(raw: Any) -> str:
 
 
 DestinationConfig = Annotated[
-    Annotated[ChartMogulWebhookConfig, Tag("chartmogul")] | Annotated[SegmentConfig, Tag("segment")],
+    Annotated[ChartMogulWebhookConfig, Tag("chartmogul")]
+    | Annotated[ChartMogulApiConfig, Tag("chartmogul_api")]
+    | Annotated[SegmentConfig, Tag("segment")],
     Discriminator(
         _destination_type,
         custom_error_type="destination_type",

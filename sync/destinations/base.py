@@ -12,7 +12,7 @@ import asyncio
 from collections import Counter
 from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
 from sync.destinations.breaker import Breaker
@@ -26,10 +26,16 @@ class Outgoing:
     user_id: str
     message_id: str
     calls: tuple[dict[str, Any], ...]
+    # the subject's record at the destination when found before; "" when it was found to have none lately
+    remote_id: str | None = None
 
 
 @dataclass(frozen=True)
 class DeliveryResult:
+    """One update's answer. ``unmatched``: the destination has no record for the subject (not an error; not
+    acknowledged; tried again by later runs). ``remote_id``: the record written, to keep for later runs;
+    ``created``: the attributes the write created there, with their types."""
+
     user_id: str
     message_id: str
     delivered: bool
@@ -39,13 +45,26 @@ class DeliveryResult:
     http_status: int | None = None
     error: str | None = None
     retriable: bool = False
+    unmatched: bool = False
+    remote_id: str | None = None
+    created: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class RemoteIds:
+    """A destination that finds each subject's record before writing keeps the ids it found under ``scope``;
+    a subject found to have none is looked up again only ``rematch_after`` later."""
+
+    scope: str
+    rematch_after: timedelta
 
 
 @dataclass(frozen=True)
 class Capabilities:
     """What a destination takes and how: the call types it accepts; how many calls and bytes one request
     carries (one call per request: no batching); its default pace; whether an answer is for the whole request
-    or per item."""
+    or per item; whether it finds each subject's record before writing, and under which scope it keeps the
+    ids it found (``remote_ids``)."""
 
     call_types: frozenset[str]
     calls_per_request: int
@@ -54,6 +73,7 @@ class Capabilities:
     requests_per_second: float
     max_connections: int
     results: Literal["per_request", "per_item"] = "per_request"
+    remote_ids: RemoteIds | None = None
 
     @property
     def batches(self) -> bool:
@@ -100,6 +120,7 @@ class Destination(Protocol):
     trouble: Counter[str]  # failed attempts worth retrying, by reason, since last read
     limit_wait_s: float  # time requests waited for the rate limit
     crashed: BaseException | None  # what ended a sender that should never have ended
+    attribute_types: dict[str, str]  # attributes created at the destination before: key → type
 
     def send(
         self, batch: Iterable[Outgoing], window: SendWindow | None = None

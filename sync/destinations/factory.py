@@ -11,9 +11,10 @@ import httpx
 
 from sync.calls import CallSpec
 from sync.clock import Clock, Sleep, utc_now
-from sync.config import ChartMogulWebhookConfig, DestinationConfig, JobConfig, SegmentConfig
+from sync.config import ChartMogulApiConfig, ChartMogulWebhookConfig, DestinationConfig, JobConfig, SegmentConfig
 from sync.destinations.breaker import Breaker
 from sync.destinations.chartmogul import ChartMogulWebhook
+from sync.destinations.chartmogul_api import ChartMogulApi, ChartMogulApiTarget
 from sync.destinations.http import HttpDestination, Target
 from sync.destinations.segment import SegmentBatch
 
@@ -35,6 +36,8 @@ def build_destination(
     clock: Clock = utc_now,
     breaker: Breaker | None = None,
 ) -> HttpDestination:
+    if isinstance(settings, ChartMogulApiConfig):  # finds each record before it writes: an engine of its own
+        return ChartMogulApi(ChartMogulApiTarget(settings), client, sleep=sleep, clock=clock, breaker=breaker)
     return HttpDestination(
         TARGETS[type(settings)](settings), client, settings, sleep=sleep, clock=clock, breaker=breaker
     )

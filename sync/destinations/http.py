@@ -123,6 +123,7 @@ class HttpDestination:
         self.crashed: BaseException | None = None
         self.trouble: Counter[str] = Counter()
         self.limit_wait_s = 0.0
+        self.attribute_types: dict[str, str] = {}
         self._client = client
         self._settings = settings
         self._headers = {"Content-Type": "application/json", **target.headers}
@@ -183,33 +184,44 @@ class HttpDestination:
 
     async def deliver(self, request: Request) -> list[DeliveryResult]:
         """One request, retried as its failures allow; never raises for a delivery failure."""
-        attempts = 0
         try:
             if request.refused is not None:
                 raise PermanentDeliveryError(request.refused)
-            attempts = 1
-            try:
-                status = await self._post(request.body)
-            except RetriableDeliveryError as first:  # the retry machinery only for the few that need it
-                status, attempts = await self._retry(request.body, first)
+            response, attempts = await self.exchange("POST", self.target.url, request.body)
         except DeliveryError as exc:
-            attempts = exc.attempts or attempts
-            finished = self._clock()
-            sent_at = request.sent_at if attempts else None
-            retriable = isinstance(exc, RetriableDeliveryError)
-            return [
-                DeliveryResult(
-                    m.user_id, m.message_id, False, attempts, sent_at, finished, exc.http_status, exc.reason, retriable
-                )
-                for m in request.messages
-            ]
+            return self._failed(request, exc, exc.attempts or 0)
         finished = self._clock()
         return [
-            DeliveryResult(m.user_id, m.message_id, True, attempts, request.sent_at, finished, status)
+            DeliveryResult(m.user_id, m.message_id, True, attempts, request.sent_at, finished, response.status_code)
             for m in request.messages
         ]
 
-    async def _post(self, body: bytes) -> int:
+    def _failed(self, request: Request, exc: DeliveryError, attempts: int) -> list[DeliveryResult]:
+        """Every update of ``request`` answered with ``exc`` after ``attempts`` (0: never sent)."""
+        finished = self._clock()
+        sent_at = request.sent_at if attempts else None
+        retriable = isinstance(exc, RetriableDeliveryError)
+        return [
+            DeliveryResult(
+                m.user_id, m.message_id, False, attempts, sent_at, finished, exc.http_status, exc.reason, retriable
+            )
+            for m in request.messages
+        ]
+
+    async def exchange(
+        self, method: str, url: str, body: bytes | None = None, *, expect: frozenset[int] = frozenset()
+    ) -> tuple[httpx.Response, int]:
+        """One HTTP exchange, retried as its failures allow: the answer (2xx, or a status in ``expect`` that
+        the caller reads itself) and the attempts it took. DeliveryError (with its attempts) otherwise."""
+        try:
+            return await self._attempt(method, url, body, expect), 1
+        except RetriableDeliveryError as first:  # the retry machinery only for the few that need it
+            return await self._retry(method, url, body, expect, first)
+        except DeliveryError as error:
+            error.attempts = error.attempts or 1
+            raise
+
+    async def _attempt(self, method: str, url: str, body: bytes | None, expect: frozenset[int]) -> httpx.Response:
         if self.breaker.opened:
             raise RetriableDeliveryError(f"not sent: {self.label} is unreachable")
         waited = time.monotonic()
@@ -219,17 +231,15 @@ class HttpDestination:
         timeout = self._settings.timeout.total_seconds()
         try:
             async with asyncio.timeout(timeout):  # the whole exchange, not each read: a trickle ends too
-                response = await self._client.post(
-                    self.target.url, content=body, headers=self._headers, timeout=timeout
-                )
+                response = await self._client.request(method, url, content=body, headers=self._headers, timeout=timeout)
         except (TimeoutError, httpx.TimeoutException) as exc:
             raise self._unanswered(f"timed out after {timeout:g} s", exc) from exc
         except httpx.HTTPError as exc:
             raise self._unanswered("connection error", exc) from exc
         self.breaker.answered()
         outcome = classify(response.status_code)
-        if outcome is Outcome.OK:
-            return response.status_code
+        if outcome is Outcome.OK or response.status_code in expect:
+            return response
         reason = self._reason(response)
         if outcome is Outcome.RETRY:
             self.trouble[f"HTTP {response.status_code}"] += 1
@@ -253,9 +263,12 @@ class HttpDestination:
         text = redact(response.text.strip(), self.target.secrets)[:_REASON_CHARS]
         return f"HTTP {response.status_code}" + (f": {text}" if text else "")
 
-    async def _retry(self, body: bytes, first: RetriableDeliveryError) -> tuple[int, int]:
-        """Attempts 2 … max_attempts after a retriable first failure; returns (status, attempts)."""
+    async def _retry(
+        self, method: str, url: str, body: bytes | None, expect: frozenset[int], first: RetriableDeliveryError
+    ) -> tuple[httpx.Response, int]:
+        """Attempts 2 … max_attempts after a retriable first failure; returns (answer, attempts)."""
         if self._settings.max_attempts < 2 or (first.retry_after or 0.0) > MAX_RETRY_AFTER_S or self.breaker.opened:
+            first.attempts = 1
             raise first
         await self._sleep(self._wait_after(first, 1))
         retrying = AsyncRetrying(
@@ -272,11 +285,11 @@ class HttpDestination:
             async for attempt in retrying:
                 with attempt:
                     attempts = 1 + attempt.retry_state.attempt_number
-                    status = await self._post(body)
+                    response = await self._attempt(method, url, body, expect)
         except DeliveryError as last:
             last.attempts = attempts
             raise
-        return status, attempts
+        return response, attempts
 
     def _wait_after(self, error: BaseException | None, failures: int) -> float:
         """Retry-After when the destination gave one, else exponential backoff with full jitter."""

@@ -33,8 +33,14 @@ WEBHOOK_REFUSED = frozenset({401, 403})
 
 
 def is_rejection(result: DeliveryResult) -> bool:
-    """The destination (or our own pre-send checks) permanently refused this record."""
-    return not result.delivered and not result.retriable and result.http_status not in WEBHOOK_REFUSED
+    """The destination (or our own pre-send checks) permanently refused this record. A subject the
+    destination has no record for is not refused: later runs try it again."""
+    return (
+        not result.delivered
+        and not result.retriable
+        and not result.unmatched
+        and result.http_status not in WEBHOOK_REFUSED
+    )
 
 
 def retry_after_seconds(value: str | None, now: datetime) -> float | None:

@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
+from pydantic import SecretStr
 from rich.console import Console
 
 from sync.audit.display import print_table
 from sync.audit.queries import CHANGE_FIELDS, RUN_TABLE_FIELDS, change_records, run_record
-from sync.config import Config, JobConfig, load_config
+from sync.config import ChartMogulApiConfig, Config, JobConfig, load_config
+from sync.dev.chartmogul_api import Account, ChartMogulApiReceiver
 from sync.dev.receiver import Receiver
 from sync.errors import ConfigError, SyncError
 from sync.run.report import EXIT_FAILED, EXIT_USAGE, RunOptions, RunReport
@@ -26,6 +28,7 @@ from sync.store import AuditFilter, Store
 
 DEMO_JOB = "contacts"
 DEMO_USERS = 3000
+DEMO_API_KEY = "demo-api-key"  # the loopback ChartMogul-API-compatible receiver's key
 # Loopback only; against ChartMogul the job's own limit (40 requests/s by default) applies.
 DEMO_REQUESTS_PER_SECOND = 1000.0
 START = date(2026, 1, 1)
@@ -156,22 +159,33 @@ def _add_orders(db: sqlite3.Connection, rng: random.Random, day: date, orders: i
     db.executemany("INSERT INTO orders (user_id, amount, ordered_at) VALUES (?, ?, ?)", rows)
 
 
-def run_demo(workdir: Path, console: Console, config_path: Path | None = None) -> int:
-    """The README's first command: build, sync, change, sync again, and show both runs and the diff."""
+def run_demo(workdir: Path, console: Console, config_path: Path | None = None, destination: str = "chartmogul") -> int:
+    """The README's first command: build, sync, change, sync again, and show both runs and the diff.
+
+    ``destination`` ``chartmogul_api`` syncs to a ChartMogul-API-compatible receiver instead of the webhook:
+    nine in ten of the shop's users are ChartMogul customers there (by external id), and their audiences and
+    traits become typed custom attributes."""
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "state.db").unlink(missing_ok=True)
     console.print(f"[bold]1. Building the demo warehouse[/bold] ({DEMO_USERS} users, 200 days of orders) in {workdir}")
     shop = build_warehouse(workdir / "warehouse.db")
-    with Receiver(out=_fresh(workdir / "received.jsonl")) as receiver:
+    api = destination == "chartmogul_api"
+    server = (
+        ChartMogulApiReceiver(_customers_of(shop), api_key=DEMO_API_KEY, out=_fresh(workdir / "received.jsonl"))
+        if api
+        else Receiver(out=_fresh(workdir / "received.jsonl"))
+    )
+    with server as receiver:
         try:
             config = load_config(config_path, env={**os.environ, **_demo_env(workdir, receiver.url)})
-            job = _for_loopback(config.job(DEMO_JOB))
+            job = _for_loopback(config.job(DEMO_JOB), receiver.url if api else None)
         except ConfigError as exc:
             console.print("\n".join(f"config error: {p}" for p in exc.problems))
             return EXIT_USAGE
+        where = "ChartMogul-API-compatible receiver" if api else "receiver"
         console.print(
-            f"   receiver listening on 127.0.0.1 (bodies recorded in {workdir / 'received.jsonl'}); "
+            f"   {where} listening on 127.0.0.1 (writes recorded in {workdir / 'received.jsonl'}); "
             f"the demo allows {DEMO_REQUESTS_PER_SECOND:g} requests/s to it"
         )
         store = Store.open(config.state_url)
@@ -183,7 +197,11 @@ def run_demo(workdir: Path, console: Console, config_path: Path | None = None) -
             advance_one_day(shop)
             console.print("[bold]4. Incremental sync[/bold]: only users whose membership or traits changed")
             second = _show(console, runner.run(job, RunOptions()))
-            _explain(console, config, store, second, len(receiver.accepted()))
+            if isinstance(receiver, ChartMogulApiReceiver):
+                _explain(console, config, store, second, len(receiver.writes()))
+                _show_customer(console, receiver, store, second)
+            else:
+                _explain(console, config, store, second, len(receiver.accepted()))
         except SyncError as exc:
             console.print(f"error: {exc}")
             return EXIT_FAILED
@@ -192,10 +210,45 @@ def run_demo(workdir: Path, console: Console, config_path: Path | None = None) -
     return max(first.exit_code, second.exit_code)
 
 
-def _for_loopback(job: JobConfig) -> JobConfig:
-    """The demo's receiver is on this machine: lift ChartMogul's 40 requests/s so the demo takes seconds."""
+def _for_loopback(job: JobConfig, api_url: str | None = None) -> JobConfig:
+    """The demo's receiver is on this machine: lift ChartMogul's 40 requests/s so the demo takes seconds. With
+    ``api_url``, the job writes to ChartMogul's API there (customers by external id) instead."""
+    if api_url is not None:
+        settings = ChartMogulApiConfig(
+            type="chartmogul_api",
+            api_key=SecretStr(DEMO_API_KEY),
+            base_url=api_url,
+            target="customer",
+            requests_per_second=DEMO_REQUESTS_PER_SECOND,
+        )
+        return job.model_copy(update={"destination": settings})
     faster = job.destination.model_copy(update={"requests_per_second": DEMO_REQUESTS_PER_SECOND})
     return job.model_copy(update={"destination": faster})
+
+
+def _customers_of(shop: Shop) -> Account:
+    """Nine in ten of the shop's users as ChartMogul customers, each with one contact."""
+    account = Account()
+    with shop.connect() as db:
+        for user_id, email, first in db.execute("SELECT user_id, email, first_name FROM users ORDER BY user_id"):
+            if int(user_id[1:]) % 10:
+                customer = account.add_customer(user_id, email, first)
+                account.add_contact(customer, email, first_name=first)
+    return account
+
+
+def _show_customer(console: Console, api: ChartMogulApiReceiver, store: Store, run: RunReport) -> None:
+    matched = run.delivered / max(1, run.delivered + run.unmatched)
+    console.print(
+        f"[bold]7. In ChartMogul[/bold]: {len(api.account.customer_attributes)} custom attributes "
+        f"({', '.join(f'{k}: {v}' for k, v in sorted(api.account.customer_attributes.items()))}); "
+        f"run {run.run_id} matched {matched:.0%} of the subjects it wrote "
+        f"({run.unmatched} have no ChartMogul customer yet and are tried again by later runs)"
+    )
+    written = next((c for c in api.writes() if c.method in ("POST", "PUT")), None)
+    if written is not None:
+        uuid = written.path.split("/")[3]
+        console.print(f"   customer {uuid}: {api.account.customers[uuid]['attributes']['custom']}")
 
 
 def _demo_env(workdir: Path, webhook_url: str) -> dict[str, str]:
@@ -216,6 +269,7 @@ def _show(console: Console, report: RunReport) -> RunReport:
         f"   run {report.run_id}: {report.kind}, {report.status} — {report.users} users, "
         f"{report.entered} entered, {report.exited} exited, {report.traits_changed} trait changes "
         f"→ {report.updates} updates, {report.delivered} delivered, {report.failed} failed"
+        + (f", {report.unmatched} unmatched" if report.unmatched else "")
     )
     return report
 

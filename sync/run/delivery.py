@@ -113,6 +113,9 @@ class Delivery:
             self._destination = build_destination(
                 settings, self._client, sleep=self.pace.sleep, clock=self.pace.clock, breaker=self.breaker
             )
+            remote = self._destination.capabilities.remote_ids
+            if remote is not None:
+                self._destination.attribute_types.update(self.store.remote_attributes(self.job.name, remote.scope))
         return self._destination
 
     async def _deliver(self, updates: Sequence[Update], now: datetime) -> None:
@@ -121,13 +124,20 @@ class Delivery:
         per_request = destination.capabilities.calls_per_request
         window = SendWindow(WINDOW_PER_CONNECTION * job.destination.max_connections * per_request)
         by_user = {u.user_id: u for u in updates}
+        remote = destination.capabilities.remote_ids
         recorder = _Recorder(self.store, job, report, by_user, window, self.pace, self._refusals)
+        recorder.scope = remote.scope if remote is not None else None
         recorder.total = report.updates
 
         def halted() -> bool:
             return self.stop.is_set() or self.lost.is_set() or self._refusals.abort is not None or self.breaker.opened
 
-        messages = self._outgoing(updates, now, halted)
+        remote_ids = (
+            self.store.remote_ids(job.name, remote.scope, list(by_user), now - remote.rematch_after)
+            if remote is not None
+            else {}
+        )
+        messages = self._outgoing(updates, now, halted, remote_ids)
         consumer = asyncio.create_task(recorder.consume(destination.send(messages, window)))
         watchdog = asyncio.create_task(self._watchdog(consumer, halted))
         monitor = asyncio.create_task(self._monitor(destination, recorder))
@@ -157,11 +167,14 @@ class Delivery:
         if self._refusals.abort:
             raise SyncError(f"job {job.name!r}: {self._refusals.abort}")
 
-    def _outgoing(self, updates: Sequence[Update], now: datetime, halted: Callable[[], bool]) -> Iterator[Outgoing]:
+    def _outgoing(
+        self, updates: Sequence[Update], now: datetime, halted: Callable[[], bool], remote_ids: dict[str, str]
+    ) -> Iterator[Outgoing]:
         for update in updates:
             if halted():
                 return
-            yield Outgoing(update.user_id, update.message_id, render(update, self.spec, timestamp=now))
+            calls = render(update, self.spec, timestamp=now)
+            yield Outgoing(update.user_id, update.message_id, calls, remote_ids.get(update.user_id))
 
     async def _monitor(self, destination: Destination, recorder: _Recorder) -> None:
         """Every ``progress_interval``: progress at INFO (unless a bar shows it), trouble at WARNING."""
@@ -185,7 +198,7 @@ class Delivery:
             )
             destination.trouble.clear()
         if self.pace.progress is None:
-            done = report.delivered + report.failed
+            done = report.answered
             log.info(
                 "delivery progress",
                 extra={
@@ -194,6 +207,7 @@ class Delivery:
                     "total": recorder.total or len(recorder.by_user),
                     "delivered": report.delivered,
                     "failed": report.failed,
+                    "unmatched": report.unmatched,
                 },
             )
 
@@ -249,6 +263,7 @@ class _Recorder:
         self.window, self.pace, self.refusals = window, pace, refusals
         self.dead_after = job.destination.dead_after
         self.total = 0
+        self.scope: str | None = None  # where the destination's record ids are kept, if it finds records
         self._pending: list[DeliveryResult] = []
         self._writing: asyncio.Task[None] | None = None
 
@@ -290,7 +305,10 @@ class _Recorder:
 
     def record(self, ready: list[DeliveryResult]) -> None:
         pairs = [(self.by_user[r.user_id], r) for r in ready]
-        if not self.store.record_results(self.job, self.report.run_id, pairs, self.dead_after, self.pace.owner):
+        recorded = self.store.record_results(
+            self.job, self.report.run_id, pairs, self.dead_after, self.pace.owner, scope=self.scope
+        )
+        if not recorded:
             log.warning(
                 "answers recorded without advancing the state: the job's lease was taken over",
                 extra={"job": self.job, "run_id": self.report.run_id, "answers": len(ready)},
@@ -300,9 +318,10 @@ class _Recorder:
             self.pace.metrics.results(self.job, ready)
         for result in ready:
             self.report.delivered += result.delivered
-            self.report.failed += not result.delivered
+            self.report.unmatched += result.unmatched
+            self.report.failed += not result.delivered and not result.unmatched
         if self.pace.progress:
-            self.pace.progress.update(self.report.delivered + self.report.failed, self.total or len(self.by_user))
+            self.pace.progress.update(self.report.answered, self.total or len(self.by_user))
 
 
 def unreachable(label: str, breaker: Breaker) -> str:

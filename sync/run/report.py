@@ -35,6 +35,7 @@ class RunReport:
     updates: int = 0
     delivered: int = 0
     failed: int = 0
+    unmatched: int = 0  # subjects the destination has no record for: not failures, tried again later
     skipped_rows: int = 0
     parked: int = 0
     error: str | None = None
@@ -50,6 +51,10 @@ class RunReport:
         if self.status == "blocked":
             return EXIT_BLOCKED
         return EXIT_PARTIAL if self.failed or self.status == "interrupted" else EXIT_OK
+
+    @property
+    def answered(self) -> int:
+        return self.delivered + self.failed + self.unmatched
 
     def counts(self) -> dict[str, int]:
         return {k: getattr(self, k) for k in RUN_COUNTS}

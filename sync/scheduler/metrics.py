@@ -46,7 +46,8 @@ class Metrics:
 
     def results(self, job: str, results: Iterable[DeliveryResult]) -> None:
         for result in results:
-            self.updates.labels(job, "delivered" if result.delivered else "failed").inc()
+            outcome = "delivered" if result.delivered else "unmatched" if result.unmatched else "failed"
+            self.updates.labels(job, outcome).inc()
             if result.sent_at is not None:
                 self.latency.labels(job).observe(max(0.0, (result.finished_at - result.sent_at).total_seconds()))
 

@@ -35,7 +35,7 @@ class AuditFilter:
     user_id: str | None = None
     since: datetime | None = None
     until: datetime | None = None
-    status: str | None = None  # planned, pending, delivered, failed or dead
+    status: str | None = None  # planned, pending, delivered, failed, unmatched or dead
     include_dry_runs: bool = False
 
 

@@ -74,6 +74,7 @@ class Run(Base):
     updates: Mapped[int] = mapped_column(Integer, default=0)
     delivered: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
+    unmatched: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # no record at the destination
     skipped_rows: Mapped[int] = mapped_column(Integer, default=0)
     parked: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
@@ -97,7 +98,7 @@ class RunUpdate(Base):
     message_id: Mapped[str] = mapped_column(String(100))
     changes: Mapped[str] = mapped_column(Text)
     profile: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(20))  # planned, pending, delivered, failed
+    status: Mapped[str] = mapped_column(String(20))  # planned, pending, delivered, failed, unmatched
     http_status: Mapped[int | None] = mapped_column(Integer)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
@@ -183,6 +184,31 @@ class FailedUpdate(Base):
     first_failed_at: Mapped[datetime] = mapped_column(UTCDateTime())
     last_failed_at: Mapped[datetime] = mapped_column(UTCDateTime())
     last_run_id: Mapped[int] = mapped_column(Integer)
+
+
+class RemoteId(Base):
+    """The record a subject was found to be at the destination (a ChartMogul customer or contact uuid), so
+    later runs write to it without looking it up again. ``scope`` says how it was found."""
+
+    __tablename__ = "remote_ids"
+
+    job: Mapped[str] = mapped_column(String(100), primary_key=True)
+    user_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    scope: Mapped[str] = mapped_column(String(100))
+    remote_id: Mapped[str] = mapped_column(String(200))
+    matched_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class RemoteAttribute(Base):
+    """A custom attribute a job created at the destination, with the type it was created with."""
+
+    __tablename__ = "remote_attributes"
+
+    job: Mapped[str] = mapped_column(String(100), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(100), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    type: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class JobLease(Base):

@@ -42,6 +42,7 @@ from sync.store.models import (
     JobLease,
     RunUpdate,
 )
+from sync.store.remote import RemoteStore
 
 # Rows per INSERT/UPDATE statement: keeps SQLite under its bound-parameter limit.
 _CHUNK = 500
@@ -51,6 +52,10 @@ _IN_CHUNK = 5000
 _FETCH = 100_000
 # Users per part of the fingerprint index (a part is one Parquet blob of about 20 MB).
 _INDEX_PART = 1_000_000
+
+
+def _status(result: DeliveryResult) -> str:
+    return "delivered" if result.delivered else "unmatched" if result.unmatched else "failed"
 
 
 def _chunks(items: Iterable[Update], size: int) -> Iterator[list[Update]]:
@@ -102,7 +107,7 @@ _REFRESH_FINGERPRINT = (
 )
 
 
-class StateStore:
+class StateStore(RemoteStore):
     """Acknowledged state: what the destination has accepted, per user."""
 
     engine: Engine
@@ -304,13 +309,15 @@ class StateStore:
         results: Sequence[tuple[Update, DeliveryResult]],
         dead_after: int = 5,
         owner: str | None = None,
+        scope: str | None = None,
     ) -> bool:
         """Record delivery outcomes; advance the acknowledged state of every delivered user, atomically.
 
         Rejections of the record itself are counted per user in ``failed_updates``; a delivery clears them.
         With ``owner``, the state advances only while ``owner`` holds the job's lease (checked in the same
         transaction): a run that lost its lease records its answers but leaves the state to the run that
-        took over, which sends those updates again with the same messageIds. Returns whether it advanced.
+        took over, which sends those updates again with the same messageIds. With ``scope``, the records
+        found at the destination and the attributes created there are kept too. Returns whether it advanced.
         """
         if not results:
             return True
@@ -329,7 +336,7 @@ class StateStore:
                     {
                         "b_run": run_id,
                         "b_user": u.user_id,
-                        "b_status": "delivered" if r.delivered else "failed",
+                        "b_status": _status(r),
                         "b_http": r.http_status,
                         "b_attempts": r.attempts,
                         "b_error": r.error,
@@ -342,6 +349,8 @@ class StateStore:
             acknowledged = [(u, r) for u, r in results if r.delivered]
             if acknowledged and owner is not None and not self._holds_lease(connection, job, owner):
                 return False
+            if scope is not None:
+                self._record_remote(connection, job, scope, [r for _, r in results])
             if acknowledged:
                 connection.execute(
                     self._state_upsert,

@@ -1,0 +1,318 @@
+"""ChartMogul's REST API: each update becomes typed custom attributes on the subject's ChartMogul customer or
+contact, found by its external id or email and remembered.
+
+- **Types.** Audience keys are Boolean attributes (``true`` on entry, ``false`` on exit). A trait's type comes
+  from its value: Boolean, Integer, Decimal, Timestamp (an ISO 8601 date or time) or String (at most 255
+  characters). An attribute keeps the type it was created with; an update whose value no longer fits it is
+  refused, naming the key (ChartMogul cannot change an attribute's type).
+- **Matching.** The record is looked up once (``GET /customers?external_id=``, ``/customers/search?email=``,
+  ``/contacts?customer_external_id=`` or ``/contacts?email=``) and its uuid kept in the state store; a 404 on
+  a kept uuid looks it up again. A subject with no record is *unmatched*: not an error, not acknowledged,
+  tried again by later runs.
+- **Writes.** One request per subject with all its changed keys: ``PUT /customers/{uuid}/attributes/custom``
+  when every key already exists, else ``POST`` (which adds them with their types; ChartMogul requires that
+  before a ``PUT``); ``PATCH /contacts/{uuid}`` with ``custom`` for contacts. Lookups and writes share one
+  rate limit and one set of connections (ChartMogul's 40 requests/s and 20 connections per account).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from sync.clock import Clock
+from sync.config import ChartMogulApiConfig
+from sync.config.values import CHARTMOGUL_MAX_CONNECTIONS, CHARTMOGUL_REQUESTS_PER_SECOND
+from sync.destinations.base import Capabilities, DeliveryResult, Outgoing, RemoteIds
+from sync.destinations.http import HttpDestination, Request, encode_json
+from sync.errors import DeliveryError, PermanentDeliveryError
+from sync.redact import public_label
+
+MAX_BODY_BYTES = 32 * 1024
+MAX_STRING = 255  # ChartMogul: a String attribute holds at most 255 characters
+
+CAPABILITIES = Capabilities(
+    call_types=frozenset({"identify"}),
+    calls_per_request=1,
+    bytes_per_request=MAX_BODY_BYTES,
+    bytes_per_call=MAX_BODY_BYTES,
+    requests_per_second=CHARTMOGUL_REQUESTS_PER_SECOND,
+    max_connections=CHARTMOGUL_MAX_CONNECTIONS,
+)
+
+# An ISO 8601 date, or date and time with an optional offset: what ChartMogul's Timestamp takes.
+_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?$")
+
+
+def attribute_type(value: Any) -> str | None:
+    """ChartMogul's type for ``value``; None for null; ValueError for what no attribute can hold."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "Boolean"
+    if isinstance(value, int):
+        return "Integer"
+    if isinstance(value, float):
+        return "Decimal"
+    if isinstance(value, str):
+        if _TIMESTAMP.match(value):
+            return "Timestamp"
+        if len(value) > MAX_STRING:
+            raise ValueError(f"is {len(value)} characters; a String attribute holds at most {MAX_STRING}")
+        return "String"
+    raise ValueError(f"is a {'list' if isinstance(value, list) else 'JSON object'}, which no attribute type holds")
+
+
+def fits(kind: str, value: Any) -> Any:
+    """``value`` as an attribute of type ``kind`` takes it, or ValueError. An integer fits a Decimal, a
+    whole decimal an Integer, and any ISO date or time a String attribute too."""
+    found = attribute_type(value)
+    if found is None or found == kind:
+        return value
+    if kind == "Decimal" and found == "Integer":
+        return value
+    if kind == "Integer" and found == "Decimal" and float(value).is_integer():
+        return int(value)
+    if kind == "String" and found == "Timestamp":
+        return value
+    raise ValueError(f"its values changed type: ChartMogul holds it as {_a(kind)} attribute, this value is {_a(found)}")
+
+
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind[0] in "AEIOU" else f"a {kind}"
+
+
+@dataclass(frozen=True)
+class Write:
+    """One subject's write: its changed keys with their values and types, and how to find its record."""
+
+    message: Outgoing
+    values: Mapping[str, Any]
+    types: Mapping[str, str]  # the type of each non-null value
+    kinds: Mapping[str, str]  # key → "audience" or "trait", for messages
+    match_value: str | None
+    email: str | None
+    sent_at: Any = None
+
+
+@dataclass(frozen=True)
+class ApiRequest(Request):
+    write: Write | None = field(default=None)
+
+
+def _computations(call: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return list((call.get("context") or {}).get("personas", {}).get("computations", []))
+
+
+class ChartMogulApiTarget:
+    """Requests for ChartMogul's API: one subject's changed keys each, typed; no body is final until the
+    record's uuid is known, so ``requests`` carries the values and the destination shapes the body."""
+
+    def __init__(self, settings: ChartMogulApiConfig) -> None:
+        scope = RemoteIds(f"{settings.target}:{settings.match}", settings.rematch_after)
+        self.capabilities = replace(CAPABILITIES, remote_ids=scope)
+        self.settings = settings
+        self.base = settings.base_url.rstrip("/")
+        self.url = self.base
+        key = settings.api_key.get_secret_value()
+        token = base64.b64encode(f"{key}:".encode()).decode()  # basic auth: the key as the user, no password
+        self.secrets = [key, token]
+        self.label = f"ChartMogul's API at {public_label(self.base)}"
+        self.headers: Mapping[str, str] = {"Authorization": f"Basic {token}"}
+
+    def requests(self, messages: Iterator[Outgoing], clock: Clock) -> Iterator[Request]:
+        for message in messages:
+            sent_at = clock()
+            try:
+                write = self.write(message)
+            except PermanentDeliveryError as exc:
+                yield ApiRequest((message,), refused=exc.reason)
+                continue
+            yield ApiRequest((message,), b"", sent_at, write=write)
+
+    def write(self, message: Outgoing) -> Write:
+        call = message.calls[0]
+        traits: Mapping[str, Any] = call.get("traits") or {}
+        values: dict[str, Any] = {}
+        types: dict[str, str] = {}
+        kinds: dict[str, str] = {}
+        for computation in _computations(call):
+            key, kind = computation["computation_key"], computation["computation_class"]
+            value = traits.get(key)
+            try:
+                found = attribute_type(value)
+            except ValueError as exc:
+                raise PermanentDeliveryError(f"rejected before sending: {kind} {key!r} {exc}") from None
+            values[key], kinds[key] = value, kind
+            if found is not None:
+                types[key] = "Boolean" if kind == "audience" else found
+        email = traits.get("email") if isinstance(traits.get("email"), str) else None
+        match_value = message.user_id if self.settings.match == "external_id" else email
+        return Write(message, values, types, kinds, match_value, email)
+
+
+class ChartMogulApi(HttpDestination):
+    """The delivery engine with a lookup before each write and typed custom attributes.
+
+    ``attribute_types`` are the attributes this job created before (key → type), read from the state store;
+    the ones a run creates are added as their writes are acknowledged and come back on each result.
+    """
+
+    target: ChartMogulApiTarget
+
+    def __init__(self, target: ChartMogulApiTarget, client: httpx.AsyncClient, **kwargs: Any) -> None:
+        super().__init__(target, client, target.settings, **kwargs)
+
+    async def deliver(self, request: Request) -> list[DeliveryResult]:
+        write = request.write if isinstance(request, ApiRequest) else None
+        if write is None:
+            return await super().deliver(request)
+        message = write.message
+        attempts = 0
+        try:
+            method, body, created = self._body(write)
+            remote_id = message.remote_id
+            if remote_id == "":  # found to have no record lately: not looked up again yet
+                return [self._unmatched(request, write, attempts, lately=True)]
+            if remote_id is None:
+                remote_id, attempts = await self._look_up(write, attempts)
+                if remote_id is None:
+                    return [self._unmatched(request, write, attempts)]
+            if body is None:  # nothing to write: every changed value is a null ChartMogul never held
+                return [self._result(request, remote_id, attempts, 200, ())]
+            status, attempts = await self._write(method, remote_id, body, attempts)
+            if status == 404:  # the kept uuid is gone (deleted or merged): find the record again
+                remote_id, attempts = await self._look_up(write, attempts)
+                if remote_id is None:
+                    return [self._unmatched(request, write, attempts)]
+                status, attempts = await self._write(method, remote_id, body, attempts)
+                if status == 404:
+                    raise PermanentDeliveryError(f"HTTP 404: the {self.target.settings.target} vanished while written")
+        except DeliveryError as exc:
+            return self._failed(request, exc, exc.attempts or attempts)
+        for key, kind in created:
+            self.attribute_types[key] = kind
+        return [self._result(request, remote_id, attempts, status, created)]
+
+    def _body(self, write: Write) -> tuple[str, bytes | None, tuple[tuple[str, str], ...]]:
+        """The write's method, its body and the attributes it creates; PermanentDeliveryError when a value no
+        longer fits its attribute."""
+        known = self.attribute_types
+        values: dict[str, Any] = {}
+        for key, value in write.values.items():
+            if key in known:
+                try:
+                    values[key] = fits(known[key], value)
+                except ValueError as exc:
+                    raise PermanentDeliveryError(
+                        f"rejected before sending: {write.kinds[key]} {key!r}: {exc}"
+                    ) from None
+            elif value is not None:
+                values[key] = value
+        if not values:
+            return "", None, ()
+        new = {k: write.types[k] for k in values if k not in known}
+        body: dict[str, Any]
+        if self.target.settings.target == "contact":
+            method, body = "PATCH", {"custom": [{"key": k, "value": v} for k, v in values.items()]}
+        elif new:
+            source = self.target.settings.source
+            method = "POST"
+            body = {
+                "custom": [
+                    {"type": known.get(k) or new[k], "key": k, "value": v, "source": source} for k, v in values.items()
+                ]
+            }
+        else:
+            method, body = "PUT", {"custom": values}
+        encoded = encode_json(body)
+        if len(encoded) > MAX_BODY_BYTES:
+            raise PermanentDeliveryError(
+                f"rejected before sending: body is {len(encoded)} bytes, over {MAX_BODY_BYTES}"
+            )
+        return method, encoded, tuple(new.items())
+
+    async def _look_up(self, write: Write, attempts: int) -> tuple[str | None, int]:
+        """The uuid of the subject's record, or None when ChartMogul has none."""
+        if not write.match_value:
+            return None, attempts
+        settings = self.target.settings
+        value = quote(write.match_value, safe="")
+        if settings.target == "customer":
+            path = (
+                f"/customers?external_id={value}"
+                if settings.match == "external_id"
+                else f"/customers/search?email={value}"
+            )
+        else:
+            column = "customer_external_id" if settings.match == "external_id" else "email"
+            path = f"/contacts?{column}={value}"
+        response, tries = await self.exchange("GET", self.target.base + path, expect=frozenset({404}))
+        attempts += tries
+        if response.status_code == 404:
+            return None, attempts
+        try:
+            entries = response.json().get("entries") or []
+        except ValueError:
+            error = PermanentDeliveryError(f"HTTP {response.status_code} with a body that is not JSON")
+            error.attempts = attempts
+            raise error from None
+        if settings.target == "contact" and write.email and len(entries) > 1:  # the contact with the same email
+            entries = [e for e in entries if e.get("email") == write.email] or entries
+        return (str(entries[0]["uuid"]) if entries else None), attempts
+
+    async def _write(self, method: str, remote_id: str, body: bytes, attempts: int) -> tuple[int, int]:
+        record = quote(remote_id, safe="")
+        if self.target.settings.target == "contact":
+            path = f"/contacts/{record}"
+        else:
+            path = f"/customers/{record}/attributes/custom"
+        response, tries = await self.exchange(method, self.target.base + path, body, expect=frozenset({404}))
+        return response.status_code, attempts + tries
+
+    def _result(
+        self, request: Request, remote_id: str, attempts: int, status: int, created: tuple[tuple[str, str], ...]
+    ) -> DeliveryResult:
+        message = request.messages[0]
+        return DeliveryResult(
+            message.user_id,
+            message.message_id,
+            True,
+            attempts,
+            request.sent_at,
+            self._clock(),
+            status,
+            remote_id=remote_id,
+            created=created,
+        )
+
+    def _unmatched(self, request: Request, write: Write, attempts: int, lately: bool = False) -> DeliveryResult:
+        settings = self.target.settings
+        what = "external id" if settings.match == "external_id" else "email"
+        if not write.match_value:
+            reason = f"no {what} to find its ChartMogul {settings.target} by"
+        elif lately:
+            reason = (
+                f"no ChartMogul {settings.target} had its {what} when last looked up; "
+                f"looked up again {settings.rematch_after} after that"
+            )
+        else:
+            reason = f"no ChartMogul {settings.target} has its {what}"
+        message = request.messages[0]
+        return DeliveryResult(
+            message.user_id,
+            message.message_id,
+            False,
+            attempts,
+            request.sent_at if attempts else None,
+            self._clock(),
+            None,
+            reason,
+            unmatched=True,
+        )

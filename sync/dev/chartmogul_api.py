@@ -1,0 +1,523 @@
+"""A ChartMogul-API-compatible server for 127.0.0.1: the endpoints the ``chartmogul_api`` destination uses (and
+the official ``chartmogul`` client calls for them), over an in-memory set of customers and contacts.
+
+It follows ChartMogul's API reference (dev.chartmogul.com): HTTP basic auth with the API key as the user;
+``GET /v1/customers?external_id=`` (200 with empty ``entries`` when nothing matches),
+``GET /v1/customers/search?email=`` (404 when nothing matches), ``GET /v1/contacts?email=&customer_external_id=``
+(cursor paged), ``POST`` / ``PUT /v1/customers/{uuid}/attributes/custom`` (an attribute must be added, with
+its type, before it can be updated), ``PATCH /v1/contacts/{uuid}`` with ``custom: [{key, value}]``; errors as
+``{"code", "message", "param"}``. Its limits are ChartMogul's: 40 requests/s per account (429 beyond) and 20
+parallel connections (503 beyond). It can inject the faults the webhook receiver can, and records every
+request it answers.
+
+Seed it from JSON (``{"customers": [{"external_id", "email", "name", "contacts": [{"email", ...}]}]}``) or CSV
+(one customer per row: ``external_id,email,name``; each gets one contact with the same email).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import random
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any, BinaryIO
+from urllib.parse import parse_qs, urlsplit
+
+from sync.dev.receiver import Faults, _Bucket, _QuietServer
+
+# ChartMogul's documented limits (dev.chartmogul.com, "Rate limits").
+REQUESTS_PER_SECOND = 40.0
+MAX_CONNECTIONS = 20
+# Custom attribute types and rules (dev.chartmogul.com, "Custom attributes").
+TYPES = ("String", "Integer", "Decimal", "Timestamp", "Boolean")
+MAX_STRING = 255
+_KEY = re.compile(r"^[A-Za-z0-9_]+$")
+_BOOLEAN_TEXTS = {
+    "TRUE": True,
+    "true": True,
+    "t": True,
+    "1": True,
+    "FALSE": False,
+    "false": False,
+    "f": False,
+    "0": False,
+}
+PAGE_SIZE = 200
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param = status, message, param
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request answered: what was asked and what was answered (0: the connection was dropped)."""
+
+    method: str
+    path: str
+    query: Mapping[str, str]
+    body: Any
+    status: int
+    at: float
+
+    @property
+    def is_write(self) -> bool:
+        return self.method in ("POST", "PUT", "PATCH")
+
+
+@dataclass
+class Account:
+    """The customers and contacts of one ChartMogul account, and its custom attribute definitions."""
+
+    customers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    contacts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    customer_attributes: dict[str, str] = field(default_factory=dict)  # key → type
+
+    def add_customer(self, external_id: str, email: str | None = None, name: str | None = None, **extra: Any) -> str:
+        uuid_ = extra.pop("uuid", None) or f"cus_{uuid.uuid4()}"
+        self.customers[uuid_] = {
+            "uuid": uuid_,
+            "id": len(self.customers) + 1,
+            "external_id": external_id,
+            "external_ids": [external_id],
+            "email": email or "",
+            "name": name or "",
+            "attributes": {"custom": {}, "tags": []},
+        }
+        return uuid_
+
+    def add_contact(self, customer_uuid: str, email: str | None = None, **fields: Any) -> str:
+        customer = self.customers[customer_uuid]
+        uuid_ = fields.pop("uuid", None) or f"con_{uuid.uuid4()}"
+        self.contacts[uuid_] = {
+            "uuid": uuid_,
+            "customer_uuid": customer_uuid,
+            "customer_external_id": customer["external_id"],
+            "email": email,
+            **{k: fields.get(k) for k in ("first_name", "last_name", "title", "phone", "linked_in", "twitter")},
+            "custom": {},
+        }
+        return uuid_
+
+    def delete_customer(self, customer_uuid: str) -> None:
+        self.customers.pop(customer_uuid, None)
+        for contact in [c for c, v in self.contacts.items() if v["customer_uuid"] == customer_uuid]:
+            del self.contacts[contact]
+
+    def customer_by_external_id(self, external_id: str) -> str | None:
+        return next((u for u, c in self.customers.items() if c["external_id"] == external_id), None)
+
+
+def load_account(path: Path) -> Account:
+    """An account seeded from a JSON or CSV file (module docstring)."""
+    account = Account()
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="") as handle:
+            for line, row in enumerate(csv.DictReader(handle), start=2):
+                if not row.get("external_id"):
+                    raise ValueError(f"{path}: line {line} has no external_id")
+                customer = account.add_customer(row["external_id"], row.get("email"), row.get("name"))
+                account.add_contact(customer, row.get("email"), first_name=row.get("first_name"))
+        return account
+    data = json.loads(path.read_text())
+    for index, raw in enumerate(data.get("customers", [])):
+        if not isinstance(raw, dict) or not raw.get("external_id"):
+            raise ValueError(f"{path}: customers[{index}] has no external_id")
+        contacts = raw.pop("contacts", [])
+        customer = account.add_customer(**raw)
+        for contact in contacts:
+            account.add_contact(customer, **contact)
+    return account
+
+
+def check_value(kind: str, value: Any, key: str) -> Any:
+    """``value`` as an attribute of type ``kind`` stores it; ApiError(422) when it is not one."""
+    if value is None:
+        return None
+    ok = {
+        "String": isinstance(value, str) and len(value) <= MAX_STRING,
+        "Integer": isinstance(value, int) and not isinstance(value, bool),
+        "Decimal": isinstance(value, int | float) and not isinstance(value, bool),
+        "Timestamp": isinstance(value, str) and _is_timestamp(value),
+        "Boolean": isinstance(value, bool) or (isinstance(value, str) and value in _BOOLEAN_TEXTS),
+    }[kind]
+    if not ok:
+        raise ApiError(422, f"The value of custom attribute {key!r} is not a valid {kind}", key)
+    return _BOOLEAN_TEXTS[value] if kind == "Boolean" and isinstance(value, str) else value
+
+
+def _is_timestamp(text: str) -> bool:
+    try:
+        datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return True
+
+
+class ChartMogulApiReceiver:
+    """Start with ``with ChartMogulApiReceiver(api_key=...) as api:``; ``api.url`` is the ``base_url``."""
+
+    def __init__(
+        self,
+        account: Account | None = None,
+        *,
+        api_key: str | None = "test-api-key",
+        port: int = 0,
+        host: str = "127.0.0.1",
+        faults: Faults | None = None,
+        requests_per_second: float | None = REQUESTS_PER_SECOND,
+        max_connections: int = MAX_CONNECTIONS,
+        keep: bool = True,
+        out: Path | None = None,
+    ) -> None:
+        self.account = account or Account()
+        self.faults = faults or Faults()
+        self._rng = random.Random(self.faults.seed)
+        self.calls: list[Call] = []
+        self.received = self.rate_limited = self.too_many_connections = 0
+        self.max_open = 0
+        self._keep = keep
+        # None takes any key (a receiver tried by hand); otherwise a wrong one is answered 401
+        self._authorization = "Basic " + base64.b64encode(f"{api_key}:".encode()).decode() if api_key else None
+        self._out: BinaryIO | None = out.open("ab") if out else None
+        self._lock = threading.Lock()
+        self._bucket = _Bucket(requests_per_second, requests_per_second) if requests_per_second else None
+        self._max_connections = max_connections
+        self._open = 0
+        self._server = _QuietServer((host, port), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}/v1"
+
+    def start(self) -> ChartMogulApiReceiver:
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="chartmogul-api", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self._server.serve_forever(poll_interval=0.2)
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread:
+            self._thread.join(timeout=5)
+        if self._out:
+            self._out.close()
+
+    def __enter__(self) -> ChartMogulApiReceiver:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def writes(self) -> list[Call]:
+        """Writes answered with 2xx, in the order they arrived."""
+        with self._lock:
+            return [c for c in self.calls if c.is_write and 200 <= c.status < 300]
+
+    def lookups(self) -> list[Call]:
+        with self._lock:
+            return [c for c in self.calls if c.method == "GET"]
+
+    # -- the API --------------------------------------------------------------------------------------------
+
+    def answer(self, method: str, path: str, query: Mapping[str, str], body: Any) -> tuple[int, Any]:
+        """The status and JSON answer of one authorised request within the limits."""
+        parts = [p for p in path.split("/") if p]
+        if parts[:1] != ["v1"]:
+            raise ApiError(404, "Not found")
+        route = parts[1:]
+        with self._lock:  # the account is shared by every connection's thread
+            return self._route(method, route, query, body)
+
+    def _route(self, method: str, route: list[str], query: Mapping[str, str], body: Any) -> tuple[int, Any]:
+        account = self.account
+        match method, route:
+            case "GET", ["ping"]:
+                return 200, {"data": "pong!"}
+            case "GET", ["customers"]:
+                entries = [c for c in account.customers.values() if _matches(c, query, ("external_id", "email"))]
+                return 200, _page(entries, query, legacy=True)
+            case "GET", ["customers", "search"]:
+                email = query.get("email")
+                if not email:
+                    raise ApiError(400, "email is required", "email")
+                entries = [c for c in account.customers.values() if c["email"] == email]
+                if not entries:
+                    raise ApiError(404, "Customer not found")
+                return 200, _page(entries, query, legacy=True)
+            case "GET", ["customers", customer]:
+                return 200, self._customer(customer)
+            case "DELETE", ["customers", customer]:
+                self._customer(customer)
+                account.delete_customer(customer)
+                return 204, None
+            case "GET", ["customers", customer, "contacts"]:
+                self._customer(customer)
+                entries = [c for c in account.contacts.values() if c["customer_uuid"] == customer]
+                return 200, _page(entries, query)
+            case "GET", ["customers", customer, "attributes", "custom"]:
+                return 200, {"custom": self._customer(customer)["attributes"]["custom"]}
+            case "POST", ["customers", customer, "attributes", "custom"]:
+                return 200, {"custom": self._add_attributes(self._customer(customer), body)}
+            case "PUT", ["customers", customer, "attributes", "custom"]:
+                return 200, {"custom": self._update_attributes(self._customer(customer), body)}
+            case "GET", ["contacts"]:
+                entries = [
+                    c
+                    for c in account.contacts.values()
+                    if _matches(c, query, ("email", "customer_external_id", "data_source_uuid"))
+                ]
+                return 200, _page(entries, query)
+            case "GET", ["contacts", contact]:
+                return 200, self._contact(contact)
+            case "PATCH", ["contacts", contact]:
+                return 200, self._update_contact(self._contact(contact), body)
+            case "DELETE", ["contacts", contact]:
+                self._contact(contact)
+                del account.contacts[contact]
+                return 204, None
+        raise ApiError(404, "Not found")
+
+    def _customer(self, customer: str) -> dict[str, Any]:
+        if customer not in self.account.customers:
+            raise ApiError(404, f"Customer {customer} not found", "uuid")
+        return self.account.customers[customer]
+
+    def _contact(self, contact: str) -> dict[str, Any]:
+        if contact not in self.account.contacts:
+            raise ApiError(404, f"Contact {contact} not found", "uuid")
+        return self.account.contacts[contact]
+
+    def _add_attributes(self, customer: dict[str, Any], body: Any) -> dict[str, Any]:
+        items = body.get("custom") if isinstance(body, dict) else None
+        if not isinstance(items, list) or not items:
+            raise ApiError(400, "custom must be a non-empty list of attributes", "custom")
+        checked: dict[str, Any] = {}
+        defined = dict(self.account.customer_attributes)
+        for item in items:
+            if not isinstance(item, dict) or not {"type", "key", "value"} <= set(item):
+                raise ApiError(400, "each custom attribute needs a type, a key and a value", "custom")
+            key, kind = item["key"], item["type"]
+            if kind not in TYPES:
+                raise ApiError(422, f"Custom attribute type {kind!r} is not one of {', '.join(TYPES)}", key)
+            if not isinstance(key, str) or not _KEY.match(key):
+                raise ApiError(422, f"Custom attribute key {key!r} may hold letters, digits and underscores only", key)
+            if defined.get(key, kind) != kind:
+                raise ApiError(422, f"Custom attribute {key!r} already exists with type {defined[key]}", key)
+            checked[key] = check_value(kind, item["value"], key)
+            defined[key] = kind
+        self.account.customer_attributes = defined
+        customer["attributes"]["custom"].update(checked)
+        return dict(customer["attributes"]["custom"])
+
+    def _update_attributes(self, customer: dict[str, Any], body: Any) -> dict[str, Any]:
+        values = body.get("custom") if isinstance(body, dict) else None
+        if not isinstance(values, dict) or not values:
+            raise ApiError(400, "custom must be a non-empty object of key: value", "custom")
+        checked: dict[str, Any] = {}
+        for key, raw in values.items():
+            if key not in self.account.customer_attributes:
+                raise ApiError(422, f"Custom attribute {key!r} does not exist; add it first", key)
+            value = raw.get("value") if isinstance(raw, dict) else raw
+            checked[key] = check_value(self.account.customer_attributes[key], value, key)
+        customer["attributes"]["custom"].update(checked)
+        return dict(customer["attributes"]["custom"])
+
+    def _update_contact(self, contact: dict[str, Any], body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise ApiError(400, "the body must be a JSON object")
+        custom = body.get("custom", [])
+        if not isinstance(custom, list) or not all(isinstance(i, dict) and "key" in i for i in custom):
+            raise ApiError(422, "custom must be a list of {key, value}", "custom")
+        for item in custom:
+            if not isinstance(item["key"], str) or not _KEY.match(item["key"]):
+                raise ApiError(422, f"Custom attribute key {item['key']!r} is not valid", "custom")
+            contact["custom"][item["key"]] = item.get("value")
+        for name in ("first_name", "last_name", "title", "email", "phone", "linked_in", "twitter", "notes"):
+            if name in body:
+                contact[name] = body[name]
+        return dict(contact)
+
+    # -- HTTP -------------------------------------------------------------------------------------------------
+
+    def _record(self, method: str, path: str, query: Mapping[str, str], body: Any, status: int) -> None:
+        call = Call(method, path, dict(query), body, status, time.time())
+        with self._lock:
+            self.received += 1
+            if self._keep:
+                self.calls.append(call)
+            if self._out and call.is_write:
+                line = {"method": method, "path": path, "status": status, "at": call.at, "body": body}
+                self._out.write(json.dumps(line, separators=(",", ":")).encode() + b"\n")
+                self._out.flush()
+
+    def authorised(self, header: str | None) -> bool:
+        if self._authorization is not None:
+            return header == self._authorization
+        return bool(header and header.startswith("Basic ") and len(header) > len("Basic "))
+
+    def _limited(self) -> tuple[int, str] | None:
+        """429 beyond the rate, 503 beyond the parallel connections, as ChartMogul answers them."""
+        with self._lock:
+            if self._open > self._max_connections:
+                self.too_many_connections += 1
+                return 503, f"Too many parallel connections: at most {self._max_connections}"
+            if self._bucket is not None and not self._bucket.take():
+                self.rate_limited += 1
+                return 429, "Rate limit exceeded"
+        return None
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            wbufsize = 64 * 1024
+            disable_nagle_algorithm = True
+
+            def setup(self) -> None:
+                super().setup()
+                with api._lock:
+                    api._open += 1
+                    api.max_open = max(api.max_open, api._open)
+
+            def finish(self) -> None:
+                with api._lock:
+                    api._open -= 1
+                super().finish()
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                self._handle("GET")
+
+            def do_POST(self) -> None:  # noqa: N802
+                self._handle("POST")
+
+            def do_PUT(self) -> None:  # noqa: N802
+                self._handle("PUT")
+
+            def do_PATCH(self) -> None:  # noqa: N802
+                self._handle("PATCH")
+
+            def do_DELETE(self) -> None:  # noqa: N802
+                self._handle("DELETE")
+
+            def _handle(self, method: str) -> None:
+                split = urlsplit(self.path)
+                query = {k: v[-1] for k, v in parse_qs(split.query).items()}
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                try:
+                    body = json.loads(raw) if raw else None
+                except ValueError:
+                    self._error(method, split.path, query, None, ApiError(400, "The body is not JSON"))
+                    return
+                if not api.authorised(self.headers.get("Authorization")):
+                    self._error(method, split.path, query, body, ApiError(401, "No valid API key provided"))
+                    return
+                limited = api._limited()
+                if limited is not None:
+                    self._error(method, split.path, query, body, ApiError(*limited))
+                    self.close_connection = limited[0] == 503  # the connection over the limit is not kept
+                    return
+                status, headers, delay = api.faults_for(method, split.path, body)
+                if delay:
+                    time.sleep(delay)
+                if status == 0:
+                    api._record(method, split.path, query, body, 0)
+                    self.close_connection = True
+                    return
+                if status != 200:
+                    self._error(method, split.path, query, body, ApiError(status, f"injected {status}"), headers)
+                    return
+                try:
+                    status, answer = api.answer(method, split.path, query, body)
+                except ApiError as error:
+                    self._error(method, split.path, query, body, error)
+                    return
+                api._record(method, split.path, query, body, status)
+                self._send(status, {}, b"" if answer is None else json.dumps(answer).encode())
+
+            def _error(
+                self,
+                method: str,
+                path: str,
+                query: Mapping[str, str],
+                body: Any,
+                error: ApiError,
+                headers: Mapping[str, str] | None = None,
+            ) -> None:
+                api._record(method, path, query, body, error.status)
+                payload = {"code": error.status, "message": error.message, "param": error.param}
+                self._send(error.status, headers or {}, json.dumps(payload).encode())
+
+            def _send(self, status: int, headers: Mapping[str, str], payload: bytes) -> None:
+                self.send_response(status)
+                if payload:
+                    self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature of the base
+                pass
+
+        return Handler
+
+    def faults_for(self, method: str, path: str, body: Any) -> tuple[int, dict[str, str], float]:
+        """The injected answer for one request: (status, headers, delay); 200 means the API's own answer."""
+        faults = self.faults
+        if faults.respond is not None:
+            action = faults.respond({"method": method, "path": path, "body": body})
+            if action == "drop":
+                return 0, {}, faults.delay
+            if isinstance(action, int):
+                return action, {}, faults.delay
+            if isinstance(action, tuple):
+                return action[0], dict(action[1]), faults.delay
+        with self._lock:
+            roll_drop, roll_error = self._rng.random(), self._rng.random()
+        if roll_drop < faults.drop_rate:
+            return 0, {}, faults.delay
+        if roll_error < faults.error_rate:
+            return faults.error_statuses[0] if faults.error_statuses else 500, {}, faults.delay
+        return 200, {}, faults.delay
+
+
+def _matches(record: Mapping[str, Any], query: Mapping[str, str], filters: Iterable[str]) -> bool:
+    return all(record.get(name) == query[name] for name in filters if name in query)
+
+
+def _page(entries: list[dict[str, Any]], query: Mapping[str, str], *, legacy: bool = False) -> dict[str, Any]:
+    """One cursor page: ``cursor`` is the offset of the next page, opaque to clients."""
+    size = min(int(query.get("per_page") or PAGE_SIZE), PAGE_SIZE)
+    start = int(base64.b64decode(query["cursor"]).decode()) if query.get("cursor") else 0
+    page = entries[start : start + size]
+    more = start + size < len(entries)
+    answer: dict[str, Any] = {
+        "entries": page,
+        "has_more": more,
+        "cursor": base64.b64encode(str(start + size).encode()).decode() if more else None,
+    }
+    if legacy:
+        answer.update({"per_page": size, "page": 1, "current_page": 1, "total_pages": 1})
+    return answer
