@@ -332,7 +332,6 @@ def test_a_process_killed_mid_run_loses_nothing(tmp_path: Path, warehouse: Wareh
     faults = Faults(respond=count, delay=0.01)
     with ChartMogulApiReceiver(account(users), api_key=API_KEY, faults=faults, requests_per_second=None) as api:
         destination = {"type": "chartmogul_api", "api_key": "${KEY}", "base_url": api.url, "target": "customer"}
-        job = api_job(warehouse, api, target="customer")
         raw = {"name": "contacts", "source": {"url": warehouse.url}, "audiences": [warehouse.audience("VIP", "vip")]}
         raw["traits"] = [warehouse.trait("Seats", "seats")]
         config.write_text(
@@ -370,3 +369,35 @@ def test_status_history_and_the_report_show_the_match_rate(
     assert "<th>unmatched</th><th>matched</th>" in page and "<td>75%</td>" in page
     history = [r for r in change_records(store, AuditFilter(user_id="u010"))]
     assert {r["status"] for r in history} == {"unmatched"}
+
+
+def test_contacts_by_email_and_timestamps_and_nulls(
+    store: Store, sleep: RecordingSleep, warehouse: Warehouse, api: ChartMogulApiReceiver
+) -> None:
+    seed(warehouse)
+    warehouse.set_trait("plan", {"u000": "2026-05-01T10:00:00Z", "u001": "2026-06-01"})
+    job = api_job(warehouse, api, target="contact", match="email")
+    runner = Runner(store, sleep=sleep)
+    assert runner.run(job).delivered == len(KNOWN)
+    assert contact_of(api, "u000")["custom"]["plan"] == "2026-05-01T10:00:00Z"
+    assert store.remote_attributes(job.name, "contact:email")["plan"] == "Timestamp"
+    lookups = {c.query.get("email") for c in api.lookups()}
+    assert "u000@example.com" in lookups  # found by email, not by the customer's external id
+    warehouse.set_trait("plan", {"u001": "2026-06-02"})  # u000's value is gone: null clears it
+    report = runner.run(job)
+    assert report.delivered == 2 and report.failed == 0
+    assert contact_of(api, "u000")["custom"]["plan"] is None
+    assert contact_of(api, "u001")["custom"]["plan"] == "2026-06-02"
+
+
+def test_chartmogul_s_own_rejection_is_recorded_with_its_message(
+    store: Store, sleep: RecordingSleep, warehouse: Warehouse, api: ChartMogulApiReceiver
+) -> None:
+    seed(warehouse)
+    api.account.customer_attributes["plan"] = "Integer"  # created in ChartMogul by someone else, as Integer
+    job = api_job(warehouse, api, target="customer")
+    report = Runner(store, sleep=sleep).run(job)
+    assert report.failed == len(KNOWN) and report.delivered == 0 and report.exit_code == 3
+    failed = store.failed_updates(job.name)
+    assert {f.http_status for f in failed} == {422}
+    assert all("already exists with type Integer" in (f.error or "") for f in failed)

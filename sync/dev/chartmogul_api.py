@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import parse_qs, urlsplit
 
-from sync.dev.receiver import Faults, _Bucket, _QuietServer
+from sync.dev.receiver import Faults, LoopbackServer, _Bucket, _QuietServer, hooked
 
 # ChartMogul's documented limits (dev.chartmogul.com, "Rate limits").
 REQUESTS_PER_SECOND = 40.0
@@ -76,6 +76,10 @@ class Call:
         return self.method in ("POST", "PUT", "PATCH")
 
 
+# The fields records are found by, indexed so that a million-customer account answers a lookup at once.
+_INDEXED = {"customer": ("external_id", "email"), "contact": ("email", "customer_external_id", "customer_uuid")}
+
+
 @dataclass
 class Account:
     """The customers and contacts of one ChartMogul account, and its custom attribute definitions."""
@@ -83,6 +87,7 @@ class Account:
     customers: dict[str, dict[str, Any]] = field(default_factory=dict)
     contacts: dict[str, dict[str, Any]] = field(default_factory=dict)
     customer_attributes: dict[str, str] = field(default_factory=dict)  # key → type
+    _index: dict[tuple[str, str, Any], dict[str, None]] = field(default_factory=dict, repr=False)
 
     def add_customer(self, external_id: str, email: str | None = None, name: str | None = None, **extra: Any) -> str:
         uuid_ = extra.pop("uuid", None) or f"cus_{uuid.uuid4()}"
@@ -95,6 +100,7 @@ class Account:
             "name": name or "",
             "attributes": {"custom": {}, "tags": []},
         }
+        self._indexed("customer", self.customers[uuid_], add=True)
         return uuid_
 
     def add_contact(self, customer_uuid: str, email: str | None = None, **fields: Any) -> str:
@@ -108,15 +114,48 @@ class Account:
             **{k: fields.get(k) for k in ("first_name", "last_name", "title", "phone", "linked_in", "twitter")},
             "custom": {},
         }
+        self._indexed("contact", self.contacts[uuid_], add=True)
         return uuid_
 
     def delete_customer(self, customer_uuid: str) -> None:
-        self.customers.pop(customer_uuid, None)
-        for contact in [c for c, v in self.contacts.items() if v["customer_uuid"] == customer_uuid]:
-            del self.contacts[contact]
+        customer = self.customers.pop(customer_uuid, None)
+        if customer is not None:
+            self._indexed("customer", customer, add=False)
+        for contact in self.find("contact", customer_uuid=customer_uuid):
+            self.delete_contact(contact["uuid"])
+
+    def delete_contact(self, contact_uuid: str) -> None:
+        contact = self.contacts.pop(contact_uuid, None)
+        if contact is not None:
+            self._indexed("contact", contact, add=False)
+
+    def set_contact_field(self, contact: dict[str, Any], name: str, value: Any) -> None:
+        self._indexed("contact", contact, add=False)
+        contact[name] = value
+        self._indexed("contact", contact, add=True)
+
+    def find(self, kind: str, **filters: Any) -> list[dict[str, Any]]:
+        """The customers or contacts whose fields equal ``filters`` (all of them), in the order they were added."""
+        records = self.customers if kind == "customer" else self.contacts
+        indexed = [(name, value) for name, value in filters.items() if name in _INDEXED[kind]]
+        if indexed:
+            name, value = indexed[0]
+            candidates = [records[u] for u in self._index.get((kind, name, value), {})]
+        else:
+            candidates = list(records.values())
+        return [r for r in candidates if all(r.get(n) == v for n, v in filters.items())]
 
     def customer_by_external_id(self, external_id: str) -> str | None:
-        return next((u for u, c in self.customers.items() if c["external_id"] == external_id), None)
+        found = self.find("customer", external_id=external_id)
+        return str(found[0]["uuid"]) if found else None
+
+    def _indexed(self, kind: str, record: Mapping[str, Any], *, add: bool) -> None:
+        for name in _INDEXED[kind]:
+            key = (kind, name, record.get(name))
+            if add:
+                self._index.setdefault(key, {})[record["uuid"]] = None
+            else:
+                self._index.get(key, {}).pop(record["uuid"], None)
 
 
 def load_account(path: Path) -> Account:
@@ -165,7 +204,7 @@ def _is_timestamp(text: str) -> bool:
     return True
 
 
-class ChartMogulApiReceiver:
+class ChartMogulApiReceiver(LoopbackServer):
     """Start with ``with ChartMogulApiReceiver(api_key=...) as api:``; ``api.url`` is the ``base_url``."""
 
     def __init__(
@@ -204,30 +243,6 @@ class ChartMogulApiReceiver:
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}/v1"
 
-    def start(self) -> ChartMogulApiReceiver:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="chartmogul-api", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def serve_forever(self) -> None:
-        self._server.serve_forever(poll_interval=0.2)
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread:
-            self._thread.join(timeout=5)
-        if self._out:
-            self._out.close()
-
-    def __enter__(self) -> ChartMogulApiReceiver:
-        return self.start()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
-
     def writes(self) -> list[Call]:
         """Writes answered with 2xx, in the order they arrived."""
         with self._lock:
@@ -254,13 +269,13 @@ class ChartMogulApiReceiver:
             case "GET", ["ping"]:
                 return 200, {"data": "pong!"}
             case "GET", ["customers"]:
-                entries = [c for c in account.customers.values() if _matches(c, query, ("external_id", "email"))]
+                entries = account.find("customer", **_filters(query, ("external_id", "email")))
                 return 200, _page(entries, query, legacy=True)
             case "GET", ["customers", "search"]:
                 email = query.get("email")
                 if not email:
                     raise ApiError(400, "email is required", "email")
-                entries = [c for c in account.customers.values() if c["email"] == email]
+                entries = account.find("customer", email=email)
                 if not entries:
                     raise ApiError(404, "Customer not found")
                 return 200, _page(entries, query, legacy=True)
@@ -272,8 +287,7 @@ class ChartMogulApiReceiver:
                 return 204, None
             case "GET", ["customers", customer, "contacts"]:
                 self._customer(customer)
-                entries = [c for c in account.contacts.values() if c["customer_uuid"] == customer]
-                return 200, _page(entries, query)
+                return 200, _page(account.find("contact", customer_uuid=customer), query)
             case "GET", ["customers", customer, "attributes", "custom"]:
                 return 200, {"custom": self._customer(customer)["attributes"]["custom"]}
             case "POST", ["customers", customer, "attributes", "custom"]:
@@ -281,19 +295,15 @@ class ChartMogulApiReceiver:
             case "PUT", ["customers", customer, "attributes", "custom"]:
                 return 200, {"custom": self._update_attributes(self._customer(customer), body)}
             case "GET", ["contacts"]:
-                entries = [
-                    c
-                    for c in account.contacts.values()
-                    if _matches(c, query, ("email", "customer_external_id", "data_source_uuid"))
-                ]
-                return 200, _page(entries, query)
+                filters = _filters(query, ("email", "customer_external_id", "data_source_uuid"))
+                return 200, _page(account.find("contact", **filters), query)
             case "GET", ["contacts", contact]:
                 return 200, self._contact(contact)
             case "PATCH", ["contacts", contact]:
                 return 200, self._update_contact(self._contact(contact), body)
             case "DELETE", ["contacts", contact]:
                 self._contact(contact)
-                del account.contacts[contact]
+                account.delete_contact(contact)
                 return 204, None
         raise ApiError(404, "Not found")
 
@@ -354,7 +364,7 @@ class ChartMogulApiReceiver:
             contact["custom"][item["key"]] = item.get("value")
         for name in ("first_name", "last_name", "title", "email", "phone", "linked_in", "twitter", "notes"):
             if name in body:
-                contact[name] = body[name]
+                self.account.set_contact_field(contact, name, body[name])
         return dict(contact)
 
     # -- HTTP -------------------------------------------------------------------------------------------------
@@ -486,14 +496,9 @@ class ChartMogulApiReceiver:
     def faults_for(self, method: str, path: str, body: Any) -> tuple[int, dict[str, str], float]:
         """The injected answer for one request: (status, headers, delay); 200 means the API's own answer."""
         faults = self.faults
-        if faults.respond is not None:
-            action = faults.respond({"method": method, "path": path, "body": body})
-            if action == "drop":
-                return 0, {}, faults.delay
-            if isinstance(action, int):
-                return action, {}, faults.delay
-            if isinstance(action, tuple):
-                return action[0], dict(action[1]), faults.delay
+        decided = hooked(faults, {"method": method, "path": path, "body": body})
+        if decided is not None:
+            return decided
         with self._lock:
             roll_drop, roll_error = self._rng.random(), self._rng.random()
         if roll_drop < faults.drop_rate:
@@ -503,8 +508,8 @@ class ChartMogulApiReceiver:
         return 200, {}, faults.delay
 
 
-def _matches(record: Mapping[str, Any], query: Mapping[str, str], filters: Iterable[str]) -> bool:
-    return all(record.get(name) == query[name] for name in filters if name in query)
+def _filters(query: Mapping[str, str], names: Iterable[str]) -> dict[str, str]:
+    return {name: query[name] for name in names if name in query}
 
 
 def _page(entries: list[dict[str, Any]], query: Mapping[str, str], *, legacy: bool = False) -> dict[str, Any]:

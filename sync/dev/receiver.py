@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, Self
 
 Mode = Literal["chartmogul", "segment"]
 
@@ -90,7 +90,54 @@ class _QuietServer(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
-class Receiver:
+class LoopbackServer:
+    """What the capture servers share: a threaded HTTP server, started in a thread (``with``) for tests and the
+    demo, or served in the foreground by ``audience-sync receiver``."""
+
+    _server: _QuietServer
+    _out: BinaryIO | None = None
+    _thread: threading.Thread | None = None
+
+    def start(self) -> Self:
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="receiver", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self._server.serve_forever(poll_interval=0.2)
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread:
+            self._thread.join(timeout=5)
+        if self._out:
+            self._out.close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+
+def hooked(faults: Faults, request: Mapping[str, Any]) -> tuple[int, dict[str, str], float] | None:
+    """What the ``respond`` hook decided for ``request`` as (status, headers, delay); None to go on."""
+    if faults.respond is None:
+        return None
+    action = faults.respond(request)
+    if action == "drop":
+        return 0, {}, faults.delay
+    if isinstance(action, int):
+        return action, {}, faults.delay
+    if isinstance(action, tuple):
+        return action[0], dict(action[1]), faults.delay
+    return None
+
+
+class Receiver(LoopbackServer):
     """Start with ``with Receiver() as receiver:``; ``receiver.url`` is the webhook URL to configure."""
 
     def __init__(
@@ -124,30 +171,6 @@ class Receiver:
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}" + (SEGMENT_PATH if self.mode == "segment" else "/webhook")
 
-    def start(self) -> Receiver:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="receiver", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def serve_forever(self) -> None:
-        self._server.serve_forever(poll_interval=0.2)
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread:
-            self._thread.join(timeout=5)
-        if self._out:
-            self._out.close()
-
-    def __enter__(self) -> Receiver:
-        return self.start()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
-
     def accepted(self) -> list[Mapping[str, Any]]:
         """Bodies answered with 2xx, in the order they arrived."""
         with self._lock:
@@ -170,14 +193,9 @@ class Receiver:
     def decide(self, body: Mapping[str, Any]) -> tuple[int, dict[str, str], float]:
         """The status (0 = drop), headers and delay for one request."""
         faults = self.faults
-        if faults.respond is not None:
-            action = faults.respond(body)
-            if action == "drop":
-                return 0, {}, faults.delay
-            if isinstance(action, int):
-                return action, {}, faults.delay
-            if isinstance(action, tuple):
-                return action[0], dict(action[1]), faults.delay
+        decided = hooked(faults, body)
+        if decided is not None:
+            return decided
         with self._lock:
             roll_drop, roll_error = self._rng.random(), self._rng.random()
             status_choice = self._rng.choice(faults.error_statuses) if faults.error_statuses else 500
