@@ -21,6 +21,44 @@ PROFILE_TRAITS = {
 # Every column a profiles query may return: the ids, the standard traits and the company.
 PROFILE_COLUMNS = ("user_id", "anonymous_id", *PROFILE_TRAITS, "company_id", "company_name")
 
+# An account's profile column → the group call's trait (Segment spec names), and the address parts, which go
+# under ``traits.address``.
+ACCOUNT_TRAITS = {
+    "name": "name",
+    "description": "description",
+    "email": "email",
+    "website": "website",
+    "created_at": "createdAt",
+}
+ADDRESS_TRAITS = {
+    "street": "street",
+    "city": "city",
+    "state": "state",
+    "postal_code": "postalCode",
+    "country": "country",
+}
+# Every column an account job's profiles query may return: the account's id, the user the group call is made
+# for (the published Send Customer action requires one), and the account's fields.
+ACCOUNT_PROFILE_COLUMNS = ("group_id", "user_id", *ACCOUNT_TRAITS, *ADDRESS_TRAITS)
+# Inside a run an account's id is its subject id (the stores' ``user_id``), and the user a group call is made
+# for is this profile field.
+MEMBER_FIELD = "member_user_id"
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What a job syncs: users (identify and track calls) or accounts (group calls). ``id_column`` is the
+    column every result of the job identifies its subjects by."""
+
+    kind: str
+    id_column: str
+    profile_columns: tuple[str, ...]
+
+
+USER = Subject("user", "user_id", PROFILE_COLUMNS)
+ACCOUNT = Subject("account", "group_id", ACCOUNT_PROFILE_COLUMNS)
+SUBJECTS = {subject.kind: subject for subject in (USER, ACCOUNT)}
+
 # A run's counts, as the runs table, the run report and `history` keep them.
 RUN_COUNTS = (
     "users",

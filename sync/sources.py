@@ -18,9 +18,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from sync.config import ComputationConfig, JobConfig, driver_problem
 from sync.errors import SourceError
-from sync.model import Computation
+from sync.model import SUBJECTS, Computation
+from sync.snapshot.columns import Arrow, Columns, Raw, arrow_or_list
 from sync.snapshot.engine import Snapshot
-from sync.snapshot.normalise import Arrow, Columns, Profiles, Raw, arrow_or_list, normalise
+from sync.snapshot.normalise import Profiles, normalise
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +62,16 @@ def read_snapshot(job: JobConfig) -> Snapshot:
     files = [(c.key, Path(item.file), _label(c)) for c, item in _items(job) if item.file is not None]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # Arrow's readers release the GIL
         profile_file = (
-            pool.submit(read_profiles, Path(job.source.profiles_file), job.name) if job.source.profiles_file else None
+            pool.submit(read_profiles, Path(job.source.profiles_file), job.name, job.subject == "user")
+            if job.source.profiles_file
+            else None
         )
         read = list(pool.map(lambda file: read_file(file[1], job.name, file[2]), files))
         profiles = profile_file.result() if profile_file is not None else profiles
     for (key, _path, _label_text), table in zip(files, read, strict=True):
         raw[key] = table
     try:
-        parts = normalise(computations(job), profiles, raw)
+        parts = normalise(computations(job), profiles, raw, job.enrich, SUBJECTS[job.subject])
         del read, raw, profiles  # what normalising did not keep (wider offsets, skipped rows) goes before the engine
         return Snapshot(parts)
     except SourceError as exc:
@@ -136,10 +139,11 @@ def read_file(path: Path, job: str, label: str) -> Raw:
         raise SourceError(f"job {job!r}: cannot read the {label} file {path.name}: {exc}") from None
 
 
-def read_profiles(path: Path, job: str) -> Raw | Profiles:
+def read_profiles(path: Path, job: str, lazily: bool = True) -> Raw | Profiles:
     """A profiles file. A Parquet file's user ids are read now, and its other columns later, for the users
-    a run looks at (the file stays open, so a file replaced meanwhile is still read as it was)."""
-    if not _is_parquet(path):
+    a run looks at (the file stays open, so a file replaced meanwhile is still read as it was). Account
+    profiles (``lazily`` False) are read whole: a run renames their columns."""
+    if not lazily or not _is_parquet(path):
         return read_file(path, job, "profiles")
     where = f"job {job!r}: the profiles file {path.name}"
     try:

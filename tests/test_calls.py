@@ -1,8 +1,9 @@
 """Rendering an update as the calls a destination takes."""
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
-from sync.calls import CallSpec, render
+from sync.calls import CallSpec, Mode, render
 from sync.calls.identify import derived_id
 from sync.destinations.factory import spec_before_specs
 from sync.model import KeyChange, Update
@@ -73,3 +74,39 @@ def test_a_call_spec_survives_the_run_record() -> None:
     before = spec_before_specs("spa_9")  # runs recorded before specs were kept: ChartMogul's calls, per user
     assert CallSpec.from_json(None, before) == before
     assert before.integrations == {"All": False, "ChartMogul": True} and before.mode == "per_user"
+
+
+def test_track_events_are_engage_s_audience_entered_exited_and_trait_computed() -> None:
+    spec = replace(SEGMENT, events="track")
+    calls = render(update(), spec, timestamp=NOW)
+    assert [(c["type"], c["event"]) for c in calls] == [
+        ("track", "Audience Entered"),
+        ("track", "Audience Exited"),
+        ("track", "Trait Computed"),
+    ]
+    assert [c["properties"] for c in calls] == [
+        {"audience_key": "vip", "vip": True},
+        {"audience_key": "churn", "churn": False},
+        {"trait_key": "ltv", "ltv": 2.5},
+    ]
+    assert all(c["context"]["traits"] == {"email": "a@example.com"} for c in calls)
+    assert calls[0]["context"]["personas"]["computation_id"] == "aud_given"
+    assert "traits" not in render(update(profile={}), spec, timestamp=NOW)[0]["context"]  # no email, none added
+    renamed = replace(spec, event_names={"audience_entered": "Joined VIP", "trait_computed": "LTV Updated"})
+    assert [c["event"] for c in render(update(), renamed, timestamp=NOW)] == [
+        "Joined VIP",
+        "Audience Exited",
+        "LTV Updated",
+    ]
+
+
+def test_both_sends_identify_calls_then_track_events_with_ids_of_their_own() -> None:
+    modes: tuple[tuple[Mode, int], ...] = (("per_computation", 3), ("per_user", 1))
+    for mode, identifies in modes:
+        calls = render(update(), replace(SEGMENT, mode=mode, events="both"), timestamp=NOW)
+        assert [c["type"] for c in calls] == ["identify"] * identifies + ["track"] * 3
+        ids = [c["messageId"] for c in calls]
+        assert len(set(ids)) == len(ids) and all(len(i) < 100 for i in ids)
+        again = [c["messageId"] for c in render(update(), replace(SEGMENT, mode=mode, events="both"), timestamp=NOW)]
+        assert again == ids  # a retry sends the same ids
+    assert CallSpec.from_json(replace(SEGMENT, events="both").to_json(), CallSpec()).events == "both"

@@ -15,7 +15,8 @@ import chartmogul
 import httpx
 import pytest
 
-from sync.dev.chartmogul_api import Account, ChartMogulApiReceiver, load_account
+from sync.dev.chartmogul_account import Account, load_account
+from sync.dev.chartmogul_api import ChartMogulApiReceiver
 
 API_KEY = "cm_test_key"
 

@@ -79,6 +79,13 @@ def test_custom_attributes_carry_only_the_computations_of_the_update() -> None:
     assert send_contact_body(call({"vip": False}))["custom_attributes"] == {"vip": False}
 
 
+def test_enriched_traits_travel_as_custom_attributes_beside_the_computations() -> None:
+    message = call({"plan": "gold", "country": "DE", "email": "a@example.com", "firstName": "Ada"})
+    body = send_contact_body(message)
+    assert body["custom_attributes"] == {"vip": True, "plan": "gold", "country": "DE"}
+    assert body["email"] == "a@example.com" and body["first_name"] == "Ada"  # standard fields stay fields
+
+
 def test_a_body_is_compact_json() -> None:
     assert json.loads(encode_body(call())) == send_contact_body(call())
     unicode = call({"email": "zoë@example.com", "vip": True})
@@ -104,6 +111,7 @@ def test_a_call_without_any_identifier_is_rejected_before_sending() -> None:
 def test_a_call_that_carries_nothing_but_identifiers_is_rejected() -> None:
     message = call()
     message["context"]["personas"]["computations"] = []
+    message["traits"] = {}
     with pytest.raises(PermanentDeliveryError, match="carries nothing but identifiers"):
         encode_body(message)
 
@@ -151,3 +159,79 @@ def test_an_email_that_is_not_an_address_is_left_out_and_the_rest_sent(email: st
 def test_a_linked_in_that_is_not_a_uri_is_left_out_and_the_rest_sent(linked_in: str, sent: bool) -> None:
     body = send_contact_body(call({"linkedIn": linked_in, "email": "ada@example.com"}))
     assert ("linked_in" in body) is sent and body["email"] == "ada@example.com"
+
+
+def group(traits: dict[str, Any] | None = None, **top: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "type": "group",
+        "messageId": "as-2",
+        "timestamp": "2026-11-22T06:00:00.000Z",
+        "sentAt": "2026-11-22T06:00:01.000Z",
+        "userId": "owner-1",
+        "groupId": "g1",
+        "traits": {"enterprise": True, **(traits or {})},
+        "context": {"personas": {"computations": [{"computation_class": "audience", "computation_key": "enterprise"}]}},
+    }
+    base.update(top)
+    return base
+
+
+def test_every_send_customer_field_is_mapped_as_the_published_action_maps_it() -> None:
+    traits = {
+        "name": "Acme",
+        "description": "Rockets",
+        "email": "billing@acme.example",
+        "website": "https://acme.example",
+        "createdAt": "2024-03-01T00:00:00Z",
+        "address": {"street": "1 Main St", "city": "Berlin", "state": "BE", "postalCode": "10115", "country": "DE"},
+    }
+    assert json.loads(encode_body(group(traits))) == {
+        "type": "Send Customer",  # default of the action's `type` field
+        "message_id": "as-2",  # $.messageId
+        "timestamp": "2026-11-22T06:00:00.000Z",  # $.timestamp
+        "sent_at": "2026-11-22T06:00:01.000Z",  # $.sentAt
+        "user_id": "owner-1",  # $.userId, required
+        "group_id": "g1",  # $.groupId, required
+        "name": "Acme",  # $.traits.name
+        "description": "Rockets",  # $.traits.description
+        "email": "billing@acme.example",  # $.traits.email (format email)
+        "website": "https://acme.example",  # $.traits.website (format uri-reference)
+        "created_at": "2024-03-01T00:00:00Z",  # $.traits.createdAt (datetime)
+        "address": {  # $.traits.address.{street, city, state, postalCode → postal_code, country}
+            "street": "1 Main St",
+            "city": "Berlin",
+            "state": "BE",
+            "postal_code": "10115",
+            "country": "DE",
+        },
+        "custom_attributes": {"enterprise": True},  # audience-sync's addition, as on Send Contact
+    }
+
+
+# Where the published action refuses or misbehaves, and what audience-sync does instead (README).
+@pytest.mark.parametrize(
+    ("call", "upstream", "ours"),
+    [
+        (group(), 'sends "address": {} when the group has no address', {"address": None}),
+        (group({"email": "not-an-address"}), "refuses the event (email format)", {"email": None}),
+        (group({"website": "acme dot com"}), "refuses the event (uri-reference format)", {"website": None}),
+        (group({"createdAt": "last tuesday"}), "refuses the event (datetime)", {"created_at": None}),
+        (group({"address": {"city": "Berlin"}}), "sends the parts it has", {"address": {"city": "Berlin"}}),
+    ],
+)
+def test_send_customer_where_the_published_action_refuses_or_misbehaves(
+    call: dict[str, Any], upstream: str, ours: dict[str, Any]
+) -> None:
+    body = json.loads(encode_body(call))
+    for field, expected in ours.items():
+        assert body.get(field) == expected, upstream
+    assert body["group_id"] == "g1" and body["custom_attributes"] == {"enterprise": True}
+
+
+def test_send_customer_without_a_user_or_group_is_refused_before_sending_as_upstream_refuses_it() -> None:
+    without_user = group()
+    del without_user["userId"]
+    with pytest.raises(PermanentDeliveryError, match="needs a user_id"):
+        encode_body(without_user)
+    with pytest.raises(PermanentDeliveryError, match="needs a group_id"):
+        encode_body(group(groupId=""))

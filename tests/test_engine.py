@@ -15,8 +15,9 @@ from sync.dev.receiver import Receiver
 from sync.errors import EngineError
 from sync.model import Computation
 from sync.run.runner import Runner
+from sync.snapshot.columns import Columns
 from sync.snapshot.engine import stored_table
-from sync.snapshot.normalise import Columns, Profiles, build_snapshot
+from sync.snapshot.normalise import Profiles, build_snapshot
 from sync.store import Store
 from tests.conftest import Warehouse, make_job
 

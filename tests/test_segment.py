@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -21,6 +22,7 @@ from sync.config import SEGMENT_MAX_CALLS, SEGMENT_MAX_REQUEST_BYTES, SegmentCon
 from sync.destinations.base import Outgoing
 from sync.destinations.segment import SegmentBatch
 from sync.dev.receiver import Action, Faults, Receiver
+from sync.errors import ConfigError
 from sync.run.delivery import WINDOW_PER_CONNECTION
 from sync.run.runner import Runner, RunOptions
 from sync.store import Store
@@ -354,3 +356,88 @@ def test_a_process_killed_mid_run_loses_nothing_and_resends_with_the_first_messa
     assert all(c["messageId"] == first[c["userId"]] for c in sent if c["userId"] in first)  # first ids kept
     duplicates = len(sent) - len(users)
     assert 0 <= duplicates <= WINDOW_PER_CONNECTION * 1 * SEGMENT_MAX_CALLS
+
+
+def test_track_mode_sends_engage_s_events_through_runs_and_messages_shows_them(
+    store: Store, sleep: RecordingSleep, warehouse: Warehouse, segment: Receiver
+) -> None:
+    seed(warehouse)
+    runner = Runner(store, sleep=sleep)
+    names = {"audience_exited": "Left Audience"}
+    job = segment_job(warehouse, segment, events="both", event_names=names)
+    report = runner.run(job)
+    assert report.status == "succeeded" and report.delivered == len(USERS)
+    calls = segment.accepted_calls()
+    identifies = [c for c in calls if c["type"] == "identify"]
+    tracks = [c for c in calls if c["type"] == "track"]
+    assert len(identifies) == len(tracks)  # one of each per change
+    entered = next(c for c in tracks if c["userId"] == "u000" and c["event"] == "Audience Entered")
+    assert entered["properties"] in ({"audience_key": "vip", "vip": True}, {"audience_key": "churn", "churn": True})
+    assert entered["context"]["traits"] == {"email": "u000@example.com"}
+    segment.records.clear()
+    warehouse.set_members("vip", USERS[1 : len(USERS) // 2])  # u000 exits
+    report = runner.run(job)
+    assert report.exited == 1
+    left = [c for c in segment.accepted_calls() if c["type"] == "track"]
+    assert [(c["userId"], c["event"], c["properties"]) for c in left] == [
+        ("u000", "Left Audience", {"audience_key": "vip", "vip": False})
+    ]
+    shown = [c for c in run_calls(store, report.run_id) if c["type"] == "track"]
+    assert [c["messageId"] for c in shown] == [c["messageId"] for c in left]  # messages shows them as sent
+    tracks_only = segment_job(warehouse, segment, events="track")
+    segment.records.clear()
+    runner.run(tracks_only, RunOptions(full=True))
+    assert {c["type"] for c in segment.accepted_calls()} == {"track"}
+
+
+def test_a_track_call_without_an_event_is_refused_by_the_receiver_as_segment_does(segment: Receiver) -> None:
+    token = base64.b64encode(f"{WRITE_KEY}:".encode()).decode()
+    body = {"batch": [{"type": "track", "userId": "u1", "properties": {}}]}
+    answer = httpx.post(segment.url, json=body, headers={"Authorization": f"Basic {token}"})
+    assert answer.status_code == 400 and "no event" in answer.text
+
+
+@pytest.mark.parametrize(
+    ("destination", "named"),
+    [
+        ({"type": "chartmogul", "webhook_url": "https://hooks.example.com/x"}, "the ChartMogul webhook (Send Contact)"),
+        ({"type": "chartmogul_api", "api_key": "k"}, "the ChartMogul API destination (custom attributes)"),
+    ],
+)
+def test_track_events_to_a_chartmogul_destination_are_a_configuration_error(
+    warehouse: Warehouse, destination: dict[str, Any], named: str
+) -> None:
+    raw = job_dict(warehouse, "https://hooks.example.com/x", audiences=[warehouse.audience("VIP", "vip")])
+    raw["destination"] = {**destination, "events": "track"}
+    with pytest.raises(ConfigError) as error:
+        make_config("sqlite://", [raw])
+    assert error.value.problems == [
+        f"job 'contacts': destination.events: {named} takes identify calls only; track events go to a "
+        "`type: segment` destination"
+    ]
+
+
+def test_track_mode_with_a_new_audience_a_dry_run_and_the_guard(
+    store: Store, sleep: RecordingSleep, warehouse: Warehouse, segment: Receiver
+) -> None:
+    seed(warehouse)
+    runner = Runner(store, sleep=sleep)
+    job = segment_job(warehouse, segment, events="track")
+    runner.run(job)
+    segment.records.clear()
+    warehouse.set_members("beta", USERS[:3])
+    raw = job.model_dump(mode="python")
+    raw["audiences"] = [*raw["audiences"], warehouse.audience("Beta", "beta")]
+    raw["destination"]["write_key"] = WRITE_KEY
+    job = type(job).model_validate(raw)
+    dry = runner.run(job, RunOptions(dry_run=True))
+    assert dry.status == "planned" and segment.records == []
+    assert [c["event"] for c in run_calls(store, dry.run_id)] == ["Audience Entered"] * 3  # what it would send
+    report = runner.run(job)
+    assert [(c["event"], c["properties"]) for c in segment.accepted_calls()] == [
+        ("Audience Entered", {"audience_key": "beta", "beta": True})
+    ] * 3
+    assert report.entered == 3
+    segment.records.clear()
+    warehouse.set_members("beta", [])
+    assert runner.run(job).status == "blocked" and segment.records == []

@@ -15,8 +15,9 @@ from sqlalchemy import create_engine, text
 from sync import sources
 from sync.config import JobConfig
 from sync.errors import SourceError
+from sync.snapshot.columns import Arrow
 from sync.snapshot.engine import stored_table
-from sync.snapshot.normalise import Arrow, Profiles
+from sync.snapshot.normalise import Profiles
 from sync.sources import read_snapshot
 from tests.conftest import Warehouse, make_config, make_job
 

@@ -14,13 +14,18 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from sync.calls.group import coalesced_group, computation_groups
 from sync.calls.identify import coalesced_identify, computation_identifies
+from sync.calls.track import computation_tracks
 from sync.model import Update
 
 Mode = Literal["per_user", "per_computation"]
+Events = Literal["identify", "track", "both"]
 
 # Segment: a messageId is unique and shorter than 100 characters ("as-" and 40 hex digits).
 CALL_ID_PREFIX = "as-"
+# Track events' ids hash the update's id with this added, so that they never equal its identify calls' ids.
+TRACK_SUFFIX = ":track"
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,9 @@ class CallSpec:
     integrations: Mapping[str, Any] = field(default_factory=dict)
     ids: Mapping[str, str] = field(default_factory=dict)  # computation key → computation_id
     salt: str = ""
+    events: Events = "identify"  # Engage's "Send Identify" / "Send Track" / both
+    subject: Literal["user", "account"] = "user"  # accounts: group calls
+    event_names: Mapping[str, str] = field(default_factory=dict)  # renamed track events (calls.track)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
@@ -53,6 +61,9 @@ class CallSpec:
             integrations=values.get("integrations", {}),
             ids=values.get("ids", {}),
             salt=values.get("salt", ""),
+            events=values.get("events", "identify"),
+            subject=values.get("subject", "user"),
+            event_names=values.get("event_names", {}),
         )
 
 
@@ -82,8 +93,23 @@ def render(
     update: Update, spec: CallSpec, *, timestamp: datetime, sent_at: datetime | None = None
 ) -> tuple[dict[str, Any], ...]:
     """The calls ``update`` becomes under ``spec``; all of them must be accepted to acknowledge it."""
-    if spec.mode == "per_user":
-        message_id = call_id(spec.salt, update.message_id)
-        return (coalesced_identify(update, message_id, spec.space_id, spec.integrations, timestamp, sent_at),)
-    ids = call_ids(spec.salt, update.message_id, [change.key for change in update.changes])
-    return tuple(computation_identifies(update, ids, spec.space_id, spec.integrations, spec.ids, timestamp, sent_at))
+    calls: list[dict[str, Any]] = []
+    keys = [change.key for change in update.changes]
+    if spec.subject == "account":
+        if spec.mode == "per_user":
+            message_id = call_id(spec.salt, update.message_id)
+            return (coalesced_group(update, message_id, spec.space_id, spec.integrations, timestamp, sent_at),)
+        ids = call_ids(spec.salt, update.message_id, keys)
+        return tuple(computation_groups(update, ids, spec.space_id, spec.integrations, spec.ids, timestamp, sent_at))
+    if spec.events != "track":
+        if spec.mode == "per_user":
+            message_id = call_id(spec.salt, update.message_id)
+            calls.append(coalesced_identify(update, message_id, spec.space_id, spec.integrations, timestamp, sent_at))
+        else:
+            ids = call_ids(spec.salt, update.message_id, keys)
+            calls += computation_identifies(update, ids, spec.space_id, spec.integrations, spec.ids, timestamp, sent_at)
+    if spec.events != "identify":  # one event per change, whatever the identify shape
+        ids = call_ids(spec.salt, update.message_id + TRACK_SUFFIX, keys)
+        names = spec.event_names
+        calls += computation_tracks(update, ids, spec.space_id, spec.integrations, spec.ids, names, timestamp, sent_at)
+    return tuple(calls)

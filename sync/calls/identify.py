@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
 from sync.clock import iso
-from sync.model import PROFILE_TRAITS, KeyChange, Update
+from sync.model import PROFILE_COLUMNS, PROFILE_TRAITS, KeyChange, Update
 
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 # Engage's computation ids: a prefix by class and 27 base-62 characters (a KSUID).
 _ID_PREFIX = {"audience": "aud_", "trait": "tra_"}
 _ID_CHARS = 27
+
+
+# What a call of one kind starts with: its type, ids and times (update, messageId, timestamp, sentAt).
+Base = Callable[[Update, str, str, str], dict[str, Any]]
 
 
 def coalesced_identify(
@@ -27,11 +31,8 @@ def coalesced_identify(
 ) -> dict[str, Any]:
     """One identify carrying every changed key of the update (best for a destination taking one call per
     request); ``context.personas`` lists each computation."""
-    call = _base(update, message_id, iso(timestamp), iso(sent_at or timestamp))
-    call["traits"] = {**{c.key: c.new for c in update.changes}, **standard_traits(update.profile)}
-    call["context"] = {"personas": personas(update.changes, space_id)}
-    call["integrations"] = dict(integrations)
-    return call
+    profile = standard_traits(update.profile)
+    return coalesced_call(_base, profile, update, message_id, space_id, integrations, timestamp, sent_at)
 
 
 def computation_identifies(
@@ -44,22 +45,57 @@ def computation_identifies(
     sent_at: datetime | None = None,
 ) -> list[dict[str, Any]]:
     """The identify Engage sends for each changed computation (with the messageId given for it): its key and
-    value, plus ``email`` when known (the identifier Engage adds by default), and that computation's
-    ``context.personas``. (The calls share their unchanging parts: they are encoded, never changed.)"""
-    stamp, sent = iso(timestamp), iso(sent_at or timestamp)
+    value, plus ``email`` when known (the identifier Engage adds by default) and the enriched columns, and
+    that computation's ``context.personas``."""
     email = update.profile.get("email")
+    extra = {"email": email, **enriched(update.profile)} if email else enriched(update.profile)
+    return computation_calls(_base, extra, update, message_ids, space_id, integrations, ids, timestamp, sent_at)
+
+
+def coalesced_call(
+    base: Base,
+    profile: Mapping[str, Any],
+    update: Update,
+    message_id: str,
+    space_id: str | None,
+    integrations: Mapping[str, Any],
+    timestamp: datetime,
+    sent_at: datetime | None,
+) -> dict[str, Any]:
+    """One call of ``base``'s kind with every changed key and the subject's ``profile`` traits."""
+    call = base(update, message_id, iso(timestamp), iso(sent_at or timestamp))
+    call["traits"] = {**{c.key: c.new for c in update.changes}, **profile}
+    call["context"] = {"personas": personas(update.changes, space_id)}
+    call["integrations"] = dict(integrations)
+    return call
+
+
+def computation_calls(
+    base: Base,
+    extra: Mapping[str, Any],
+    update: Update,
+    message_ids: Sequence[str],
+    space_id: str | None,
+    integrations: Mapping[str, Any],
+    ids: Mapping[str, str],
+    timestamp: datetime,
+    sent_at: datetime | None,
+) -> list[dict[str, Any]]:
+    """One call of ``base``'s kind per changed computation: its key and value and the ``extra`` traits. (The
+    calls share their unchanging parts: they are encoded, never changed.)"""
+    stamp, sent = iso(timestamp), iso(sent_at or timestamp)
     calls = []
     for change, message_id in zip(update.changes, message_ids, strict=True):
-        call = _base(update, message_id, stamp, sent)
-        call["traits"] = {change.key: change.new, "email": email} if email else {change.key: change.new}
-        call["context"] = _personas(change.kind, change.key, ids.get(change.key), space_id)
+        call = base(update, message_id, stamp, sent)
+        call["traits"] = {change.key: change.new, **extra}
+        call["context"] = computation_context(change.kind, change.key, ids.get(change.key), space_id)
         call["integrations"] = integrations
         calls.append(call)
     return calls
 
 
 @lru_cache(maxsize=4096)
-def _personas(kind: str, key: str, computation_id: str | None, space_id: str | None) -> dict[str, Any]:
+def computation_context(kind: str, key: str, computation_id: str | None, space_id: str | None) -> dict[str, Any]:
     context: dict[str, Any] = {
         "computation_class": kind,
         "computation_id": computation_id or derived_id(kind, key),
@@ -98,11 +134,32 @@ def derived_id(kind: str, key: str) -> str:
 
 
 def standard_traits(profile: Mapping[str, str]) -> dict[str, Any]:
+    """The profile as identify traits: the standard fields under Segment's names, the company, and the
+    columns the job enriches its calls with, under their own names."""
     traits: dict[str, Any] = {PROFILE_TRAITS[k]: v for k, v in profile.items() if k in PROFILE_TRAITS}
     company = {k: profile[f"company_{k}"] for k in ("id", "name") if profile.get(f"company_{k}")}
     if company:
         traits["company"] = company
+    traits.update(enriched(profile))
     return traits
+
+
+# The trait names of the standard profile fields and the company, as identify calls carry them (with the
+# published ChartMogul action's own names for the two it reads differently).
+STANDARD_TRAITS = frozenset({*PROFILE_TRAITS.values(), "company", "first_name", "last_name"})
+
+
+def enriched_traits(
+    traits: Mapping[str, Any], computation_keys: Iterable[str], standard: frozenset[str] = STANDARD_TRAITS
+) -> dict[str, Any]:
+    """The traits of a call that are neither a computation's nor a ``standard`` field: the enriched ones."""
+    keys = set(computation_keys)
+    return {k: v for k, v in traits.items() if k not in standard and k not in keys}
+
+
+def enriched(profile: Mapping[str, str]) -> dict[str, str]:
+    """The profile's columns beyond the standard ones: those the job's ``enrich`` lists."""
+    return {k: v for k, v in profile.items() if k not in PROFILE_COLUMNS}
 
 
 def personas(changes: Sequence[KeyChange], space_id: str | None) -> dict[str, Any]:

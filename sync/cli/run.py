@@ -20,7 +20,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from sync.audit.display import print_rows
 from sync.audit.queries import CHANGE_FIELDS, change_records
 from sync.cli.common import fail, job_config, open_store, state_url_of, stdout_console, stop_on_signals
-from sync.dev.chartmogul_api import REQUESTS_PER_SECOND, Account, ChartMogulApiReceiver, load_account
+from sync.dev.chartmogul_account import Account, load_account
+from sync.dev.chartmogul_api import REQUESTS_PER_SECOND, ChartMogulApiReceiver
 from sync.dev.receiver import Faults, Receiver
 from sync.errors import ConfigError
 from sync.run.alerts import Alerts

@@ -13,6 +13,7 @@ from sync.config.destinations import (
     ChartMogulWebhookConfig,
     DestinationConfig,
     HttpDestinationConfig,
+    MappingsConfig,
     SegmentConfig,
 )
 from sync.config.jobs import (
@@ -68,6 +69,7 @@ __all__ = [
     "DestinationConfig",
     "GuardConfig",
     "HttpDestinationConfig",
+    "MappingsConfig",
     "JobConfig",
     "JobOutline",
     "NotifyConfig",

@@ -3,15 +3,18 @@ them (with where each limit comes from)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    BeforeValidator,
     Discriminator,
     Field,
     SecretStr,
     Tag,
+    model_validator,
 )
 
 from sync.config.values import (
@@ -39,6 +42,71 @@ class HttpDestinationConfig(FrozenModel):
     backoff_max: Duration = timedelta(seconds=60)
 
 
+def _identify_only(what: str) -> Callable[[Any], str]:
+    """The check of an ``events`` setting for a destination that takes identify calls only: anything else is
+    refused by name, pointing at the destination that takes track events."""
+
+    def check(value: Any) -> str:
+        if value != "identify":
+            raise ValueError(f"{what} takes identify calls only; track events go to a `type: segment` destination")
+        return "identify"
+
+    return check
+
+
+WebhookEvents = Annotated[str, BeforeValidator(_identify_only("the ChartMogul webhook (Send Contact)"))]
+ApiEvents = Annotated[str, BeforeValidator(_identify_only("the ChartMogul API destination (custom attributes)"))]
+
+
+class EventNames(FrozenModel):
+    """Engage's track event names, renamed as a destination of Engage may rename them."""
+
+    audience_entered: str = Field(default="Audience Entered", min_length=1, max_length=200)
+    audience_exited: str = Field(default="Audience Exited", min_length=1, max_length=200)
+    trait_computed: str = Field(default="Trait Computed", min_length=1, max_length=200)
+
+
+# The fields of the two ChartMogul (Actions) actions a mapping may set (their published fields; nested object
+# fields with a dot), and how many mappings Segment lets one destination instance have.
+SEND_CONTACT_FIELDS = (
+    "message_id", "timestamp", "sent_at", "user_id", "anonymous_id", "email", "first_name", "last_name", "name",
+    "title", "phone", "linked_in", "twitter", "company.id", "company.name",
+)  # fmt: skip
+SEND_CUSTOMER_FIELDS = (
+    "message_id", "timestamp", "sent_at", "user_id", "group_id", "name", "description", "email", "website",
+    "created_at", "address.street", "address.city", "address.state", "address.postal_code", "address.country",
+)  # fmt: skip
+MAX_MAPPINGS = 50
+_PATH = re.compile(r"^\$(?:\.[A-Za-z_][A-Za-z0-9_]*)+$")
+
+
+class MappingsConfig(FrozenModel):
+    """Segment's "build your own mappings": per action, body fields read from another path of the call
+    (``$.traits.first_name``) or set to a literal; the fields not mapped keep the action's defaults."""
+
+    send_contact: dict[str, str] = Field(default_factory=dict)
+    send_customer: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _valid(self) -> MappingsConfig:
+        problems = []
+        for action, fields, given in (
+            ("send_contact", SEND_CONTACT_FIELDS, self.send_contact),
+            ("send_customer", SEND_CUSTOMER_FIELDS, self.send_customer),
+        ):
+            for name, value in given.items():
+                if name not in fields:
+                    problems.append(f"{action}.{name}: not a field of the action; its fields: {', '.join(fields)}")
+                if value.startswith("$") and not _PATH.match(value):
+                    problems.append(f"{action}.{name}: {value!r} is not a path like $.traits.first_name")
+        count = len(self.send_contact) + len(self.send_customer)
+        if count > MAX_MAPPINGS:
+            problems.append(f"{count} mappings, over the {MAX_MAPPINGS} a destination instance may have")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
 class ChartMogulWebhookConfig(HttpDestinationConfig):
     """ChartMogul (Actions) "Send Contact": one identify call per POST to the webhook URL (no batching).
 
@@ -49,6 +117,8 @@ class ChartMogulWebhookConfig(HttpDestinationConfig):
     type: Literal["chartmogul"] = "chartmogul"
     webhook_url: SecretUrl
     calls: Literal["per_user"] = "per_user"  # one coalesced identify per user: the body has one custom_attributes
+    events: WebhookEvents = "identify"
+    mappings: MappingsConfig = MappingsConfig()
 
 
 # Segment's HTTP Tracking API (docs, "HTTP Tracking API"; analytics-python's consumer):
@@ -74,6 +144,10 @@ class SegmentConfig(HttpDestinationConfig):
     # per_computation: one identify per changed audience or trait, as Engage sends them; per_user coalesces.
     calls: Literal["per_computation", "per_user"] = "per_computation"
     integrations: dict[str, Any] = Field(default_factory=lambda: {"All": True})
+    # Engage's "Send Identify" / "Send Track": identify calls, track events (Audience Entered / Exited, Trait
+    # Computed), or both for every change.
+    events: Literal["identify", "track", "both"] = "identify"
+    event_names: EventNames = EventNames()
     requests_per_second: float = Field(default=SEGMENT_REQUESTS_PER_SECOND, gt=0, allow_inf_nan=False)
     max_connections: int = Field(default=SEGMENT_MAX_CONNECTIONS, ge=1, le=1000)
 
@@ -96,6 +170,7 @@ class ChartMogulApiConfig(HttpDestinationConfig):
     # A subject ChartMogul had no record for is looked up again this long after (0s: on every run).
     rematch_after: Duration = timedelta(hours=6)
     calls: Literal["per_user"] = "per_user"  # all of one subject's changed keys in one write
+    events: ApiEvents = "identify"
 
 
 # The destination types; pydantic names the one an error is about in its path, which _loc leaves out.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.cron import CronTrigger
@@ -102,8 +102,15 @@ class ScheduleConfig(FrozenModel):
         return cron
 
 
+# Segment lets a destination take at most 50 mappings; enrichment adds at most as many traits here.
+MAX_ENRICHED = 50
+EnrichedColumn = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=MAX_KEY)]
+
+
 class JobConfig(FrozenModel):
     name: JobName
+    # What the job syncs: users (identify and track calls) or accounts (group calls, by group_id).
+    subject: Literal["user", "account"] = "user"
     space_id: str | None = Field(default=None, max_length=MAX_KEY)
     source: SourceConfig = SourceConfig()
     audiences: tuple[ComputationConfig, ...] = ()
@@ -112,6 +119,8 @@ class JobConfig(FrozenModel):
     schedule: ScheduleConfig = ScheduleConfig()
     guard: GuardConfig = GuardConfig()
     audit_retention_days: int = Field(default=30, ge=1)  # per-update audit rows older than this are pruned
+    # Engage's trait enrichment: extra profile columns that travel as traits on every call of the subject.
+    enrich: tuple[EnrichedColumn, ...] = Field(default=(), max_length=MAX_ENRICHED)
 
     def audience_keys(self) -> list[str]:
         return [audience.resolved_key for audience in self.audiences]

@@ -19,7 +19,7 @@ from pydantic import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from sync.config.destinations import DESTINATION_TYPES
+from sync.config.destinations import DESTINATION_TYPES, ChartMogulApiConfig
 from sync.config.jobs import ComputationConfig, Config, JobConfig, JobOutline, NotifyConfig, Outline
 from sync.config.values import (
     _ENV_REF,
@@ -34,6 +34,7 @@ from sync.config.values import (
     driver_problem,
 )
 from sync.errors import ConfigError
+from sync.model import ACCOUNT_PROFILE_COLUMNS, ACCOUNT_TRAITS, ADDRESS_TRAITS, MEMBER_FIELD, PROFILE_COLUMNS
 
 
 def check_size(value: Any) -> None:
@@ -242,10 +243,25 @@ def _check_job(job: JobConfig, base_dir: Path) -> list[str]:
                 problems.append(f"{field}: the key is {len(key)} characters long, over {MAX_KEY}; set a shorter key")
             elif key in RESERVED_KEYS:
                 problems.append(f"{field}: key {key!r} is a standard contact field; set another key")
+            elif job.subject == "account" and key in ACCOUNT_RESERVED_KEYS:
+                problems.append(f"{field}: key {key!r} is a standard account field; set another key")
             elif key in seen:
                 problems.append(f"{field}: key {key!r} is already used by {seen[key]}")
             else:
                 seen[key] = field
+    standard = ACCOUNT_PROFILE_COLUMNS if job.subject == "account" else PROFILE_COLUMNS
+    for index, column in enumerate(job.enrich):
+        field = f"enrich[{index}]"
+        if column in standard or column == MEMBER_FIELD:
+            problems.append(f"{field}: {column!r} is a standard profile column; it is sent without enrich")
+        elif column in seen:
+            problems.append(f"{field}: {column!r} is already the key of {seen[column]}")
+        elif column in job.enrich[:index]:
+            problems.append(f"{field}: {column!r} is listed twice")
+    if job.enrich and job.source.profiles is None and job.source.profiles_file is None:
+        problems.append("enrich: needs source.profiles (or profiles_file), the query that returns those columns")
+    if job.subject == "account":
+        problems += _account_problems(job)
     if job.source.profiles is not None and not job.source.url:
         problems.append("source.profiles: needs source.url, the warehouse to run it against")
     if job.source.profiles is not None and job.source.profiles_file is not None:
@@ -258,6 +274,23 @@ def _check_job(job: JobConfig, base_dir: Path) -> list[str]:
             problems.append(f"source.url: {problem}")
     if not seen:
         problems.append("audiences/traits: a job needs at least one audience or trait")
+    return problems
+
+
+# What a group call's traits already carry: an account key may not be one of them.
+ACCOUNT_RESERVED_KEYS = frozenset(
+    {*ACCOUNT_TRAITS, *ACCOUNT_TRAITS.values(), *ADDRESS_TRAITS, "address", "group_id", MEMBER_FIELD}
+)
+
+
+def _account_problems(job: JobConfig) -> list[str]:
+    """What an account job's destination cannot do with group calls."""
+    destination = job.destination
+    problems = []
+    if destination.events != "identify":
+        problems.append("destination.events: an account job sends group calls; track events are for user jobs")
+    if isinstance(destination, ChartMogulApiConfig) and destination.target != "customer":
+        problems.append("destination.target: an account job writes to ChartMogul customers; set target: customer")
     return problems
 
 

@@ -17,6 +17,7 @@ contact, found by its external id or email and remembered.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 from collections.abc import Iterator, Mapping
@@ -26,6 +27,8 @@ from urllib.parse import quote
 
 import httpx
 
+from sync.calls.group import GROUP_STANDARD_TRAITS
+from sync.calls.identify import STANDARD_TRAITS, enriched_traits
 from sync.clock import Clock
 from sync.config import ChartMogulApiConfig
 from sync.config.values import CHARTMOGUL_MAX_CONNECTIONS, CHARTMOGUL_REQUESTS_PER_SECOND
@@ -38,7 +41,7 @@ MAX_BODY_BYTES = 32 * 1024
 MAX_STRING = 255  # ChartMogul: a String attribute holds at most 255 characters
 
 CAPABILITIES = Capabilities(
-    call_types=frozenset({"identify"}),
+    call_types=frozenset({"identify", "group"}),
     calls_per_request=1,
     bytes_per_request=MAX_BODY_BYTES,
     bytes_per_call=MAX_BODY_BYTES,
@@ -98,7 +101,6 @@ class Write:
     kinds: Mapping[str, str]  # key → "audience" or "trait", for messages
     match_value: str | None
     email: str | None
-    sent_at: Any = None
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,15 @@ class ChartMogulApiTarget:
             values[key], kinds[key] = value, kind
             if found is not None:
                 types[key] = "Boolean" if kind == "audience" else found
+        standard = GROUP_STANDARD_TRAITS if call.get("type") == "group" else STANDARD_TRAITS
+        for key, value in enriched_traits(traits, values, standard).items():  # the job's enriched profile columns
+            try:
+                found = attribute_type(value)
+            except ValueError as exc:
+                raise PermanentDeliveryError(f"rejected before sending: enriched trait {key!r} {exc}") from None
+            values[key], kinds[key] = value, "enriched trait"
+            if found is not None:
+                types[key] = found
         email = traits.get("email") if isinstance(traits.get("email"), str) else None
         match_value = message.user_id if self.settings.match == "external_id" else email
         return Write(message, values, types, kinds, match_value, email)
@@ -168,41 +179,69 @@ class ChartMogulApi(HttpDestination):
 
     def __init__(self, target: ChartMogulApiTarget, client: httpx.AsyncClient, **kwargs: Any) -> None:
         super().__init__(target, client, target.settings, **kwargs)
+        self._creating: dict[str, asyncio.Event] = {}  # new attributes whose first write is in flight
 
     async def deliver(self, request: Request) -> list[DeliveryResult]:
         write = request.write if isinstance(request, ApiRequest) else None
         if write is None:
             return await super().deliver(request)
-        message = write.message
-        attempts = 0
+        remote_id = write.message.remote_id
+        if remote_id == "":  # found to have no record lately: not looked up again yet
+            return [self._unmatched(request, write, 0, lately=True)]
+        await self._after_creations(write)
+        attempts, status, succeeded = 0, 200, False
+        created: tuple[tuple[str, str], ...] = ()
         try:
-            method, body, created = self._body(write)
-            remote_id = message.remote_id
-            if remote_id == "":  # found to have no record lately: not looked up again yet
-                return [self._unmatched(request, write, attempts, lately=True)]
+            writes, new = self._writes(write)
+            created = tuple(new.items())
+            if self.target.settings.target == "customer":  # a customer attribute is added once, then updated
+                for key in new:
+                    self._creating.setdefault(key, asyncio.Event())
             if remote_id is None:
                 remote_id, attempts = await self._look_up(write, attempts)
                 if remote_id is None:
                     return [self._unmatched(request, write, attempts)]
-            if body is None:  # nothing to write: every changed value is a null ChartMogul never held
-                return [self._result(request, remote_id, attempts, 200, ())]
-            status, attempts = await self._write(method, remote_id, body, attempts)
-            if status == 404:  # the kept uuid is gone (deleted or merged): find the record again
-                remote_id, attempts = await self._look_up(write, attempts)
-                if remote_id is None:
-                    return [self._unmatched(request, write, attempts)]
+            for method, body in writes:  # nothing to write when every changed value is a null never held
                 status, attempts = await self._write(method, remote_id, body, attempts)
-                if status == 404:
-                    raise PermanentDeliveryError(f"HTTP 404: the {self.target.settings.target} vanished while written")
+                if status == 404:  # the kept uuid is gone (deleted or merged): find the record again
+                    remote_id, attempts = await self._look_up(write, attempts)
+                    if remote_id is None:
+                        return [self._unmatched(request, write, attempts)]
+                    status, attempts = await self._write(method, remote_id, body, attempts)
+                    if status == 404:
+                        raise PermanentDeliveryError(f"HTTP 404: the {self.target.settings.target} vanished")
+            succeeded = True
         except DeliveryError as exc:
             return self._failed(request, exc, exc.attempts or attempts)
-        for key, kind in created:
-            self.attribute_types[key] = kind
+        finally:
+            self._created(dict(created), succeeded=succeeded)
         return [self._result(request, remote_id, attempts, status, created)]
 
-    def _body(self, write: Write) -> tuple[str, bytes | None, tuple[tuple[str, str], ...]]:
-        """The write's method, its body and the attributes it creates; PermanentDeliveryError when a value no
-        longer fits its attribute."""
+    async def _after_creations(self, write: Write) -> None:
+        """Wait while another subject's write creates one of this write's new attributes: each attribute is
+        added (POST, with its type) once, and updated (PUT) after that."""
+        while waiting := [
+            self._creating[k] for k in write.values if k in self._creating and k not in self.attribute_types
+        ]:
+            await asyncio.gather(*(event.wait() for event in waiting))
+
+    def _created(self, new: dict[str, str], *, succeeded: bool) -> None:
+        """The first write of ``new`` ended: known from now on when it succeeded; its waiters go on either way
+        (after a failure, the next of them adds the attribute itself)."""
+        if succeeded:
+            self.attribute_types.update(new)
+        for key in new:
+            event = self._creating.pop(key, None)
+            if event is not None:
+                event.set()
+
+    def _writes(self, write: Write) -> tuple[list[tuple[str, bytes]], dict[str, str]]:
+        """The requests of a write, and the attributes it creates (key → type); PermanentDeliveryError when a
+        value no longer fits its attribute.
+
+        Contacts: one PATCH. Customers: one PUT when every key exists; else a POST adding the new ones with
+        their types — and, for the rare first subject that carries both new and existing keys, a PUT for the
+        existing ones after it, since only a POST says a type and only a PUT is documented for an update."""
         known = self.attribute_types
         values: dict[str, Any] = {}
         for key, value in write.values.items():
@@ -215,28 +254,27 @@ class ChartMogulApi(HttpDestination):
                     ) from None
             elif value is not None:
                 values[key] = value
-        if not values:
-            return "", None, ()
         new = {k: write.types[k] for k in values if k not in known}
-        body: dict[str, Any]
-        if self.target.settings.target == "contact":
-            method, body = "PATCH", {"custom": [{"key": k, "value": v} for k, v in values.items()]}
-        elif new:
-            source = self.target.settings.source
-            method = "POST"
-            body = {
-                "custom": [
-                    {"type": known.get(k) or new[k], "key": k, "value": v, "source": source} for k, v in values.items()
-                ]
-            }
+        bodies: list[tuple[str, dict[str, Any]]] = []
+        if not values:
+            pass
+        elif self.target.settings.target == "contact":
+            bodies.append(("PATCH", {"custom": [{"key": k, "value": v} for k, v in values.items()]}))
         else:
-            method, body = "PUT", {"custom": values}
-        encoded = encode_json(body)
-        if len(encoded) > MAX_BODY_BYTES:
-            raise PermanentDeliveryError(
-                f"rejected before sending: body is {len(encoded)} bytes, over {MAX_BODY_BYTES}"
-            )
-        return method, encoded, tuple(new.items())
+            source = self.target.settings.source
+            if new:
+                added = [{"type": new[k], "key": k, "value": values[k], "source": source} for k in new]
+                bodies.append(("POST", {"custom": added}))
+            existing = {k: v for k, v in values.items() if k not in new}
+            if existing:
+                bodies.append(("PUT", {"custom": existing}))
+        encoded = [(method, encode_json(body)) for method, body in bodies]
+        for _, body in encoded:
+            if len(body) > MAX_BODY_BYTES:
+                raise PermanentDeliveryError(
+                    f"rejected before sending: body is {len(body)} bytes, over {MAX_BODY_BYTES}"
+                )
+        return encoded, new
 
     async def _look_up(self, write: Write, attempts: int) -> tuple[str | None, int]:
         """The uuid of the subject's record, or None when ChartMogul has none."""
@@ -258,9 +296,9 @@ class ChartMogulApi(HttpDestination):
         if response.status_code == 404:
             return None, attempts
         try:
-            entries = response.json().get("entries") or []
-        except ValueError:
-            error = PermanentDeliveryError(f"HTTP {response.status_code} with a body that is not JSON")
+            entries = [e for e in response.json().get("entries") or [] if isinstance(e, dict) and e.get("uuid")]
+        except (ValueError, AttributeError):
+            error = PermanentDeliveryError(f"HTTP {response.status_code} to a lookup, with no list of entries")
             error.attempts = attempts
             raise error from None
         if settings.target == "contact" and write.email and len(entries) > 1:  # the contact with the same email

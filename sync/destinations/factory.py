@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -49,8 +50,12 @@ def call_spec(job: JobConfig, installation: str) -> CallSpec:
     ids = {item.resolved_key: item.id for item in (*job.audiences, *job.traits) if item.id}
     settings = job.destination
     if isinstance(settings, SegmentConfig):
-        return CallSpec(settings.calls, job.space_id, dict(settings.integrations), ids, installation)
-    return CallSpec("per_user", job.space_id, CHARTMOGUL_INTEGRATIONS, ids)
+        names = settings.event_names.model_dump()
+        spec = CallSpec(settings.calls, job.space_id, dict(settings.integrations), ids, installation, settings.events)
+        spec = replace(spec, event_names=names) if settings.events != "identify" else spec
+    else:
+        spec = CallSpec("per_user", job.space_id, CHARTMOGUL_INTEGRATIONS, ids)
+    return replace(spec, subject=job.subject) if job.subject != "user" else spec
 
 
 def spec_before_specs(space_id: str | None) -> CallSpec:

@@ -19,7 +19,8 @@ from rich.console import Console
 from sync.audit.display import print_table
 from sync.audit.queries import CHANGE_FIELDS, RUN_TABLE_FIELDS, change_records, run_record
 from sync.config import ChartMogulApiConfig, Config, JobConfig, load_config
-from sync.dev.chartmogul_api import Account, ChartMogulApiReceiver
+from sync.dev.chartmogul_account import Account
+from sync.dev.chartmogul_api import ChartMogulApiReceiver
 from sync.dev.receiver import Receiver
 from sync.errors import ConfigError, SyncError
 from sync.run.report import EXIT_FAILED, EXIT_USAGE, RunOptions, RunReport
@@ -27,6 +28,7 @@ from sync.run.runner import Runner
 from sync.store import AuditFilter, Store
 
 DEMO_JOB = "contacts"
+DEMO_ACCOUNTS_JOB = "accounts"  # an account-level job, when the configuration has one: group calls
 DEMO_USERS = 3000
 DEMO_API_KEY = "demo-api-key"  # the loopback ChartMogul-API-compatible receiver's key
 # Loopback only; against ChartMogul the job's own limit (40 requests/s by default) applies.
@@ -172,7 +174,12 @@ def run_demo(workdir: Path, console: Console, config_path: Path | None = None, d
     shop = build_warehouse(workdir / "warehouse.db")
     api = destination == "chartmogul_api"
     server = (
-        ChartMogulApiReceiver(_customers_of(shop), api_key=DEMO_API_KEY, out=_fresh(workdir / "received.jsonl"))
+        ChartMogulApiReceiver(
+            _customers_of(shop),
+            api_key=DEMO_API_KEY,
+            out=_fresh(workdir / "received.jsonl"),
+            requests_per_second=DEMO_REQUESTS_PER_SECOND,  # the demo's pace, as for the webhook receiver
+        )
         if api
         else Receiver(out=_fresh(workdir / "received.jsonl"))
     )
@@ -180,6 +187,9 @@ def run_demo(workdir: Path, console: Console, config_path: Path | None = None, d
         try:
             config = load_config(config_path, env={**os.environ, **_demo_env(workdir, receiver.url)})
             job = _for_loopback(config.job(DEMO_JOB), receiver.url if api else None)
+            accounts = [
+                _for_loopback(j, receiver.url if api else None) for j in config.jobs if j.name == DEMO_ACCOUNTS_JOB
+            ]
         except ConfigError as exc:
             console.print("\n".join(f"config error: {p}" for p in exc.problems))
             return EXIT_USAGE
@@ -193,10 +203,12 @@ def run_demo(workdir: Path, console: Console, config_path: Path | None = None, d
             runner = Runner(store)
             console.print("[bold]2. Initial sync[/bold]: every current member of every audience, every trait")
             first = _show(console, runner.run(job, RunOptions()))
+            reports = [_show(console, runner.run(account_job, RunOptions()), "accounts") for account_job in accounts]
             console.print("[bold]3. A day passes[/bold]: 160 orders, 25 sign-ups, 40 plan changes, 5 deletions")
             advance_one_day(shop)
             console.print("[bold]4. Incremental sync[/bold]: only users whose membership or traits changed")
             second = _show(console, runner.run(job, RunOptions()))
+            reports += [_show(console, runner.run(account_job, RunOptions()), "accounts") for account_job in accounts]
             if isinstance(receiver, ChartMogulApiReceiver):
                 _explain(console, config, store, second, len(receiver.writes()))
                 _show_customer(console, receiver, store, second)
@@ -207,7 +219,7 @@ def run_demo(workdir: Path, console: Console, config_path: Path | None = None, d
             return EXIT_FAILED
         finally:
             store.close()
-    return max(first.exit_code, second.exit_code)
+    return max(first.exit_code, second.exit_code, *(r.exit_code for r in reports))
 
 
 def _for_loopback(job: JobConfig, api_url: str | None = None) -> JobConfig:
@@ -227,13 +239,16 @@ def _for_loopback(job: JobConfig, api_url: str | None = None) -> JobConfig:
 
 
 def _customers_of(shop: Shop) -> Account:
-    """Nine in ten of the shop's users as ChartMogul customers, each with one contact."""
+    """Nine in ten of the shop's users as ChartMogul customers, each with one contact; and every company."""
     account = Account()
     with shop.connect() as db:
         for user_id, email, first in db.execute("SELECT user_id, email, first_name FROM users ORDER BY user_id"):
             if int(user_id[1:]) % 10:
                 customer = account.add_customer(user_id, email, first)
                 account.add_contact(customer, email, first_name=first)
+        query = "SELECT DISTINCT company_id, company_name FROM users WHERE company_id IS NOT NULL ORDER BY 1"
+        for company, name in db.execute(query):
+            account.add_customer(company, None, name)
     return account
 
 
@@ -264,9 +279,9 @@ def _fresh(path: Path) -> Path:
     return path
 
 
-def _show(console: Console, report: RunReport) -> RunReport:
+def _show(console: Console, report: RunReport, subjects: str = "users") -> RunReport:
     console.print(
-        f"   run {report.run_id}: {report.kind}, {report.status} — {report.users} users, "
+        f"   run {report.run_id} ({report.job}): {report.kind}, {report.status} — {report.users} {subjects}, "
         f"{report.entered} entered, {report.exited} exited, {report.traits_changed} trait changes "
         f"→ {report.updates} updates, {report.delivered} delivered, {report.failed} failed"
         + (f", {report.unmatched} unmatched" if report.unmatched else "")

@@ -4,8 +4,9 @@ be told to fail.
 Two modes. ``chartmogul`` (the default) takes a Send Contact body per POST at any path, as a ChartMogul
 webhook does. ``segment`` speaks Segment's HTTP Tracking API ``/v1/batch``: basic auth with the write key as
 the user, a batch of at most 500 KB and 2,500 calls, each call at most 32 KB and carrying a ``type`` and a
-``userId`` or ``anonymousId``; anything else is answered 400, as Segment documents. (Segment itself answers
-200 to a wrong write key and drops the events; this receiver answers 401, so that a mistake shows.)
+``userId`` or ``anonymousId`` (a track call also its ``event``); anything else is answered 400, as Segment
+documents. (Segment itself answers 200 to a wrong write key and drops the events; this receiver answers 401,
+so that a mistake shows.) ``sync.dev.chartmogul_api`` stands in for ChartMogul's REST API.
 
 Faults it can inject (all optional, combinable): a share of 5xx answers, 429 with ``Retry-After`` beyond a
 request rate, slow answers, dropped connections, and (for tests) a ``respond`` hook that decides per body.
@@ -302,6 +303,10 @@ def _segment_problem(raw: bytes, body: Any) -> tuple[int, str] | None:
             return 400, f"batch[{index}] has no type"
         if not call.get("userId") and not call.get("anonymousId"):
             return 400, f"batch[{index}] has neither userId nor anonymousId"
+        if call["type"] == "track" and not call.get("event"):
+            return 400, f"batch[{index}] is a track call with no event"
+        if call["type"] == "group" and not call.get("groupId"):
+            return 400, f"batch[{index}] is a group call with no groupId"
         size = len(json.dumps(call, separators=(",", ":"), ensure_ascii=False).encode())
         if size > SEGMENT_MAX_CALL_BYTES:
             return 400, f"batch[{index}] is {size} bytes, over {SEGMENT_MAX_CALL_BYTES}"

@@ -1,2 +1,2 @@
-"""The snapshot: raw results normalised (``normalise``, ``json_values``), then every user's fingerprints and the
-users worth a close look (``engine``)."""
+"""The snapshot: raw results normalised (``columns``, ``normalise``, ``json_values``; an account job's columns
+renamed at its edge), then every subject's fingerprints and the subjects worth a close look (``engine``)."""

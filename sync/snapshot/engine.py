@@ -33,7 +33,8 @@ import pyarrow as pa
 
 from sync.errors import EngineError, SourceError
 from sync.model import Computation
-from sync.snapshot.normalise import Parts, ProfilePart, RowIssue, some
+from sync.snapshot.columns import RowIssue, some
+from sync.snapshot.normalise import Parts, ProfilePart
 
 # Profile columns of a selection are named with this prefix.
 _PROFILE = "profile__"

@@ -11,42 +11,48 @@ in an in-process DuckDB database. Python objects are made only for the users a r
 
 from __future__ import annotations
 
-import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from sync.errors import SourceError
-from sync.model import PROFILE_COLUMNS, Computation
+from sync.model import MEMBER_FIELD, PROFILE_COLUMNS, USER, Computation, Subject
+from sync.snapshot.columns import Arrow, Columns, Raw, RowIssue
+from sync.snapshot.columns import (
+    column as _column,
+)
+from sync.snapshot.columns import (
+    column_names as _columns,
+)
+from sync.snapshot.columns import (
+    keep as _keep,
+)
+from sync.snapshot.columns import (
+    mask as _mask,
+)
+from sync.snapshot.columns import (
+    present as _present,
+)
+from sync.snapshot.columns import (
+    table_of as _table,
+)
+from sync.snapshot.columns import (
+    texts as _texts,
+)
+from sync.snapshot.columns import (
+    user_ids as _user_ids,
+)
 from sync.snapshot.json_values import EXACT_INT, canonical, json_value
 
 if TYPE_CHECKING:
     from sync.snapshot.engine import Snapshot
-
-# How many offending user ids an error message lists before it says "and N more".
-SHOWN_IDS = 10
-
-# A column of a result: one Arrow array, or the chunks a reader produced (kept as they are: no copy).
-Arrow: TypeAlias = pa.Array | pa.ChunkedArray
-Columns: TypeAlias = dict[str, Arrow | list[Any]]
-Raw: TypeAlias = pd.DataFrame | pa.Table | Columns
-
-
-@dataclass(frozen=True)
-class RowIssue:
-    """A row that was skipped: where it came from, which user (when known) and why."""
-
-    source: str
-    problem: str
-    user_id: str | None = None
-    count: int = 1
 
 
 @dataclass(frozen=True)
@@ -153,25 +159,56 @@ class Parts:
 
 
 def build_snapshot(
-    computations: Sequence[Computation], profiles: Raw | Profiles | None, results: Mapping[str, Raw]
+    computations: Sequence[Computation],
+    profiles: Raw | Profiles | None,
+    results: Mapping[str, Raw],
+    enrich: Sequence[str] = (),
+    subject: Subject = USER,
 ) -> Snapshot:
     """Assemble a snapshot from the profiles query and one raw result per computation key."""
     from sync.snapshot.engine import Snapshot
 
-    return Snapshot(normalise(computations, profiles, results))
+    return Snapshot(normalise(computations, profiles, results, enrich, subject))
 
 
 def normalise(
-    computations: Sequence[Computation], profiles: Raw | Profiles | None, results: Mapping[str, Raw]
+    computations: Sequence[Computation],
+    profiles: Raw | Profiles | None,
+    results: Mapping[str, Raw],
+    enrich: Sequence[str] = (),
+    subject: Subject = USER,
 ) -> Parts:
-    """Every result normalised, several at once (Arrow's kernels release the GIL); issues in result order."""
+    """Every result normalised, several at once (Arrow's kernels release the GIL); issues in result order.
 
+    An account job's results identify accounts by ``group_id``: inside a run that is the subject id (the
+    ``user_id`` of every later stage), and the profile's own ``user_id`` (the user its group calls are made
+    for) is the field ``member_user_id``. Messages name the columns as the job's queries do."""
+    if subject.kind == "user":
+        return _normalise(computations, profiles, results, (*PROFILE_COLUMNS, *enrich), bool(enrich))
+    labels = {c.key: f"{c.kind} {c.key}" for c in computations}
+    renamed_profiles = _as_user_columns(profiles, subject, "profiles") if profiles is not None else None
+    renamed = {key: _as_user_columns(raw, subject, labels.get(key, key)) for key, raw in results.items()}
+    try:
+        parts = _normalise(computations, renamed_profiles, renamed, (*_internal(subject), *enrich), bool(enrich))
+    except SourceError as exc:
+        raise SourceError(_subject_words(str(exc), subject)) from None
+    issues = tuple(replace(i, problem=_subject_words(i.problem, subject)) for i in parts.issues)
+    return replace(parts, issues=issues)
+
+
+def _normalise(
+    computations: Sequence[Computation],
+    profiles: Raw | Profiles | None,
+    results: Mapping[str, Raw],
+    accepted: tuple[str, ...],
+    enriched: bool,
+) -> Parts:
     def profile_part() -> tuple[ProfilePart | None, list[RowIssue]]:
         issues: list[RowIssue] = []
         if profiles is None:
             return None, issues
         whole = profiles if isinstance(profiles, Profiles) else profiles_of(profiles)
-        return normalise_profiles(whole, issues), issues
+        return normalise_profiles(whole, issues, accepted, enriched), issues
 
     def part(computation: Computation) -> tuple[pa.Array | TraitPart, list[RowIssue]]:
         issues: list[RowIssue] = []
@@ -197,50 +234,49 @@ def normalise(
     return Parts(tuple(computations), profile_table, members, traits, tuple(issues))
 
 
-def _table(raw: Raw) -> Columns:
-    """A raw result's columns: one Arrow array each, or a list of Python values for a pandas column Arrow
-    cannot type (values of mixed types)."""
-    if isinstance(raw, dict):
-        return raw
-    if isinstance(raw, pa.Table):  # the reader's chunks, as they are: joining them would copy every column
-        return {name: raw.column(name) for name in raw.column_names}
-    columns: Columns = {}
-    for name in raw.columns:
-        column = raw[name]
-        if column.dtype == object:
-            columns[str(name)] = arrow_or_list(list(column.to_numpy(dtype=object)))
-        else:
-            columns[str(name)] = pa.array(column, from_pandas=True)
-    return columns
+def _internal(subject: Subject) -> tuple[str, ...]:
+    """A subject's profile columns under the names a run gives them."""
+    renamed = {subject.id_column: "user_id", "user_id": MEMBER_FIELD}
+    return tuple(renamed.get(c, c) for c in subject.profile_columns)
 
 
-# Python values of these kinds convert to one Arrow type without changing any value.
-_ONE_TYPE = frozenset({"string", "integer", "floating", "boolean", "empty"})
-
-
-def arrow_or_list(values: list[Any]) -> pa.Array | list[Any]:
-    """One typed Arrow array, or the values as they are when Arrow would have to change some of them to
-    hold them together (a ``False`` among numbers would become ``0.0``)."""
-    if pd.api.types.infer_dtype(values, skipna=True) not in _ONE_TYPE:
-        return values
-    try:
-        return pa.array(values, from_pandas=True)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError):
-        return values
-
-
-def _column(table: Columns, name: str) -> tuple[Arrow | None, list[Any] | None]:
-    """A column as one Arrow array, or as Python objects when Arrow could not type it."""
-    column = table[name]
-    return (None, column) if isinstance(column, list) else (column, None)
-
-
-def normalise_profiles(profiles: Profiles, issues: list[RowIssue]) -> ProfilePart:
-    """The usable user ids of a profiles result; its fields are read later, for the users a run sends."""
-    unknown = [c for c in profiles.names if c not in PROFILE_COLUMNS]
-    if unknown:
+def _as_user_columns(raw: Raw | Profiles, subject: Subject, label: str) -> Raw | Profiles:
+    """An account job's result with the run's names: ``group_id`` → ``user_id``, and a profile's ``user_id`` →
+    ``member_user_id``. An audience's or trait's result identifies accounts only."""
+    if isinstance(raw, Profiles):  # an account's profiles are read whole (sources.read_profiles)
+        raise SourceError(f"{label}: an account job's profiles are read whole")
+    table = dict(_table(raw))
+    if label != "profiles" and "user_id" in table:
         raise SourceError(
-            f"profiles: unknown column(s) {', '.join(unknown)}; accepted columns: {', '.join(PROFILE_COLUMNS)}"
+            f"{label}: the result has a user_id column, but an account job's results identify accounts by "
+            f"{subject.id_column} (columns: {_columns(table)})"
+        )
+    if label == "profiles" and "user_id" in table:
+        table[MEMBER_FIELD] = table.pop("user_id")
+    if subject.id_column in table:
+        table["user_id"] = table.pop(subject.id_column)
+    return table
+
+
+def _subject_words(text: str, subject: Subject) -> str:
+    """A message about a run's columns in the words of the job's queries."""
+    return re.sub(
+        rf"\b(?:{MEMBER_FIELD}|user_id)\b",
+        lambda m: "user_id" if m.group(0) == MEMBER_FIELD else subject.id_column,
+        text,
+    )
+
+
+def normalise_profiles(
+    profiles: Profiles, issues: list[RowIssue], accepted: Sequence[str] = PROFILE_COLUMNS, enriched: bool = False
+) -> ProfilePart:
+    """The usable user ids of a profiles result; its fields are read later, for the users a run sends. Columns
+    beyond the standard ones are taken when the job enriches its calls with them (``enriched``)."""
+    unknown = [c for c in profiles.names if c not in accepted]
+    if unknown:
+        hint = "" if enriched else " (or list them under the job's enrich, to send them as traits)"
+        raise SourceError(
+            f"profiles: unknown column(s) {', '.join(unknown)}; accepted columns: {', '.join(accepted)}{hint}"
         )
     if profiles.user_ids is None:
         raise SourceError("profiles: the query must return a user_id column")
@@ -256,11 +292,6 @@ def normalise_members(table: Columns, label: str, issues: list[RowIssue]) -> pa.
         raise SourceError(f"{label}: the result must have a user_id column (columns: {_columns(table)})")
     ids, usable = _user_ids(table, label, issues)
     return _keep(ids, usable)
-
-
-def _keep(rows: Any, mask: np.ndarray) -> Any:
-    """The rows of an Arrow array or table where ``mask`` holds; the same object (no copy) when it always does."""
-    return rows if mask.all() else rows.filter(pa.array(mask))
 
 
 def normalise_trait(table: Columns, label: str, issues: list[RowIssue]) -> TraitPart:
@@ -366,93 +397,3 @@ def _tag(value: object) -> str:
     if isinstance(value, int) and abs(value) < EXACT_INT or isinstance(value, float):
         return "n"
     return "s" if isinstance(value, str) else "j"
-
-
-def _present(array: pa.Array) -> np.ndarray:
-    return _mask(pc.is_valid(array), False)
-
-
-def _user_ids(table: Columns, label: str, issues: list[RowIssue]) -> tuple[Arrow, np.ndarray]:
-    """User ids as text and which rows have a usable one; the others are reported."""
-    array, objects = _column(table, "user_id")
-    ids = _id_texts(array) if array is not None else None
-    if ids is None:
-        raw = objects if objects is not None else array.to_pylist()  # type: ignore[union-attr]
-        ids = pa.array([user_id(value) for value in raw], pa.string())
-    usable = _present(ids) & ~_blank(ids)
-    skipped = len(ids) - int(usable.sum())
-    if skipped:
-        issues.append(RowIssue(label, "null or empty user_id", None, skipped))
-    nul = _mask(pc.match_substring(ids, "\x00"), False) & usable
-    if nul.any():  # PostgreSQL's text cannot hold it, and no destination wants it
-        issues.append(
-            RowIssue(label, "user_id contains a NUL character, which the state store cannot hold", None, int(nul.sum()))
-        )
-        usable &= ~nul
-    return ids, usable
-
-
-def _id_texts(array: pa.Array) -> pa.Array | None:
-    """Text ids from a typed column, vectorised; None when values must be converted one by one."""
-    kind = array.type
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_integer(kind):
-        return array.cast(pa.string())
-    if pa.types.is_null(kind):
-        return pa.nulls(len(array), pa.string())
-    if pa.types.is_floating(kind):
-        numbers = pc.if_else(pc.is_nan(array), None, array.cast(pa.float64()))
-        whole = pc.all(pc.equal(pc.floor(numbers), numbers)).as_py()
-        largest = pc.max(pc.abs(numbers)).as_py()
-        if whole is not False and (largest is None or largest < 2**63):
-            return numbers.cast(pa.int64()).cast(pa.string())
-        return None
-    return None
-
-
-def _blank(ids: pa.Array) -> np.ndarray:
-    """Empty or whitespace-only text (nulls are not blank here)."""
-    return _mask(pc.equal(pc.binary_length(pc.utf8_trim_whitespace(ids)), 0), False)
-
-
-def _mask(flags: pa.Array, null: bool) -> np.ndarray:
-    """A boolean Arrow array as numpy, nulls read as ``null``."""
-    return np.asarray(flags.fill_null(null).to_numpy(zero_copy_only=False), dtype=bool)
-
-
-def _texts(table: Columns, name: str) -> pa.Array:
-    """A profile column as text. Blank texts stay as they are here: they read as null when a profile is
-    looked up (``sync.snapshot.engine``), so that only the profiles a run sends pay for it."""
-    array, objects = _column(table, name)
-    if array is not None and (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
-        return array.cast(pa.string())
-    raw = objects if objects is not None else array.to_pylist()  # type: ignore[union-attr]
-    return pa.array([text_or_none(value) for value in raw], pa.string())
-
-
-def user_id(value: object) -> str | None:
-    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | np.integer):
-        return str(int(value))
-    if isinstance(value, float | np.floating) and float(value).is_integer():
-        return str(int(value))
-    text = str(value)
-    return text if text.strip() else None
-
-
-def text_or_none(value: object) -> str | None:
-    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-        return None
-    text = str(value)
-    return text if text.strip() else None
-
-
-def some(ids: Sequence[object]) -> str:
-    shown = ", ".join(repr(str(i)) for i in ids[:SHOWN_IDS])
-    return shown + (f" and {len(ids) - SHOWN_IDS} more" if len(ids) > SHOWN_IDS else "")
-
-
-def _columns(table: Columns) -> str:
-    return ", ".join(table) or "none"

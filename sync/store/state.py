@@ -20,7 +20,6 @@ from sqlalchemy import (
     Engine,
     Table,
     bindparam,
-    case,
     delete,
     func,
     select,
@@ -42,6 +41,7 @@ from sync.store.models import (
     JobLease,
     RunUpdate,
 )
+from sync.store.rejections import RejectionStore
 from sync.store.remote import RemoteStore
 
 # Rows per INSERT/UPDATE statement: keeps SQLite under its bound-parameter limit.
@@ -107,7 +107,7 @@ _REFRESH_FINGERPRINT = (
 )
 
 
-class StateStore(RemoteStore):
+class StateStore(RemoteStore, RejectionStore):
     """Acknowledged state: what the destination has accepted, per user."""
 
     engine: Engine
@@ -378,77 +378,6 @@ class StateStore(RemoteStore):
             query = query.with_for_update()
         return connection.execute(query).scalar() == owner
 
-    @staticmethod
-    def _has_failures(connection: Connection, job: str) -> bool:
-        query = select(FailedUpdate.job).where(FailedUpdate.job == job).limit(1)
-        return connection.execute(query).first() is not None
-
-    def _count_rejections(
-        self,
-        connection: Connection,
-        job: str,
-        run_id: int,
-        rejected: Sequence[tuple[Update, DeliveryResult]],
-        dead_after: int,
-    ) -> None:
-        if not rejected:
-            return
-        statement = dialect.insert(self.engine, FailedUpdate)
-        same = FailedUpdate.message_id == statement.excluded.message_id
-        runs = case((same, FailedUpdate.failed_runs + 1), else_=1)
-        upsert = statement.on_conflict_do_update(
-            index_elements=[FailedUpdate.job, FailedUpdate.user_id],
-            set_={
-                "message_id": statement.excluded.message_id,
-                "failed_runs": runs,
-                "dead": runs >= dead_after,
-                "http_status": statement.excluded.http_status,
-                "error": statement.excluded.error,
-                "first_failed_at": case((same, FailedUpdate.first_failed_at), else_=statement.excluded.first_failed_at),
-                "last_failed_at": statement.excluded.last_failed_at,
-                "last_run_id": statement.excluded.last_run_id,
-            },
-        )
-        connection.execute(
-            upsert,
-            [
-                {
-                    "job": job,
-                    "user_id": u.user_id,
-                    "message_id": u.message_id,
-                    "failed_runs": 1,
-                    "dead": dead_after <= 1,
-                    "http_status": r.http_status,
-                    "error": r.error,
-                    "first_failed_at": r.finished_at,
-                    "last_failed_at": r.finished_at,
-                    "last_run_id": run_id,
-                }
-                for u, r in rejected
-            ],
-        )
-
-    def failed_updates(self, job: str, dead_only: bool = False) -> list[FailedUpdate]:
-        query = select(FailedUpdate).where(FailedUpdate.job == job).order_by(FailedUpdate.user_id)
-        if dead_only:
-            query = query.where(FailedUpdate.dead.is_(True))
-        with Session(self.engine, expire_on_commit=False) as session:
-            return list(session.scalars(query))
-
-    def parked(self, job: str) -> dict[str, str]:
-        """user id → messageId of the dead updates that runs leave out."""
-        query = select(FailedUpdate.user_id, FailedUpdate.message_id).where(
-            FailedUpdate.job == job, FailedUpdate.dead.is_(True)
-        )
-        with self.engine.connect() as connection:
-            return {user_id: message_id for user_id, message_id in connection.execute(query)}
-
-    def revive(self, job: str) -> int:
-        """Un-park the job's dead updates so that the next run sends them again; how many there were."""
-        with Session(self.engine) as session, session.begin():
-            revived = update(FailedUpdate).where(FailedUpdate.job == job, FailedUpdate.dead.is_(True))
-            return len(session.execute(revived.values(dead=False, failed_runs=0).returning(FailedUpdate.user_id)).all())
-
     @cached_property
     def _state_upsert(self) -> Any:
         statement = dialect.insert(self.engine, _acked)
@@ -463,9 +392,3 @@ class StateStore(RemoteStore):
                 "updated_at": statement.excluded.updated_at,
             },
         )
-
-    def dead_count(self, job: str) -> int:
-        query = select(func.count()).select_from(FailedUpdate)
-        query = query.where(FailedUpdate.job == job, FailedUpdate.dead.is_(True))
-        with self.engine.connect() as connection:
-            return int(connection.execute(query).scalar_one())
