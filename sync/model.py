@@ -56,6 +56,16 @@ class Subject:
 
 
 USER = Subject("user", "user_id", PROFILE_COLUMNS)
+
+# With ``send_profile_changes``, each profile field is diffed like a trait under this kind and key, so that a
+# changed field alone is a reason to send; the calls carry the profile, never these keys.
+PROFILE_KIND = "profile"
+
+
+def profile_key(column: str) -> str:
+    return f"profile.{column}"
+
+
 ACCOUNT = Subject("account", "group_id", ACCOUNT_PROFILE_COLUMNS)
 SUBJECTS = {subject.kind: subject for subject in (USER, ACCOUNT)}
 
@@ -81,14 +91,14 @@ KEY_COUNTS = ("entered", "exited", "changed", "delivered_entered", "delivered_ex
 @dataclass(frozen=True)
 class Computation:
     key: str
-    kind: str  # "audience" or "trait"
+    kind: str  # "audience", "trait" or "profile" (a profile field, with send_profile_changes)
     name: str
 
 
 @dataclass(frozen=True)
 class KeyChange:
     key: str
-    kind: str  # "audience" or "trait"
+    kind: str  # "audience", "trait" or "profile" (a profile field, with send_profile_changes)
     old: Any
     new: Any
 

@@ -18,8 +18,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from sync.config import ComputationConfig, JobConfig, driver_problem
 from sync.errors import SourceError
-from sync.model import SUBJECTS, Computation
-from sync.snapshot.columns import Arrow, Columns, Raw, arrow_or_list
+from sync.model import PROFILE_KIND, SUBJECTS, Computation, profile_key
+from sync.snapshot.columns import Arrow, Columns, Raw, arrow_or_list, table_of
 from sync.snapshot.engine import Snapshot
 from sync.snapshot.normalise import Profiles, normalise
 
@@ -30,11 +30,35 @@ FETCH = 100_000
 
 
 def computations(job: JobConfig) -> tuple[Computation, ...]:
-    """The job's audiences then traits, in configuration order."""
+    """The job's audiences then traits, in configuration order; then, with ``send_profile_changes``, each
+    profile field diffed like a trait."""
+    fields = [Computation(profile_key(c), PROFILE_KIND, c) for c in profile_fields(job)]
+    return (*configured(job), *(fields if job.send_profile_changes else ()))
+
+
+def configured(job: JobConfig) -> tuple[Computation, ...]:
     return tuple(
         [Computation(a.resolved_key, "audience", a.name) for a in job.audiences]
         + [Computation(t.resolved_key, "trait", t.name) for t in job.traits]
     )
+
+
+def profile_fields(job: JobConfig) -> tuple[str, ...]:
+    """The fields of the job's profiles: its subject's standard columns but its id, and the enriched ones."""
+    subject = SUBJECTS[job.subject]
+    return (*(c for c in subject.profile_columns if c not in (subject.id_column, "anonymous_id")), *job.enrich)
+
+
+def _profile_results(job: JobConfig, profiles: Raw) -> dict[str, Raw]:
+    """Each profile field as a trait's result (id, value), for ``send_profile_changes``."""
+    table = table_of(profiles)
+    id_column = SUBJECTS[job.subject].id_column
+    ids = table.get(id_column, [])
+    results: dict[str, Raw] = {}
+    for field in profile_fields(job):
+        values = table.get(field)
+        results[profile_key(field)] = {id_column: ids, "value": values if values is not None else [None] * len(ids)}
+    return results
 
 
 def read_snapshot(job: JobConfig) -> Snapshot:
@@ -62,7 +86,12 @@ def read_snapshot(job: JobConfig) -> Snapshot:
     files = [(c.key, Path(item.file), _label(c)) for c, item in _items(job) if item.file is not None]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # Arrow's readers release the GIL
         profile_file = (
-            pool.submit(read_profiles, Path(job.source.profiles_file), job.name, job.subject == "user")
+            pool.submit(
+                read_profiles,
+                Path(job.source.profiles_file),
+                job.name,
+                job.subject == "user" and not job.send_profile_changes,
+            )
             if job.source.profiles_file
             else None
         )
@@ -70,6 +99,8 @@ def read_snapshot(job: JobConfig) -> Snapshot:
         profiles = profile_file.result() if profile_file is not None else profiles
     for (key, _path, _label_text), table in zip(files, read, strict=True):
         raw[key] = table
+    if job.send_profile_changes and profiles is not None and not isinstance(profiles, Profiles):
+        raw.update(_profile_results(job, profiles))
     try:
         parts = normalise(computations(job), profiles, raw, job.enrich, SUBJECTS[job.subject])
         del read, raw, profiles  # what normalising did not keep (wider offsets, skipped rows) goes before the engine
@@ -79,7 +110,7 @@ def read_snapshot(job: JobConfig) -> Snapshot:
 
 
 def _items(job: JobConfig) -> list[tuple[Computation, ComputationConfig]]:
-    return list(zip(computations(job), [*job.audiences, *job.traits], strict=True))
+    return list(zip(configured(job), [*job.audiences, *job.traits], strict=True))
 
 
 def _query(connection: Connection, sql: str, job: str, label: str) -> Columns:

@@ -270,3 +270,70 @@ def kill_run_when(config: Path, reached: threading.Event, env: Mapping[str, str]
         process.wait(10)
     finally:
         process.kill()
+
+
+ACCOUNTS = [f"g{i:02d}" for i in range(8)]
+
+
+class AccountWarehouse:
+    """A real SQLite warehouse of accounts: their fields, audience members and trait values by group_id."""
+
+    def __init__(self, path: Path) -> None:
+        self.url = f"sqlite:///{path}"
+        self._path = path
+        with sqlite3.connect(path) as db:
+            db.executescript("""
+                CREATE TABLE accounts (group_id TEXT, user_id TEXT, name TEXT, email TEXT, website TEXT,
+                                       created_at TEXT, street TEXT, city TEXT, country TEXT);
+                CREATE TABLE members (audience TEXT, group_id TEXT);
+                CREATE TABLE seats (group_id TEXT, value INTEGER);
+            """)
+
+    def seed(self, accounts: list[str] = ACCOUNTS) -> None:
+        with sqlite3.connect(self._path) as db:
+            db.execute("DELETE FROM accounts")
+            for index, group in enumerate(accounts):
+                address = ("1 Main St", "Berlin", "DE") if index % 2 == 0 else (None, None, None)
+                db.execute(
+                    "INSERT INTO accounts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (group, f"owner-{group}", f"Company {group}", f"billing@{group}.example",
+                     f"https://{group}.example", "2024-03-01T00:00:00Z", *address),
+                )  # fmt: skip
+        self.members("enterprise", accounts[:5])
+        with sqlite3.connect(self._path) as db:
+            db.execute("DELETE FROM seats")
+            db.executemany("INSERT INTO seats VALUES (?, ?)", [(g, 10 * (i + 1)) for i, g in enumerate(accounts)])
+
+    def members(self, audience: str, groups: list[str]) -> None:
+        with sqlite3.connect(self._path) as db:
+            db.execute("DELETE FROM members WHERE audience = ?", (audience,))
+            db.executemany("INSERT INTO members VALUES (?, ?)", [(audience, g) for g in groups])
+
+    def job(self, destination: dict[str, Any], **extra: Any) -> JobConfig:
+        raw = {
+            "name": "accounts",
+            "subject": "account",
+            "space_id": "spa_test",
+            "source": {
+                "url": self.url,
+                "profiles": "SELECT group_id, user_id, name, email, website, created_at, street, city, country "
+                "FROM accounts",
+            },
+            "audiences": [
+                {"name": "Enterprise", "query": "SELECT group_id FROM members WHERE audience = 'enterprise'"}
+            ],
+            "traits": [{"name": "Seats", "query": "SELECT group_id, value FROM seats"}],
+            "destination": {
+                "backoff_initial": "10ms",
+                "backoff_max": "50ms",
+                "requests_per_second": 2000,
+                **destination,
+            },
+            **extra,
+        }
+        return make_config("sqlite://", [raw]).jobs[0]
+
+
+@pytest.fixture
+def accounts(tmp_path: Path) -> AccountWarehouse:
+    return AccountWarehouse(tmp_path / "accounts.db")

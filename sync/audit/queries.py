@@ -16,7 +16,7 @@ from sync.clock import iso
 from sync.config import JobConfig, JobOutline, parse_duration
 from sync.destinations.factory import spec_before_specs
 from sync.errors import SyncError
-from sync.model import KEY_COUNTS, RUN_SUMMARY_COUNTS, KeyChange, Update, change_kind
+from sync.model import KEY_COUNTS, PROFILE_KIND, RUN_SUMMARY_COUNTS, KeyChange, Update, change_kind
 from sync.store import AuditFilter, AuditRow, Store
 from sync.store.models import Run, RunKey, RunUpdate
 
@@ -48,7 +48,7 @@ HISTORY_FIELDS = (
     "error",
     "finished_at",
 )
-CHANGES = ("entered", "exited", "trait")
+CHANGES = ("entered", "exited", "trait", "profile")
 # The columns of run listings for people (`runs`, the demo, the report).
 RUN_TABLE_FIELDS = ("run_id", "kind", "status", "started_at", *RUN_SUMMARY_COUNTS, "parked")
 
@@ -87,6 +87,13 @@ def run_record(run: Run) -> dict[str, Any]:
     }
 
 
+def _change(kind: str, new: Any) -> str:
+    """``entered`` / ``exited`` for an audience, ``trait`` for a trait, ``profile`` for a profile field."""
+    if kind == "audience":
+        return change_kind(kind, new)
+    return "profile" if kind == PROFILE_KIND else "trait"
+
+
 def match_rate(delivered: int, unmatched: int) -> float | None:
     """The share of the subjects written that the destination had a record for; None when it found every
     one (or the destination does not look records up)."""
@@ -116,7 +123,7 @@ class ChangeFilter:
     def keeps(self, key: str, kind: str, new: Any) -> bool:
         if self.key is not None and key != self.key:
             return False
-        what = "trait" if kind != "audience" else change_kind(kind, new)
+        what = _change(kind, new)
         return self.change is None or what == self.change
 
 
@@ -140,7 +147,7 @@ def _record(row: AuditRow, key: str, kind: str, old: Any, new: Any) -> dict[str,
         "user_id": row.user_id,
         "key": key,
         "kind": kind,
-        "change": "trait" if kind != "audience" else change_kind(kind, new),
+        "change": _change(kind, new),
         "old": old,
         "new": new,
         "message_id": row.message_id,

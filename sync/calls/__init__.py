@@ -10,14 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
 from sync.calls.group import coalesced_group, computation_groups
 from sync.calls.identify import coalesced_identify, computation_identifies
 from sync.calls.track import computation_tracks
-from sync.model import Update
+from sync.model import PROFILE_KIND, Update
 
 Mode = Literal["per_user", "per_computation"]
 Events = Literal["identify", "track", "both"]
@@ -92,8 +92,15 @@ def _salted(salt: str, message_id: str, size: int) -> str:
 def render(
     update: Update, spec: CallSpec, *, timestamp: datetime, sent_at: datetime | None = None
 ) -> tuple[dict[str, Any], ...]:
-    """The calls ``update`` becomes under ``spec``; all of them must be accepted to acknowledge it."""
+    """The calls ``update`` becomes under ``spec``; all of them must be accepted to acknowledge it.
+
+    Changed profile fields (``send_profile_changes``) are no computations: the calls carry the profile as
+    always, and an update that changed nothing else is one call with the profile alone."""
     calls: list[dict[str, Any]] = []
+    changed = tuple(change for change in update.changes if change.kind != PROFILE_KIND)
+    if len(changed) != len(update.changes):
+        update = replace(update, changes=changed)
+        spec = spec if changed else replace(spec, mode="per_user", events="identify")
     keys = [change.key for change in update.changes]
     if spec.subject == "account":
         if spec.mode == "per_user":

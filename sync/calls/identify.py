@@ -163,7 +163,10 @@ def enriched(profile: Mapping[str, str]) -> dict[str, str]:
 
 
 def personas(changes: Sequence[KeyChange], space_id: str | None) -> dict[str, Any]:
-    """``context.personas``: Engage's fields for one computation; for several, the keys joined by commas."""
+    """``context.personas``: Engage's fields for one computation; for several, the keys joined by commas; for
+    none (a profile change alone), only the space."""
+    if not changes:
+        return {"computations": [], **({"space_id": space_id, "namespace": space_id} if space_id else {})}
     classes = sorted({c.kind for c in changes})
     keys = [c.key for c in changes]
     context: dict[str, Any] = {

@@ -121,6 +121,8 @@ class JobConfig(FrozenModel):
     audit_retention_days: int = Field(default=30, ge=1)  # per-update audit rows older than this are pruned
     # Engage's trait enrichment: extra profile columns that travel as traits on every call of the subject.
     enrich: tuple[EnrichedColumn, ...] = Field(default=(), max_length=MAX_ENRICHED)
+    # A change of a profile field or an enriched column alone is a reason to send (Engage: it is not).
+    send_profile_changes: bool = False
 
     def audience_keys(self) -> list[str]:
         return [audience.resolved_key for audience in self.audiences]

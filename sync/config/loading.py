@@ -262,6 +262,10 @@ def _check_job(job: JobConfig, base_dir: Path) -> list[str]:
         problems.append("enrich: needs source.profiles (or profiles_file), the query that returns those columns")
     if job.subject == "account":
         problems += _account_problems(job)
+    if job.send_profile_changes and job.destination.events == "track":
+        problems.append("send_profile_changes: a profile change is sent in an identify call; use events: both")
+    if job.send_profile_changes and job.source.profiles is None and job.source.profiles_file is None:
+        problems.append("send_profile_changes: needs source.profiles (or profiles_file)")
     if job.source.profiles is not None and not job.source.url:
         problems.append("source.profiles: needs source.url, the warehouse to run it against")
     if job.source.profiles is not None and job.source.profiles_file is not None:

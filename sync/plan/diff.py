@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from sync.model import Computation
+from sync.model import PROFILE_KIND, Computation
 from sync.snapshot.json_values import json_key
 
 CHANGE_COLUMNS = ["user_id", "key", "old", "new", "change"]
@@ -43,7 +43,8 @@ def diff_states(
         if computation.kind == "audience":
             parts.append(_audience_changes(old, new, at_old, computation.key, tracked, forced))
         else:
-            parts.append(_trait_changes(old, new, at_old, computation.key, tracked, forced))
+            label = "profile" if computation.kind == PROFILE_KIND else "trait"
+            parts.append(_trait_changes(old, new, at_old, computation.key, tracked, forced, label))
     if not parts:
         return pd.DataFrame(columns=CHANGE_COLUMNS)
     # Users in order, each user's keys in the order of ``computations``.
@@ -93,7 +94,7 @@ def _audience_changes(
 
 
 def _trait_changes(
-    old: pd.DataFrame, new: pd.DataFrame, at_old: np.ndarray, key: str, tracked: bool, forced: bool
+    old: pd.DataFrame, new: pd.DataFrame, at_old: np.ndarray, key: str, tracked: bool, forced: bool, label: str
 ) -> _Part:
     was = _taken(_values(old[key]), at_old, None) if tracked else np.full(len(at_old), None, dtype=object)
     now = np.full(len(at_old), None, dtype=object)
@@ -104,7 +105,7 @@ def _trait_changes(
         for w, n in zip(was.tolist(), now.tolist(), strict=True)
     ]
     rows = np.flatnonzero(np.array(send, dtype=bool))
-    return _Part(key, rows, was[rows], now[rows], np.full(len(rows), "trait", dtype=object))
+    return _Part(key, rows, was[rows], now[rows], np.full(len(rows), label, dtype=object))
 
 
 def _flags(column: pd.Series) -> np.ndarray:

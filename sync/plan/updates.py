@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from sync.model import Computation, KeyChange, Update, change_kind
+from sync.model import PROFILE_KIND, Computation, KeyChange, Update, change_kind
 
 # Segment: a messageId must be unique and shorter than 100 characters.
 MESSAGE_ID_PREFIX = "as-"
@@ -71,6 +71,8 @@ def tally(
     counts = into if into is not None else {}
     for update in updates:
         for change in update.changes:
+            if change.kind == PROFILE_KIND:  # a profile field: not an audience or trait to count
+                continue
             row = counts.setdefault((change.key, change.kind), {})
             name = prefix + change_kind(change.kind, change.new)
             row[name] = row.get(name, 0) + 1

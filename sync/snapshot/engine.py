@@ -172,7 +172,7 @@ class Snapshot:
                 members = pa.table({"user_id": self._parts.members[computation.key]})
                 self._db.register(self._name(computation), with_order(members))
         for computation in self.computations:
-            if computation.kind == "trait":
+            if computation.kind != "audience":
                 self._db.register(self._name(computation), with_order(self._parts.traits[computation.key].table))
 
     def _name(self, computation: Computation) -> str:
@@ -247,7 +247,7 @@ class Snapshot:
             if conflicting:
                 raise SourceError(f"profiles: conflicting duplicate rows for user_id {some(conflicting)}")
         for computation in self.computations:
-            if computation.kind == "trait":
+            if computation.kind != "audience":
                 conflicting = self._conflicts(self._name(computation), self._hash(computation))
                 if conflicting:
                     raise SourceError(f"trait {computation.key}: conflicting values for user_id {some(conflicting)}")
@@ -328,7 +328,7 @@ class Snapshot:
         """The selected users with their masks and, per trait, its value or (mixed types) its position."""
         joins, columns = [], []
         for computation in self.computations:
-            if computation.kind != "trait":
+            if computation.kind == "audience":
                 continue
             name = self._name(computation)
             # A typed trait's values come out as they are; a mixed one's as positions in its list of values.
