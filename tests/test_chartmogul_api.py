@@ -301,22 +301,34 @@ def test_at_chartmogul_s_limits_nothing_is_lost_and_the_rate_holds(
     assert len(api.calls) / elapsed <= 40 * 1.1
 
 
-def test_a_run_pushed_past_the_limits_retries_until_nothing_is_lost(store: Store, warehouse: Warehouse) -> None:
-    users = [f"u{i:03d}" for i in range(60)]
+@pytest.mark.parametrize(
+    ("limits", "pace", "refused"),
+    [
+        # 10 requests/s allowed, 30 asked for: 429s once the first ten are spent
+        ({"requests_per_second": 10}, {"requests_per_second": 30, "max_connections": 4}, "rate_limited"),
+        # 2 connections allowed, 8 slow ones opened: 503s
+        (
+            {"max_connections": 2, "faults": Faults(delay=0.05)},
+            {"requests_per_second": 400, "max_connections": 8},
+            "too_many_connections",
+        ),
+    ],
+)
+def test_a_run_pushed_past_a_limit_retries_until_nothing_is_lost(
+    store: Store, warehouse: Warehouse, limits: dict[str, Any], pace: dict[str, Any], refused: str
+) -> None:
+    users = [f"u{i:03d}" for i in range(24)]
     seed(warehouse, users)
-    slow = Faults(delay=0.05)  # answers overlap, so the client opens all of its connections
-    with ChartMogulApiReceiver(account(users), api_key=API_KEY, max_connections=4, faults=slow) as api:
-        job = api_job(
-            warehouse, api, target="customer", requests_per_second=400, max_connections=8, backoff_initial="100ms"
-        )
+    with ChartMogulApiReceiver(account(users), api_key=API_KEY, **limits) as api:
+        job = api_job(warehouse, api, target="customer", backoff_initial="200ms", **pace)
         runner = Runner(store)  # real backoff: the point is what waiting does
         delivered = 0
-        for _ in range(6):  # what a run could not deliver stays pending for the next
+        for _ in range(10):  # what a run could not deliver stays pending for the next
             delivered += runner.run(job).delivered
             if delivered == len(users):
                 break
     assert delivered == len(users)
-    assert api.rate_limited > 0 and api.too_many_connections > 0  # both limits were hit and answered
+    assert getattr(api, refused) > 0  # the limit was hit, answered, and waited out
     assert all(customer_of(api, u)["attributes"]["custom"]["seats"] == i for i, u in enumerate(users))
     assert store.state_size(job.name) == len(users)
 
