@@ -66,6 +66,21 @@ def is_uri(value: object) -> bool:
     return bool(_SCHEME.match(parts.scheme)) and len(value) > len(parts.scheme) + 1
 
 
+def is_uri_reference(value: object) -> bool:
+    """A URI reference (absolute or relative), as the action's ``uri-reference`` format takes: no spaces."""
+    return isinstance(value, str) and bool(value) and not any(c.isspace() for c in value)
+
+
+def is_datetime(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return True
+
+
 # Where each body field is read from by default: the published action's default mapping (a path in the call),
 # with audience-sync's exceptions (README): the spec's firstName/lastName after the action's own names.
 SEND_CONTACT_DEFAULTS: dict[str, tuple[str, ...]] = {
@@ -104,10 +119,10 @@ SEND_CUSTOMER_DEFAULTS: dict[str, tuple[str, ...]] = {
 }
 # The fields each action refuses the whole event for when malformed; here the field is left out instead.
 _CHECKS: dict[str, Callable[[object], bool]] = {
-    "email": lambda v: is_email(v),
-    "linked_in": lambda v: is_uri(v),
-    "website": lambda v: is_uri_reference(v),
-    "created_at": lambda v: is_datetime(v),
+    "email": is_email,
+    "linked_in": is_uri,
+    "website": is_uri_reference,
+    "created_at": is_datetime,
 }
 
 
@@ -185,21 +200,6 @@ def send_customer_body(call: Mapping[str, Any], mappings: Mapping[str, str] | No
     if attributes:
         body["custom_attributes"] = attributes
     return body
-
-
-def is_uri_reference(value: object) -> bool:
-    """A URI reference (absolute or relative), as the action's ``uri-reference`` format takes: no spaces."""
-    return isinstance(value, str) and bool(value) and not any(c.isspace() for c in value)
-
-
-def is_datetime(value: object) -> bool:
-    if not isinstance(value, str):
-        return False
-    try:
-        datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return False
-    return True
 
 
 def encode_body(call: Mapping[str, Any], mappings: MappingsConfig | None = None) -> bytes:

@@ -141,28 +141,19 @@ class ChartMogulApiTarget:
     def write(self, message: Outgoing) -> Write:
         call = message.calls[0]
         traits: Mapping[str, Any] = call.get("traits") or {}
-        values: dict[str, Any] = {}
+        keys = {c["computation_key"]: c["computation_class"] for c in _computations(call)}
+        standard = GROUP_STANDARD_TRAITS if call.get("type") == "group" else STANDARD_TRAITS
+        extra = enriched_traits(traits, keys, standard)  # the job's enriched profile columns
+        kinds = {**keys, **dict.fromkeys(extra, "enriched trait")}
+        values = {key: traits.get(key) for key in kinds}
         types: dict[str, str] = {}
-        kinds: dict[str, str] = {}
-        for computation in _computations(call):
-            key, kind = computation["computation_key"], computation["computation_class"]
-            value = traits.get(key)
+        for key, kind in kinds.items():
             try:
-                found = attribute_type(value)
+                found = attribute_type(values[key])
             except ValueError as exc:
                 raise PermanentDeliveryError(f"rejected before sending: {kind} {key!r} {exc}") from None
-            values[key], kinds[key] = value, kind
             if found is not None:
                 types[key] = "Boolean" if kind == "audience" else found
-        standard = GROUP_STANDARD_TRAITS if call.get("type") == "group" else STANDARD_TRAITS
-        for key, value in enriched_traits(traits, values, standard).items():  # the job's enriched profile columns
-            try:
-                found = attribute_type(value)
-            except ValueError as exc:
-                raise PermanentDeliveryError(f"rejected before sending: enriched trait {key!r} {exc}") from None
-            values[key], kinds[key] = value, "enriched trait"
-            if found is not None:
-                types[key] = found
         email = traits.get("email") if isinstance(traits.get("email"), str) else None
         match_value = message.user_id if self.settings.match == "external_id" else email
         return Write(message, values, types, kinds, match_value, email)

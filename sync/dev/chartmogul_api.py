@@ -31,7 +31,7 @@ from typing import Any, BinaryIO
 from urllib.parse import parse_qs, urlsplit
 
 from sync.dev.chartmogul_account import Account
-from sync.dev.receiver import Faults, LoopbackServer, _Bucket, _QuietServer, hooked
+from sync.dev.receiver import Faults, JsonHandler, LoopbackServer, _Bucket, _QuietServer, hooked
 
 # ChartMogul's documented limits (dev.chartmogul.com, "Rate limits").
 REQUESTS_PER_SECOND = 40.0
@@ -294,11 +294,7 @@ class ChartMogulApiReceiver(LoopbackServer):
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         api = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            wbufsize = 64 * 1024
-            disable_nagle_algorithm = True
-
+        class Handler(JsonHandler):
             def setup(self) -> None:
                 super().setup()
                 with api._lock:
@@ -358,7 +354,7 @@ class ChartMogulApiReceiver(LoopbackServer):
                     self._error(method, split.path, query, body, error)
                     return
                 api._record(method, split.path, query, body, status)
-                self._send(status, {}, b"" if answer is None else json.dumps(answer).encode())
+                self.answer(status, {}, b"" if answer is None else json.dumps(answer).encode())
 
             def _error(
                 self,
@@ -371,20 +367,7 @@ class ChartMogulApiReceiver(LoopbackServer):
             ) -> None:
                 api._record(method, path, query, body, error.status)
                 payload = {"code": error.status, "message": error.message, "param": error.param}
-                self._send(error.status, headers or {}, json.dumps(payload).encode())
-
-            def _send(self, status: int, headers: Mapping[str, str], payload: bytes) -> None:
-                self.send_response(status)
-                if payload:
-                    self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature of the base
-                pass
+                self.answer(error.status, headers or {}, json.dumps(payload).encode())
 
         return Handler
 

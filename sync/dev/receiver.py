@@ -91,6 +91,29 @@ class _QuietServer(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
+class JsonHandler(BaseHTTPRequestHandler):
+    """What both capture servers' handlers share: keep-alive HTTP/1.1, JSON answers in one write, no logging."""
+
+    protocol_version = "HTTP/1.1"
+    # One write per answer with TCP_NODELAY: separate small writes for headers and body would stall each
+    # keep-alive request on Nagle's algorithm and delayed ACKs (~40 ms).
+    wbufsize = 64 * 1024
+    disable_nagle_algorithm = True
+
+    def answer(self, status: int, headers: Mapping[str, str], payload: bytes) -> None:
+        self.send_response(status)
+        if payload:
+            self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature of the base
+        pass
+
+
 class LoopbackServer:
     """What the capture servers share: a threaded HTTP server, started in a thread (``with``) for tests and the
     demo, or served in the foreground by ``audience-sync receiver``."""
@@ -228,26 +251,20 @@ class Receiver(LoopbackServer):
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         receiver = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            # One write per answer with TCP_NODELAY: separate small writes for headers and body would stall
-            # each keep-alive request on Nagle's algorithm and delayed ACKs (~40 ms).
-            wbufsize = 64 * 1024
-            disable_nagle_algorithm = True
-
+        class Handler(JsonHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
                 try:
                     body = json.loads(raw)
                 except ValueError:
-                    self._answer(400, {}, b'{"error":"body is not JSON"}')
+                    self.answer(400, {}, b'{"error":"body is not JSON"}')
                     return
                 authorization = self.headers.get("Authorization")
                 refused = receiver.refusal(self.path, authorization, raw, body)
                 if refused is not None:
                     receiver._record(body if isinstance(body, dict) else {}, refused[0], self.path, authorization)
-                    self._answer(refused[0], {}, json.dumps({"error": refused[1]}).encode())
+                    self.answer(refused[0], {}, json.dumps({"error": refused[1]}).encode())
                     return
                 status, headers, delay = receiver.decide(body)
                 if delay:
@@ -257,7 +274,7 @@ class Receiver(LoopbackServer):
                     self.close_connection = True
                     return
                 payload = b'{"ok":true}' if status < 300 else self._error_payload(status)
-                self._answer(status, headers, payload)
+                self.answer(status, headers, payload)
 
             def _error_payload(self, status: int) -> bytes:
                 template = receiver.faults.error_body
@@ -268,19 +285,7 @@ class Receiver(LoopbackServer):
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 with receiver._lock:
                     summary = {"received": receiver.received, "accepted": receiver.accepted_count}
-                self._answer(200, {}, json.dumps(summary).encode())
-
-            def _answer(self, status: int, headers: Mapping[str, str], payload: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature of the base
-                pass
+                self.answer(200, {}, json.dumps(summary).encode())
 
         return Handler
 
