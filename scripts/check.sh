@@ -25,5 +25,6 @@ if [ -n "${BENCH_SMOKE:-}" ]; then
   # The benchmark as a smoke run (CI): it must finish; times are not judged here.
   .venv/bin/python bench/run.py --users 100000 --repeat 1 --results "$(mktemp)"
   .venv/bin/python bench/chartmogul_api.py --users 20000 --rate-users 120 --repeat 1
+  .venv/bin/python bench/warehouse.py --users 20000 --churn 0.01 --repeat 1
 fi
 .venv/bin/pytest "$@"

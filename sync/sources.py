@@ -49,7 +49,7 @@ def profile_fields(job: JobConfig) -> tuple[str, ...]:
     return (*(c for c in subject.profile_columns if c not in (subject.id_column, "anonymous_id")), *job.enrich)
 
 
-def _profile_results(job: JobConfig, profiles: Raw) -> dict[str, Raw]:
+def profile_results(job: JobConfig, profiles: Raw) -> dict[str, Raw]:
     """Each profile field as a trait's result (id, value), for ``send_profile_changes``."""
     table = table_of(profiles)
     id_column = SUBJECTS[job.subject].id_column
@@ -74,9 +74,9 @@ def read_snapshot(job: JobConfig) -> Snapshot:
         try:
             with engine.connect() as connection:
                 if job.source.profiles:
-                    profiles = _query(connection, job.source.profiles, job.name, "profiles")
+                    profiles = query_columns(connection, job.source.profiles, job.name, "profiles")
                 for computation, item in sql_items:
-                    raw[computation.key] = _query(connection, item.query or "", job.name, _label(computation))
+                    raw[computation.key] = query_columns(connection, item.query or "", job.name, _label(computation))
         except SQLAlchemyError as exc:
             raise SourceError(
                 f"job {job.name!r}: cannot connect to the warehouse {job.source.redacted_url()}: {_reason(exc)}"
@@ -100,7 +100,7 @@ def read_snapshot(job: JobConfig) -> Snapshot:
     for (key, _path, _label_text), table in zip(files, read, strict=True):
         raw[key] = table
     if job.send_profile_changes and profiles is not None and not isinstance(profiles, Profiles):
-        raw.update(_profile_results(job, profiles))
+        raw.update(profile_results(job, profiles))
     try:
         parts = normalise(computations(job), profiles, raw, job.enrich, SUBJECTS[job.subject])
         del read, raw, profiles  # what normalising did not keep (wider offsets, skipped rows) goes before the engine
@@ -113,7 +113,7 @@ def _items(job: JobConfig) -> list[tuple[Computation, ComputationConfig]]:
     return list(zip(configured(job), [*job.audiences, *job.traits], strict=True))
 
 
-def _query(connection: Connection, sql: str, job: str, label: str) -> Columns:
+def query_columns(connection: Connection, sql: str, job: str, label: str) -> Columns:
     """The query's rows as Arrow arrays, read ``FETCH`` rows at a time (through a server-side cursor where
     the driver has one), so that no more than that many rows are Python objects at once."""
     pieces: list[list[pa.Array | list[Any]]] = []

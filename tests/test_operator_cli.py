@@ -53,7 +53,10 @@ def test_prune_of_an_unknown_job_exits_2(synced: Path) -> None:
 
 @pytest.mark.parametrize(
     ("url", "package"),
-    [("snowflake://me@account/db", "snowflake-sqlalchemy"), ("bigquery://project/dataset", "sqlalchemy-bigquery")],
+    [
+        ("databricks://token:secret@host?http_path=/sql/1.0/warehouses/x", "databricks-sqlalchemy"),
+        ("oracle+oracledb://me@host/db", "oracledb"),
+    ],
 )
 def test_a_missing_warehouse_driver_fails_validate_and_run_naming_the_package(
     tmp_path: Path, warehouse: Warehouse, url: str, package: str

@@ -15,12 +15,13 @@ from sync import __version__, logs
 from sync.cli import audit as cli_audit
 from sync.cli import daemon as cli_daemon
 from sync.cli import run as cli_run
+from sync.cli import warehouse as cli_warehouse
 
 COMMANDS = [
     cli_run.validate, cli_run.migrate, cli_run.run, cli_run.plan, cli_run.retry, cli_run.receiver, cli_run.demo,
     cli_daemon.schedule, cli_daemon.status, cli_daemon.pause, cli_daemon.resume, cli_daemon.skip,
     cli_audit.runs, cli_audit.diff, cli_audit.history, cli_audit.audiences, cli_audit.messages, cli_audit.failed,
-    cli_audit.report, cli_audit.prune,
+    cli_audit.report, cli_audit.prune, cli_warehouse.warehouse,
 ]  # fmt: skip
 
 

@@ -22,11 +22,22 @@ from sync.config.values import DEFAULT_STATE_URL, MAX_KEY, Duration, FrozenModel
 from sync.errors import ConfigError
 from sync.keys import snake_case
 
+# Warehouses the warehouse engine runs on (backend names of SQLAlchemy URLs): PostgreSQL and DuckDB are
+# tested against real databases, the others compiled by their own dialects (sync.snapshot.pushdown).
+WAREHOUSE_DIALECTS = ("postgresql", "duckdb", "snowflake", "bigquery", "redshift", "trino")
+
 
 class SourceConfig(FrozenModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
     url: str | None = None
     profiles: str | None = None  # a query against url
     profiles_file: str | None = None  # or a CSV / Parquet file with the profile columns
+    # Where the diff runs: ``local`` (in this process, over every row read out) or ``warehouse`` (inside
+    # the warehouse, reading out only the subjects that changed; sync.snapshot.warehouse).
+    engine: Literal["local", "warehouse"] = "local"
+    # The warehouse schema (BigQuery: dataset) the warehouse engine keeps its tables in.
+    schema_: str = Field(default="audience_sync", alias="schema", pattern=r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
 
     def redacted_url(self) -> str:
         return redact_url(self.url) if self.url else "(none)"

@@ -20,7 +20,15 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from sync.config.destinations import DESTINATION_TYPES, ChartMogulApiConfig
-from sync.config.jobs import ComputationConfig, Config, JobConfig, JobOutline, NotifyConfig, Outline
+from sync.config.jobs import (
+    WAREHOUSE_DIALECTS,
+    ComputationConfig,
+    Config,
+    JobConfig,
+    JobOutline,
+    NotifyConfig,
+    Outline,
+)
 from sync.config.values import (
     _ENV_REF,
     CONFIG_ENV,
@@ -276,8 +284,33 @@ def _check_job(job: JobConfig, base_dir: Path) -> list[str]:
         problem = driver_problem(job.source.url)
         if problem:
             problems.append(f"source.url: {problem}")
+    if job.source.engine == "warehouse":
+        problems += _warehouse_problems(job)
     if not seen:
         problems.append("audiences/traits: a job needs at least one audience or trait")
+    return problems
+
+
+def _warehouse_problems(job: JobConfig) -> list[str]:
+    """What the warehouse engine needs: a warehouse it runs on, and every result a query against it."""
+    if not job.source.url:
+        return ["source.engine: warehouse needs source.url, the warehouse the diff runs in"]
+    problems = []
+    try:
+        backend = make_url(job.source.url).get_backend_name()
+    except ArgumentError:
+        backend = None  # reported with source.url
+    if backend is not None and backend not in WAREHOUSE_DIALECTS:
+        problems.append(
+            f"source.engine: the warehouse engine runs on {', '.join(WAREHOUSE_DIALECTS)}, not {backend}; "
+            "use engine: local"
+        )
+    for section, items in (("audiences", job.audiences), ("traits", job.traits)):
+        for index, item in enumerate(items):
+            if item.file is not None:
+                problems.append(f"{section}[{index}].file: the warehouse engine reads queries only; give a query")
+    if job.source.profiles_file is not None:
+        problems.append("source.profiles_file: the warehouse engine reads queries only; give source.profiles")
     return problems
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -12,13 +13,18 @@ from typing import Protocol, TypeVar
 import pandas as pd
 
 from sync.config import JobConfig
-from sync.model import Update
+from sync.errors import SourceError
+from sync.model import Computation, Update
 from sync.plan.diff import diff_states
 from sync.plan.guard import guard_problems, moves
 from sync.plan.updates import plan_updates, tally
-from sync.snapshot.engine import Examined, Selection, Snapshot
-from sync.sources import read_snapshot
+from sync.snapshot import warehouse
+from sync.snapshot.columns import RowIssue
+from sync.snapshot.engine import Examined, Selection
+from sync.sources import computations, read_snapshot
 from sync.store import Baseline, Store
+
+log = logging.getLogger(__name__)
 
 # Users examined together: their acknowledged states, diffs and updates are in memory one batch at a time.
 BATCH = 20_000
@@ -33,6 +39,18 @@ _Loaded = TypeVar("_Loaded")
 Sink = Callable[[list[Update], list[tuple[str, int]]], bool]
 
 
+class Totals(Protocol):
+    """What a plan keeps of its snapshot, whichever engine made it."""
+
+    computations: tuple[Computation, ...]
+    issues: tuple[RowIssue, ...]
+
+    @property
+    def users(self) -> int: ...
+
+    def member_counts(self) -> dict[str, int]: ...
+
+
 class Phases(Protocol):
     """Where a run says which phase it is in."""
 
@@ -45,7 +63,7 @@ class Plan:
     when the plan is small, planned again batch by batch when it is large (an initial sync of millions of
     users never holds every update at once)."""
 
-    snapshot: Snapshot
+    snapshot: Totals
     users: int
     entered: int = 0
     exited: int = 0
@@ -94,12 +112,11 @@ class Planner:
         """
         if phases:
             phases.enter("querying")
-        snapshot = read_snapshot(job)
+        snapshot, selection = self._examined(job, tracked, full)
         if phases:
             phases.enter("planning")
         comps = snapshot.computations
         force = {c.key for c in comps} if full else {c.key for c in comps if c.key not in tracked}
-        selection = snapshot.examine(self.store.stored_fingerprints(job.name), force)
         dead = self.store.parked(job.name)
         plan = Plan(snapshot, snapshot.users, examined=len(selection) + len(selection.gone))
         moved: dict[str, list[int]] = {}
@@ -130,6 +147,32 @@ class Planner:
             members = snapshot.member_counts()
             plan.guard = tuple(guard_problems(members, moved, comps, set(tracked), job.guard))
         return plan
+
+    def _examined(self, job: JobConfig, tracked: Mapping[str, str], full: bool) -> tuple[Totals, Selection]:
+        """The snapshot and the users worth a close look in it, by the job's engine."""
+        comps = computations(job)
+        force = {c.key for c in comps} if full else {c.key for c in comps if c.key not in tracked}
+        if job.source.engine == "warehouse":
+            return warehouse.examine(job, comps, self.store, force)
+        snapshot = read_snapshot(job)
+        return snapshot, snapshot.examine(self.store.stored_fingerprints(job.name), force)
+
+    def settle(self, job: JobConfig, run_id: int, complete: bool) -> None:
+        """After a run: the fingerprint index (local engine) or the warehouse copy of the acknowledged
+        fingerprints is brought up to date. A warehouse that cannot take the copy now is warned about:
+        the next run rebuilds it from the state store."""
+        if job.source.engine != "warehouse":
+            self.store.index_fingerprints(job.name, run_id)
+            return
+        try:
+            warehouse.settle(job, self.store, complete)
+        except SourceError as exc:
+            log.warning(
+                "could not write the acknowledged fingerprints to the warehouse; the next run brings them up "
+                "to date: %s",
+                exc,
+                extra={"job": job.name, "run_id": run_id},
+            )
 
     def _planned(
         self,

@@ -326,7 +326,7 @@ class Runner:
             raise SyncError(
                 f"job {job.name!r}: the lease was lost (another process took the job over); delivery stopped"
             )
-        self.store.index_fingerprints(job.name, report.run_id)
+        self.planner.settle(job, report.run_id, complete=not report.failed and not self.stop.is_set())
         if self.stop.is_set():
             report.status = "interrupted"
         else:

@@ -4,7 +4,7 @@ destination's answers, which is the only place a user's state changes."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, cast
@@ -201,18 +201,32 @@ class StateStore(RemoteStore, RejectionStore):
 
     def _fingerprint_rows(self, job: str, after_run: int | None = None) -> pa.Table:
         """(user_id, fingerprint) rows of ``ack_state``, all or those written after run ``after_run``."""
+        pieces = list(self.fingerprint_pieces(job, after_run))
+        return pa.concat_tables(pieces) if pieces else stored_table([], [])
+
+    def fingerprint_pieces(self, job: str, after_run: int | None = None) -> Iterator[pa.Table]:
+        """``_fingerprint_rows`` in pieces of at most ``_FETCH`` rows, for a reader that never needs them all
+        at once (``STORED_SCHEMA``; a fingerprint not recorded is 0 and not known)."""
         query = select(AckState.user_id, AckState.fingerprint).where(AckState.job == job)
         if after_run is not None:
             query = query.where(AckState.run_id > after_run)
         compiled = query.compile(self.engine)
-        pieces = []
         with self.engine.connect() as connection:  # the driver's cursor, in pieces: millions of rows
             result = connection.execution_options(stream_results=True, yield_per=_FETCH).exec_driver_sql(
                 str(compiled), dialect.positional(compiled, self.engine.dialect.paramstyle)
             )
             for rows in result.partitions(_FETCH):
-                pieces.append(stored_table([row[0] for row in rows], [row[1] for row in rows]))
-        return pa.concat_tables(pieces) if pieces else stored_table([], [])
+                yield stored_table([row[0] for row in rows], [row[1] for row in rows])
+
+    def fingerprint_facts(self, job: str, checksum: Callable[[Any], Any]) -> tuple[int, int, int]:
+        """The last run that wrote an acknowledged row of the job, how many rows it has and ``checksum`` of
+        their fingerprints: what a copy of them elsewhere must agree with."""
+        query = select(func.coalesce(func.max(AckState.run_id), 0), func.count(), checksum(AckState.fingerprint)).where(
+            AckState.job == job
+        )
+        with self.engine.connect() as connection:
+            last, count, total = connection.execute(query).one()
+        return int(last), int(count), int(total)
 
     def index_fingerprints(self, job: str, run_id: int, *, share: float = 0.05) -> bool:
         """Rewrite the job's fingerprint index when it is missing, of another scheme, or when the rows

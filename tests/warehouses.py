@@ -1,0 +1,94 @@
+"""Warehouses the warehouse engine runs on, for real: a DuckDB file and a schema of the machine's PostgreSQL.
+
+Tables the tests fill: ``profiles``, ``members`` (audience, user_id) and one ``trait_<name>`` table per trait
+with a typed ``value`` column."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+PROFILE_COLUMNS = ("user_id", "anonymous_id", "email", "first_name", "last_name", "company_id", "company_name")
+
+
+class SqlWarehouse:
+    """A warehouse behind a SQLAlchemy URL; ``schema`` is where the engine keeps its tables."""
+
+    def __init__(self, url: str, schema: str) -> None:
+        self.url, self.schema = url, schema
+        self._execute(
+            "CREATE TABLE profiles (" + ", ".join(f"{c} TEXT" for c in PROFILE_COLUMNS) + ")",
+            "CREATE TABLE members (audience TEXT, user_id TEXT)",
+        )
+
+    def _execute(self, *statements: str, rows: Sequence[Mapping[str, Any]] = ()) -> None:
+        engine = create_engine(self.url)
+        try:
+            with engine.begin() as connection:
+                for statement in statements:
+                    if rows and ":" in statement:
+                        connection.execute(text(statement), list(rows))
+                    else:
+                        connection.execute(text(statement))
+        finally:
+            engine.dispose()
+
+    def query(self, sql: str) -> list[tuple[Any, ...]]:
+        engine = create_engine(self.url)
+        try:
+            with engine.connect() as connection:
+                return [tuple(row) for row in connection.execute(text(sql))]
+        finally:
+            engine.dispose()
+
+    def execute(self, sql: str) -> None:
+        self._execute(sql)
+
+    def set_profiles(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        filled = [{c: row.get(c) for c in PROFILE_COLUMNS} for row in rows]
+        insert = f"INSERT INTO profiles VALUES ({', '.join(':' + c for c in PROFILE_COLUMNS)})"
+        self._execute("DELETE FROM profiles", *([insert] if filled else []), rows=filled)
+
+    def set_members(self, audience: str, user_ids: Sequence[str]) -> None:
+        rows = [{"a": audience, "u": u} for u in user_ids]
+        delete = f"DELETE FROM members WHERE audience = '{audience}'"
+        self._execute(delete, *(["INSERT INTO members VALUES (:a, :u)"] if rows else []), rows=rows)
+
+    def set_trait(self, trait: str, values: Mapping[str, Any], kind: str = "DOUBLE PRECISION") -> None:
+        rows = [{"u": u, "v": v} for u, v in values.items()]
+        self._execute(
+            f"DROP TABLE IF EXISTS trait_{trait}",
+            f"CREATE TABLE trait_{trait} (user_id TEXT, value {kind})",
+            *([f"INSERT INTO trait_{trait} VALUES (:u, :v)"] if rows else []),
+            rows=rows,
+        )
+
+    def audience(self, name: str, audience: str, **extra: Any) -> dict[str, Any]:
+        return {"name": name, "query": f"SELECT user_id FROM members WHERE audience = '{audience}'", **extra}
+
+    def trait(self, name: str, trait: str, **extra: Any) -> dict[str, Any]:
+        return {"name": name, "query": f"SELECT user_id, value FROM trait_{trait}", **extra}
+
+    def source(self, engine: str = "warehouse") -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "engine": engine,
+            "schema": self.schema,
+            "profiles": f"SELECT {', '.join(PROFILE_COLUMNS)} FROM profiles",
+        }
+
+
+def duckdb_warehouse(path: Path) -> SqlWarehouse:
+    return SqlWarehouse(f"duckdb:///{path}", "audience_sync")
+
+
+def postgres_warehouse(url: str) -> SqlWarehouse:
+    """On a URL whose search_path names a schema of its own (the ``postgres_url`` fixture): the engine keeps
+    its tables in that schema too, dropped with it."""
+    options = make_url(url).query.get("options", "")
+    schema = str(options).split("search_path=", 1)[1]
+    return SqlWarehouse(url, schema)
