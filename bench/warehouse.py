@@ -40,6 +40,14 @@ from sync.sources import computations  # noqa: E402
 
 BASE = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 SOURCE, LOCAL, PUSHDOWN = "bench_wh_src", "bench_wh_local", "bench_wh_pushdown"
+
+
+def sized(users: int) -> None:
+    """Schemas of their own per size, so that a smoke run never replaces a large run's warehouse."""
+    global SOURCE, LOCAL, PUSHDOWN
+    SOURCE, LOCAL, PUSHDOWN = (f"bench_wh{users}_{part}" for part in ("src", "local", "pushdown"))
+
+
 SHARES = [0.05 + i * 0.35 / 9 for i in range(10)]
 PLANS = ("free", "starter", "growth", "enterprise")
 
@@ -74,8 +82,8 @@ def job(engine: str) -> JobConfig:
     return parse_config({"state_url": state(engine), "jobs": [raw]}, {}, ROOT).jobs[0]
 
 
-def execute(sql: str, schema: str = SOURCE) -> None:
-    engine = create_engine(url(schema), isolation_level="AUTOCOMMIT")
+def execute(sql: str, schema: str | None = None) -> None:
+    engine = create_engine(url(schema or SOURCE), isolation_level="AUTOCOMMIT")
     with engine.connect() as connection:
         for statement in sql.split(";\n"):
             if statement.strip():
@@ -185,10 +193,10 @@ def _now() -> Any:
     return datetime.now(UTC)
 
 
-def measure(engine: str) -> dict[str, Any]:
+def measure(engine: str, users: int) -> dict[str, Any]:
     """One incremental dry run in a process of its own."""
     out = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--one", engine],
+        [sys.executable, str(Path(__file__).resolve()), "--one", engine, "--users", str(users)],
         check=True,
         capture_output=True,
         text=True,
@@ -241,6 +249,7 @@ def main() -> None:
     parser.add_argument("--one", choices=["local", "warehouse"])
     parser.add_argument("--reuse", action="store_true", help="Keep the warehouse and stores of the last run.")
     args = parser.parse_args()
+    sized(args.users)
     if args.one:
         one(args.one)
         return
@@ -251,11 +260,11 @@ def main() -> None:
         print(f"generated and seeded {args.users:,} users in {time.perf_counter() - started:.0f} s", flush=True)
     for share in args.churn:
         churn(share)
-        measure("warehouse")  # brings the warehouse copy up to date: not measured
+        measure("warehouse", args.users)  # brings the warehouse copy up to date: not measured
         runs: dict[str, list[dict[str, Any]]] = {"local": [], "warehouse": []}
         for _ in range(args.repeat):
             for engine in runs:
-                runs[engine].append(measure(engine))
+                runs[engine].append(measure(engine, args.users))
         local = statistics.median(r["seconds"] for r in runs["local"])
         pushed = statistics.median(r["seconds"] for r in runs["warehouse"])
         print(

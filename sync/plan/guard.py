@@ -36,7 +36,8 @@ def guard_problems(
 ) -> list[str]:
     """One sentence per audience that trips the guard; empty when the run may go ahead.
 
-    ``members``: each audience's member count in the snapshot; ``moved``: its real entries and exits
+    ``members``: each audience's member count in the snapshot (needed only for those with exits);
+    ``moved``: its real entries and exits
     (``moves``). The acknowledged member count is the snapshot's, less the real entries, plus the exits:
     every other user's membership is the same in both.
     """
@@ -47,6 +48,8 @@ def guard_problems(
         if computation.kind != "audience" or computation.key not in tracked:
             continue
         entering, leaving = moved.get(computation.key, (0, 0))
+        if not leaving:  # nobody exits: neither rule can trip (and its members need not be counted)
+            continue
         after = members.get(computation.key, 0)
         before = after - entering + leaving
         if before and not after and guard.block_empty:

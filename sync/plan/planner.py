@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Set
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import chain, islice
@@ -48,7 +48,7 @@ class Totals(Protocol):
     @property
     def users(self) -> int: ...
 
-    def member_counts(self) -> dict[str, int]: ...
+    def member_counts(self, keys: Set[str] | None = None) -> dict[str, int]: ...
 
 
 class Phases(Protocol):
@@ -144,7 +144,7 @@ class Planner:
         if sink is None and kept is None:
             plan.replan = lambda: (batch for _, batch, _ in self._planned(job, selection, tracked, force, dead))
         if tracked:
-            members = snapshot.member_counts()
+            members = snapshot.member_counts({key for key, (_, leaving) in moved.items() if leaving})
             plan.guard = tuple(guard_problems(members, moved, comps, set(tracked), job.guard))
         return plan
 

@@ -63,9 +63,7 @@ def refresh(
     recorded. ``shapes`` replaces those when given."""
     copies, copy = pushdown.copies_table(names.schema), names.table("acked")
     try:
-        connection.execute(CreateSchema(names.schema, if_not_exists=True))
-        copies.create(connection, checkfirst=True)
-        connection.commit()
+        _ensure(connection, names.schema, copies)
         meta = connection.execute(select(copies).where(copies.c.job == job)).mappings().first()
         last, count, total = store.fingerprint_facts(job, pushdown.checksum)
         installation = store.installation_id()
@@ -115,6 +113,20 @@ def refresh(
             f"{names.schema} (the warehouse engine needs to create tables there): {reason(exc)}"
         ) from None
     return recorded
+
+
+def _ensure(connection: Connection, schema: str, copies: Table) -> None:
+    """The schema and the copies table; tried twice, for two jobs' first runs creating them at once."""
+    for attempt in (1, 2):
+        try:
+            connection.execute(CreateSchema(schema, if_not_exists=True))
+            copies.create(connection, checkfirst=True)
+            connection.commit()
+            return
+        except SQLAlchemyError:
+            connection.rollback()
+            if attempt == 2:
+                raise
 
 
 def _facts(connection: Connection, copy: Table) -> tuple[int, int]:

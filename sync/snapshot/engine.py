@@ -273,9 +273,9 @@ class Snapshot:
         """How many users the snapshot has (with a profile, a membership or a trait value)."""
         return int(self._db.execute("SELECT count(*) FROM fp").fetchall()[0][0])
 
-    def member_counts(self) -> dict[str, int]:
-        """Members per audience."""
-        audiences = [c for c in self.computations if c.kind == "audience"]
+    def member_counts(self, keys: Set[str] | None = None) -> dict[str, int]:
+        """Members per audience (of ``keys`` only, when given)."""
+        audiences = [c for c in self.computations if c.kind == "audience" and (keys is None or c.key in keys)]
         if not audiences:
             return {}
         sums = ", ".join(f"coalesce(sum({self._has(c)}::INTEGER), 0)" for c in audiences)

@@ -30,8 +30,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from sqlalchemy import Connection, Table, create_engine, delete, func, inspect, select
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -45,6 +45,8 @@ from sync.snapshot.engine import Selection, Snapshot
 from sync.snapshot.normalise import normalise
 
 log = logging.getLogger(__name__)
+
+MASK = pushdown.MODULUS - 1
 
 
 def names_of(job: JobConfig) -> Names:
@@ -88,8 +90,13 @@ class WarehouseSnapshot:
         self.computations, self.issues, self.users = computations, issues, users
         self._job = job
 
-    def member_counts(self) -> dict[str, int]:
-        audiences = [q for q in queries(self._job, set()) if q.items and q.items[0].value is None]
+    def member_counts(self, keys: Set[str] | None = None) -> dict[str, int]:
+        """Members per audience (of ``keys`` only, when given): a scan of each audience query it counts."""
+        audiences = [
+            q
+            for q in queries(self._job, set())
+            if q.items and q.items[0].value is None and (keys is None or q.items[0].key in keys)
+        ]
         if not audiences:
             return {}
         with _connected(self._job) as connection:
@@ -264,27 +271,21 @@ def _folded(
     sids = pa.chunked_array([r.sids for r in read], pa.string())
     hashes = pa.chunked_array([r.hashes for r in read], pa.int64())
     sums = pa.table({"sid": sids, "h": hashes}).group_by("sid").aggregate([("h", "sum")])
-    fingerprint = dict(
-        zip(
-            sums.column("sid").to_pylist(),
-            (np.asarray(sums.column("h_sum").to_numpy(), dtype=np.int64) % pushdown.MODULUS).tolist(),
-            strict=True,
-        )
-    )
+    # Hashes are below 2^52 and a subject has at most 2,048 rows: the sum is non-negative, its low bits the modulus.
+    fingerprints = pa.table({"user_id": sums.column("sid"), "fp": pc.bit_wise_and(sums.column("h_sum"), MASK)})
     try:
         local = Snapshot(normalise(computations, profiles, raw, job.enrich, SUBJECTS[job.subject]))
     except SourceError as exc:
         raise SourceError(f"job {job.name!r}: {exc}") from None
     selection = local.everyone()
-    present = selection.table.column("user_id").to_pylist()
-    table = selection.table.set_column(
-        selection.table.column_names.index("fp"),
-        "fp",
-        pa.array([fingerprint.get(u, 0) for u in present], pa.int64()),
-    )
-    vanished = set(fingerprint) - set(present)  # every row skipped, or none any more
+    table = selection.table.drop_columns(["fp"]).join(fingerprints, "user_id", join_type="left outer")
+    table = table.sort_by("ord")  # the order of first appearance, which a join does not keep
+    table = table.set_column(table.column_names.index("fp"), "fp", pc.fill_null(table.column("fp"), 0))
+    present = selection.table.column("user_id")
+    # Chosen, but every row skipped, or none any more: gone.
+    vanished = fingerprints.column("user_id").filter(pc.invert(pc.is_in(fingerprints.column("user_id"), present)))
     snapshot = WarehouseSnapshot(job, computations, local.issues, users)
-    return snapshot, Selection(local, table, sorted(set(gone) | vanished))
+    return snapshot, Selection(local, table, sorted(set(gone) | set(vanished.to_pylist())))
 
 
 # Connections ---------------------------------------------------------------------------------------------
