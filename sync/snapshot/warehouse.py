@@ -270,11 +270,15 @@ def _folded(
         raw.update(profile_results(job, profiles))
     sids = pa.chunked_array([r.sids for r in read], pa.string())
     hashes = pa.chunked_array([r.hashes for r in read], pa.int64())
+    read.clear()  # the rows as read go once normalised, before the engine starts (as sources.read_snapshot)
     sums = pa.table({"sid": sids, "h": hashes}).group_by("sid").aggregate([("h", "sum")])
+    del sids, hashes
     # Hashes are below 2^52 and a subject has at most 2,048 rows: the sum is non-negative, its low bits the modulus.
     fingerprints = pa.table({"user_id": sums.column("sid"), "fp": pc.bit_wise_and(sums.column("h_sum"), MASK)})
     try:
-        local = Snapshot(normalise(computations, profiles, raw, job.enrich, SUBJECTS[job.subject]))
+        parts = normalise(computations, profiles, raw, job.enrich, SUBJECTS[job.subject])
+        del raw, profiles
+        local = Snapshot(parts)
     except SourceError as exc:
         raise SourceError(f"job {job.name!r}: {exc}") from None
     selection = local.everyone()
