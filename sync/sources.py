@@ -76,14 +76,14 @@ def read_snapshot(job: JobConfig) -> Snapshot:
                 if job.source.profiles:
                     profiles = query_columns(connection, job.source.profiles, job.name, "profiles")
                 for computation, item in sql_items:
-                    raw[computation.key] = query_columns(connection, item.query or "", job.name, _label(computation))
+                    raw[computation.key] = query_columns(connection, item.query or "", job.name, label(computation))
         except SQLAlchemyError as exc:
             raise SourceError(
-                f"job {job.name!r}: cannot connect to the warehouse {job.source.redacted_url()}: {_reason(exc)}"
+                f"job {job.name!r}: cannot connect to the warehouse {job.source.redacted_url()}: {driver_reason(exc)}"
             ) from None
         finally:
             engine.dispose()
-    files = [(c.key, Path(item.file), _label(c)) for c, item in _items(job) if item.file is not None]
+    files = [(c.key, Path(item.file), label(c)) for c, item in _items(job) if item.file is not None]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # Arrow's readers release the GIL
         profile_file = (
             pool.submit(
@@ -246,11 +246,12 @@ def _parquet(path: Path) -> pa.Table:
         return pq.read_table(path)
 
 
-def _label(computation: Computation) -> str:
+def label(computation: Computation) -> str:
+    """A computation as errors name it: ``trait 'ltv'``."""
     return f"{computation.kind} {computation.key!r}"
 
 
-def _reason(exc: SQLAlchemyError) -> str:
+def driver_reason(exc: SQLAlchemyError) -> str:
     """The driver's own message, without SQLAlchemy's statement echo and background link."""
     return _first_line(getattr(exc, "orig", None), type(exc).__name__)
 

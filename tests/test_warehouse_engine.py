@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -35,8 +36,10 @@ def wh(request: pytest.FixtureRequest, tmp_path: Path) -> SqlWarehouse:
     return postgres_warehouse(url)
 
 
-def job_of(wh: SqlWarehouse, url: str, *, engine: str = "warehouse", audiences: Any = None, **extra: Any) -> JobConfig:
-    job = {
+def job_raw(
+    wh: SqlWarehouse, url: str, *, engine: str = "warehouse", audiences: Any = None, **extra: Any
+) -> dict[str, Any]:
+    return {
         "name": "contacts",
         "space_id": "spa_test",
         "source": wh.source(engine),
@@ -50,7 +53,10 @@ def job_of(wh: SqlWarehouse, url: str, *, engine: str = "warehouse", audiences: 
         },
         **extra,
     }
-    return make_config("sqlite://", [job]).jobs[0]
+
+
+def job_of(wh: SqlWarehouse, url: str, **kwargs: Any) -> JobConfig:
+    return make_config("sqlite://", [job_raw(wh, url, **kwargs)]).jobs[0]
 
 
 def seed(wh: SqlWarehouse) -> None:
@@ -212,22 +218,7 @@ def test_a_run_killed_between_acknowledging_and_writing_the_copy_misses_nothing(
     state = f"sqlite:///{tmp_path / 'state.db'}"
     config_path = tmp_path / "jobs.yaml"
     job = job_of(wh, receiver.url)
-    import yaml
-
-    raw = {
-        "state_url": state,
-        "jobs": [
-            {
-                "name": "contacts",
-                "space_id": "spa_test",
-                "source": wh.source(),
-                "audiences": [wh.audience("VIP", "vip")],
-                "traits": [wh.trait("LTV", "ltv")],
-                "destination": {"type": "chartmogul", "webhook_url": receiver.url, "requests_per_second": 2000},
-            }
-        ],
-    }
-    config_path.write_text(yaml.safe_dump(raw))
+    config_path.write_text(yaml.safe_dump({"state_url": state, "jobs": [job_raw(wh, receiver.url)]}))
     store = Store.open(state)
     Runner(store).run(job)  # the copy holds u1 at 10.5
     wh.set_trait("ltv", {"u1": 20, "u4": 3})

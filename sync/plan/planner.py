@@ -112,11 +112,11 @@ class Planner:
         """
         if phases:
             phases.enter("querying")
-        snapshot, selection = self._examined(job, tracked, full)
+        comps = computations(job)
+        force = {c.key for c in comps} if full else {c.key for c in comps if c.key not in tracked}
+        snapshot, selection = self._examined(job, comps, force)
         if phases:
             phases.enter("planning")
-        comps = snapshot.computations
-        force = {c.key for c in comps} if full else {c.key for c in comps if c.key not in tracked}
         dead = self.store.parked(job.name)
         plan = Plan(snapshot, snapshot.users, examined=len(selection) + len(selection.gone))
         moved: dict[str, list[int]] = {}
@@ -148,10 +148,8 @@ class Planner:
             plan.guard = tuple(guard_problems(members, moved, comps, set(tracked), job.guard))
         return plan
 
-    def _examined(self, job: JobConfig, tracked: Mapping[str, str], full: bool) -> tuple[Totals, Selection]:
+    def _examined(self, job: JobConfig, comps: tuple[Computation, ...], force: Set[str]) -> tuple[Totals, Selection]:
         """The snapshot and the users worth a close look in it, by the job's engine."""
-        comps = computations(job)
-        force = {c.key for c in comps} if full else {c.key for c in comps if c.key not in tracked}
         if job.source.engine == "warehouse":
             return warehouse.examine(job, comps, self.store, force)
         snapshot = read_snapshot(job)

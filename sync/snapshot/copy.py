@@ -18,12 +18,13 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from sqlalchemy import Connection, Table, delete, func, insert, inspect, select
+from sqlalchemy import Connection, Delete, Insert, Table, delete, func, insert, inspect, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.schema import CreateSchema
 
 from sync.errors import SourceError
 from sync.snapshot import pushdown
+from sync.sources import driver_reason
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def refresh(
         connection.rollback()
         raise SourceError(
             f"job {job!r}: cannot keep the acknowledged fingerprints in the warehouse schema "
-            f"{names.schema} (the warehouse engine needs to create tables there): {reason(exc)}"
+            f"{names.schema} (the warehouse engine needs to create tables there): {driver_reason(exc)}"
         ) from None
     return recorded
 
@@ -129,8 +130,21 @@ def _ensure(connection: Connection, schema: str, copies: Table) -> None:
                 raise
 
 
+def checked(copy: Table) -> pushdown.Rows:
+    """The copy's row count and checksum, to match the state store's."""
+    return select(func.count(), pushdown.checksum(copy.c.fp))
+
+
+def patches(copy: Table, staging: Table) -> tuple[Delete, Insert]:
+    """The copy's rows of the subjects in ``staging`` replaced by the staged ones."""
+    return (
+        delete(copy).where(copy.c.sid.in_(select(staging.c.sid))),
+        insert(copy).from_select(["sid", "fp"], select(staging.c.sid, staging.c.fp)),
+    )
+
+
 def _facts(connection: Connection, copy: Table) -> tuple[int, int]:
-    count, total = connection.execute(select(func.count(), pushdown.checksum(copy.c.fp))).one()
+    count, total = connection.execute(checked(copy)).one()
     return int(count), int(total)
 
 
@@ -148,8 +162,8 @@ def _load(connection: Connection, names: Names, pieces: Iterator[pa.Table], patc
         fps = pc.if_else(piece.column("known"), piece.column("fp"), pa.nulls(piece.num_rows, pa.int64()))
         _bulk(connection, target, pa.table({"sid": ids, "fp": fps}))
     if patch:
-        connection.execute(delete(copy).where(copy.c.sid.in_(select(staging.c.sid))))
-        connection.execute(insert(copy).from_select(["sid", "fp"], select(staging.c.sid, staging.c.fp)))
+        for statement in patches(copy, staging):
+            connection.execute(statement)
         staging.drop(connection)
 
 
@@ -172,9 +186,3 @@ def _bulk(connection: Connection, target: Table, rows: pa.Table) -> None:
     values = rows.to_pylist()
     for start in range(0, len(values), _CHUNK):
         connection.execute(insert(target), values[start : start + _CHUNK])
-
-
-def reason(exc: SQLAlchemyError) -> str:
-    """The driver's message, its first line, without SQLAlchemy's statement echo."""
-    text = str(getattr(exc, "orig", None) or type(exc).__name__).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

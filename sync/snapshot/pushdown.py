@@ -168,40 +168,34 @@ def _zero() -> ColumnElement[int]:
 def _row_hash(result: Any, query: Query) -> tuple[ColumnElement[Any], ColumnElement[Any]]:
     """A row's hash (the sum of its items' hashes, modulo 2^52) and whether it is forced (1 or 0)."""
     hashes: list[ColumnElement[Any]] = []
-    forced: list[ColumnElement[bool]] = []
+    forced: list[ColumnElement[bool]] = []  # a forced value present; a forced membership forces every row
+    always = False
     for item in query.items:
         if item.value is None:
             hashes.append(literal(constant(f"{item.key}:"), BigInteger()))
-            if item.forced:
-                forced.append(literal(1) == literal(1))
+            always = always or item.forced
             continue
         value = result.c[item.value]
         hashes.append(case((value.is_(None), _zero()), else_=hash52(item.key + ":" + as_text(value))))
         if item.forced:
             forced.append(value.is_not(None))
-    h: ColumnElement[Any] = _zero()
-    if hashes:
-        h = hashes[0]
-        for more in hashes[1:]:
-            h = h + more
-        if len(hashes) > 1:
-            h = func.mod(h, literal(MODULUS, BigInteger()))
-    flag = case((or_(*forced), literal(1, Integer())), else_=literal(0, Integer())) if forced else literal(0, Integer())
-    return h, flag
+    h = sum(hashes[1:], hashes[0]) if hashes else _zero()
+    if len(hashes) > 1:
+        h = func.mod(h, literal(MODULUS, BigInteger()))
+    if always or not forced:
+        return h, literal(1 if always else 0, Integer())
+    return h, case((or_(*forced), literal(1, Integer())), else_=literal(0, Integer()))
 
 
 def row_hashes(queries: Sequence[Query]) -> Rows:
-    """Every usable row of every query as (sid, h, f): its subject, its hash and whether it is forced."""
+    """Every usable row of every query as (sid, h, f): its subject, its hash and whether it is forced (a job
+    has at least one query)."""
     selects = []
     for position, query in enumerate(queries):
         result = _result(query, position)
         h, forced = _row_hash(result, query)
         selects.append(
             select(_sid(result, query).label("sid"), h.label("h"), forced.label("f")).where(_usable(result, query))
-        )
-    if not selects:
-        return select(literal("", String()).label("sid"), _zero().label("h"), literal(0, Integer()).label("f")).where(
-            literal(1) == literal(0)
         )
     return union_all(*selects).subquery("hashed").select() if len(selects) > 1 else selects[0]
 

@@ -37,12 +37,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from sync.config import JobConfig
 from sync.errors import SourceError
-from sync.model import SUBJECTS, Computation, profile_key
+from sync.model import PROFILE_KIND, SUBJECTS, Computation, profile_key
 from sync.snapshot import copy, pushdown
 from sync.snapshot.columns import Raw, RowIssue
-from sync.snapshot.copy import Fingerprints, Names, reason
+from sync.snapshot.copy import Fingerprints, Names
 from sync.snapshot.engine import Selection, Snapshot
 from sync.snapshot.normalise import normalise
+from sync.sources import driver_reason, label, profile_fields, profile_results, query_columns
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,6 @@ def queries(job: JobConfig, force: Set[str], columns: Sequence[str] = ()) -> lis
     if job.source.profiles:
         items: tuple[pushdown.Item, ...] = ()
         if job.send_profile_changes:
-            from sync.sources import profile_fields
-
             items = tuple(
                 pushdown.Item(profile_key(f), f, profile_key(f) in force) for f in profile_fields(job) if f in columns
             )
@@ -112,11 +111,11 @@ def examine(
     names = names_of(job)
     started = time.monotonic()
     with _connected(job) as connection:
-        shapes = _shapes(connection, job)
+        shapes, profile_columns = _shapes(connection, job)
         recorded = copy.refresh(connection, job.name, names, store, shapes=None)
         # A result whose columns changed type may carry equal text for a different value: look at it all.
         force = set(force) | {key for key, shape in shapes.items() if recorded.get(key, shape) != shape}
-        found = queries(job, force, _profile_columns(connection, job))
+        found = queries(job, force, profile_columns)
         current, chosen = names.table("cur"), names.table("chg")
         for stale in (current, chosen):
             stale.drop(connection, checkfirst=True)
@@ -152,7 +151,7 @@ def settle(job: JobConfig, store: Fingerprints, complete: bool) -> None:
     types of the results, so that a later change of type is looked at."""
     names = names_of(job)
     with _connected(job) as connection:
-        copy.refresh(connection, job.name, names, store, shapes=_shapes(connection, job) if complete else None)
+        copy.refresh(connection, job.name, names, store, shapes=_shapes(connection, job)[0] if complete else None)
 
 
 def drop(job: JobConfig) -> list[str]:
@@ -175,22 +174,17 @@ def drop(job: JobConfig) -> list[str]:
 # The snapshot --------------------------------------------------------------------------------------------
 
 
-def _shapes(connection: Connection, job: JobConfig) -> dict[str, str]:
-    """Each trait's (and each diffed profile field's) value column as the driver describes its type."""
+def _shapes(connection: Connection, job: JobConfig) -> tuple[dict[str, str], list[str]]:
+    """Each trait's (and each diffed profile field's) value column as the driver describes its type, and the
+    columns of the profiles query when its fields are diffed."""
     shapes: dict[str, str] = {}
     for trait in job.traits:
         described = _describe(connection, job, trait.query or "", f"trait {trait.resolved_key!r}")
         shapes[trait.resolved_key] = described.get("value", "")
-    if job.send_profile_changes and job.source.profiles:
-        described = _describe(connection, job, job.source.profiles, "profiles")
-        shapes |= {profile_key(name): kind for name, kind in described.items()}
-    return shapes
-
-
-def _profile_columns(connection: Connection, job: JobConfig) -> list[str]:
     if not (job.send_profile_changes and job.source.profiles):
-        return []
-    return list(_describe(connection, job, job.source.profiles, "profiles"))
+        return shapes, []
+    described = _describe(connection, job, job.source.profiles, "profiles")
+    return shapes | {profile_key(name): kind for name, kind in described.items()}, list(described)
 
 
 def _describe(connection: Connection, job: JobConfig, sql: str, label: str) -> dict[str, str]:
@@ -201,7 +195,7 @@ def _describe(connection: Connection, job: JobConfig, sql: str, label: str) -> d
         result.close()
     except SQLAlchemyError as exc:
         connection.rollback()
-        raise SourceError(f"job {job.name!r}: the {label} query failed: {reason(exc)}") from None
+        raise SourceError(f"job {job.name!r}: the {label} query failed: {driver_reason(exc)}") from None
     return described
 
 
@@ -225,23 +219,15 @@ def _read_out(
     names: Names,
     computations: tuple[Computation, ...],
 ) -> _ReadOut:
-    from sync.sources import query_columns
-
     chosen = pushdown.named(names.schema, f"{names.prefix}_chg")
     statement = pushdown.read_out(query, position, chosen)
     sql = str(statement.compile(connection, compile_kwargs={"literal_binds": True}))
-    label = _label(job, position, computations)
-    columns = query_columns(connection, sql, job.name, label)
+    configured = [c for c in computations if c.kind != PROFILE_KIND]
+    what = label(configured[position]) if position < len(configured) else "profiles"
+    columns = query_columns(connection, sql, job.name, what)
     sids = _array(columns.pop("sid__"), pa.string())
     hashes = _array(columns.pop("h__"), pa.int64())
     return _ReadOut(columns, sids, hashes)
-
-
-def _label(job: JobConfig, position: int, computations: tuple[Computation, ...]) -> str:
-    configured = [c for c in computations if c.kind != "profile"]
-    if position < len(configured):
-        return f"{configured[position].kind} {configured[position].key!r}"
-    return "profiles"
 
 
 def _array(values: Any, kind: pa.DataType) -> pa.Array:
@@ -261,9 +247,7 @@ def _folded(
 ) -> tuple[WarehouseSnapshot, Selection]:
     """The rows read out folded by the local engine; each subject's fingerprint is the sum of its rows'
     hashes, and a subject the warehouse chose but whose rows are gone by now is gone."""
-    from sync.sources import profile_results
-
-    configured = [c for c in computations if c.kind != "profile"]
+    configured = [c for c in computations if c.kind != PROFILE_KIND]
     raw: dict[str, Raw] = {c.key: r.columns for c, r in zip(configured, read, strict=False)}
     profiles = read[len(configured)].columns if job.source.profiles else None
     if job.send_profile_changes and profiles is not None:
@@ -303,20 +287,23 @@ def _connected(job: JobConfig) -> Iterator[Connection]:
             yield connection
     except SQLAlchemyError as exc:
         raise SourceError(
-            f"job {job.name!r}: cannot use the warehouse {job.source.redacted_url()}: {reason(exc)}"
+            f"job {job.name!r}: cannot use the warehouse {job.source.redacted_url()}: {driver_reason(exc)}"
         ) from None
     finally:
         engine.dispose()
 
 
+def _create_as_sql(dialect: Any, target: Table, query: pushdown.Rows) -> str:
+    sql = query.compile(dialect=dialect, compile_kwargs={"literal_binds": True})
+    return f"CREATE TABLE {dialect.identifier_preparer.format_table(target)} AS {sql}"
+
+
 def _create_as(connection: Connection, job: JobConfig, target: Table, query: pushdown.Rows, what: str) -> None:
-    name = connection.dialect.identifier_preparer.format_table(target)
-    sql = str(query.compile(connection, compile_kwargs={"literal_binds": True}))
     try:
-        connection.exec_driver_sql(f"CREATE TABLE {name} AS {sql}")
+        connection.exec_driver_sql(_create_as_sql(connection.dialect, target, query))
     except SQLAlchemyError as exc:
         connection.rollback()
-        raise SourceError(f"job {job.name!r}: the warehouse failed {what}: {reason(exc)}") from None
+        raise SourceError(f"job {job.name!r}: the warehouse failed {what}: {driver_reason(exc)}") from None
 
 
 def _run(connection: Connection, job: JobConfig, what: str, query: pushdown.Rows) -> list[Any]:
@@ -324,37 +311,33 @@ def _run(connection: Connection, job: JobConfig, what: str, query: pushdown.Rows
         return list(connection.execute(query).all())
     except SQLAlchemyError as exc:
         connection.rollback()
-        raise SourceError(f"job {job.name!r}: the warehouse failed {what}: {reason(exc)}") from None
+        raise SourceError(f"job {job.name!r}: the warehouse failed {what}: {driver_reason(exc)}") from None
 
 
 def compiled(job: JobConfig, dialect: Any) -> dict[str, str]:
     """Every statement a run of ``job`` sends to its warehouse, compiled by ``dialect`` (a SQLAlchemy dialect
     instance), by what it does: for reading them before granting rights, and for the tests of dialects
     this machine has no server of."""
-    from sqlalchemy import insert
     from sqlalchemy.schema import CreateSchema, CreateTable, DropTable
 
-    from sync.sources import profile_fields
-
-    names, preparer = names_of(job), dialect.identifier_preparer
+    names = names_of(job)
     found = queries(job, set(), profile_fields(job))  # as if the profiles query returned every field
 
     def sql(statement: Any) -> str:
         return str(statement.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
 
-    copies, copy, staging = pushdown.copies_table(names.schema), names.table("acked"), names.table("new")
+    copies, copied, staging = pushdown.copies_table(names.schema), names.table("acked"), names.table("new")
     current, chosen = names.table("cur"), names.table("chg")
-    acked = pushdown.named(names.schema, copy.name)
+    acked = pushdown.named(names.schema, copied.name)
     statements = {
         "create schema": sql(CreateSchema(names.schema, if_not_exists=True)),
         "create copies table": sql(CreateTable(copies)),
-        "create copy": sql(CreateTable(copy)),
-        "check copy": sql(select(func.count(), pushdown.checksum(copy.c.fp))),
-        "patch copy: remove": sql(delete(copy).where(copy.c.sid.in_(select(staging.c.sid)))),
-        "patch copy: add": sql(insert(copy).from_select(["sid", "fp"], select(staging.c.sid, staging.c.fp))),
-        "fingerprint": f"CREATE TABLE {preparer.format_table(current)} AS {sql(pushdown.fingerprints(found))}",
-        "compare": f"CREATE TABLE {preparer.format_table(chosen)} AS "
-        + sql(pushdown.changed(pushdown.named(names.schema, current.name), acked)),
+        "create copy": sql(CreateTable(copied)),
+        "check copy": sql(copy.checked(copied)),
+        "patch copy: remove": sql(copy.patches(copied, staging)[0]),
+        "patch copy: add": sql(copy.patches(copied, staging)[1]),
+        "fingerprint": _create_as_sql(dialect, current, pushdown.fingerprints(found)),
+        "compare": _create_as_sql(dialect, chosen, pushdown.changed(pushdown.named(names.schema, current.name), acked)),
         "gone": sql(_gone(names)),
         "drop": sql(DropTable(chosen)),
     }
