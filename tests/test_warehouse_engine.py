@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -21,7 +22,7 @@ from sync.dev.receiver import Receiver
 from sync.errors import ConfigError
 from sync.run.report import RunOptions
 from sync.run.runner import Runner
-from sync.snapshot.warehouse import drop, examine, names_of
+from sync.snapshot.warehouse import _summed, drop, examine, names_of
 from sync.sources import computations
 from sync.store import Store
 from tests.conftest import make_config
@@ -345,3 +346,15 @@ def test_profile_changes_are_diffed_in_the_warehouse(wh: SqlWarehouse, store: St
     assert runner.run(job).status == "succeeded"
     changed = {b["user_id"]: (b["email"], b.get("first_name")) for b in receiver.accepted()[before:]}
     assert changed == {"u2": ("new-u2@example.com", None), "u6": ("u6@example.com", "Ada")}
+
+
+def test_a_subjects_fingerprint_sums_its_rows_across_queries_modulo_2_to_the_52() -> None:
+    # One piece per query read out: a subject's rows are spread over them.
+    sids = pa.chunked_array([pa.array(["a", "b"]), pa.array(["c", "a"]), pa.array([], pa.string())])
+    hashes = pa.chunked_array([pa.array([2**51, 2]), pa.array([4, 2**51 + 1]), pa.array([], pa.int64())])
+    summed = _summed(sids, hashes)
+    assert dict(zip(summed.column("user_id").to_pylist(), summed.column("fp").to_pylist(), strict=True)) == {
+        "a": 1,
+        "b": 2,
+        "c": 4,
+    }
