@@ -1,6 +1,6 @@
 """The storage suite: every test runs on a real SQLite file and on the real PostgreSQL."""
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import text
@@ -67,6 +67,26 @@ def test_only_acknowledged_updates_advance_the_state(store: Store) -> None:
     rows = {r.user_id: r for r in store.updates_of(run_id)}
     assert (rows["u1"].status, rows["u1"].http_status, rows["u1"].sent_at) == ("delivered", 200, NOW)
     assert (rows["u2"].status, rows["u2"].http_status, rows["u2"].error) == ("failed", 422, "HTTP 422")
+
+
+def test_answers_keep_their_moments_to_the_microsecond_in_any_zone(store: Store) -> None:
+    # Recording writes its rows through the driver (dialect.Bulk); they must read back as the models write them.
+    run_id = store.start_run("contacts", "initial", False, NOW)
+    u = update("u1", {"vip": True})
+    store.record_plan(run_id, [u], "pending")
+    sent = datetime(2026, 11, 22, 8, 0, 1, 7, tzinfo=timezone(timedelta(hours=2)))
+    answer = DeliveryResult(u.user_id, u.message_id, True, 2, sent, sent + timedelta(microseconds=990_001), 200)
+    store.record_results("contacts", run_id, [(u, answer)])
+    (row,) = list(store.updates_of(run_id))
+    assert (row.sent_at, row.finished_at, row.attempts) == (sent, sent + timedelta(microseconds=990_001), 2)
+    assert row.sent_at is not None and row.sent_at.utcoffset() == timedelta(0)
+    with store.engine.connect() as connection:
+        (updated,) = connection.execute(text("SELECT updated_at FROM ack_state")).one()
+    finished = datetime(2026, 11, 22, 6, 0, 1, 990_008, tzinfo=UTC)
+    assert updated == finished if isinstance(updated, datetime) else updated == "2026-11-22 06:00:01.990008"
+    naive = DeliveryResult(u.user_id, u.message_id, True, 1, None, datetime(2026, 1, 1), 200)
+    with pytest.raises(ValueError, match="naive datetime"):
+        store.record_results("contacts", run_id, [(u, naive)])
 
 
 def test_each_acknowledgement_bumps_the_version_and_replaces_the_state(store: Store) -> None:

@@ -296,10 +296,10 @@ class StateStore(RemoteStore, RejectionStore):
     def record_plan(self, run_id: int, updates: Iterable[Update], status: str) -> int:
         """Audit rows for a run's updates, ``planned`` (dry run) or ``pending`` (about to be sent)."""
         count = 0
-        with self.engine.begin() as connection:  # Core executemany: no ORM bookkeeping per row
+        with self.engine.begin() as connection:
             for chunk in _chunks(updates, _CHUNK):
-                connection.execute(
-                    _outcomes.insert(),
+                self._bulk_plan.execute(
+                    connection,
                     [
                         {
                             "run_id": run_id,
@@ -344,8 +344,9 @@ class StateStore(RemoteStore, RejectionStore):
                     connection.execute(
                         delete(FailedUpdate).where(FailedUpdate.job == job, FailedUpdate.user_id.in_(chunk))
                     )
-            connection.execute(
-                _RECORD_OUTCOME,
+            moment = self._moment
+            self._bulk_outcome.execute(
+                connection,
                 [
                     {
                         "b_run": run_id,
@@ -354,8 +355,8 @@ class StateStore(RemoteStore, RejectionStore):
                         "b_http": r.http_status,
                         "b_attempts": r.attempts,
                         "b_error": r.error,
-                        "b_sent": r.sent_at,
-                        "b_finished": r.finished_at,
+                        "b_sent": moment(r.sent_at),
+                        "b_finished": moment(r.finished_at),
                     }
                     for u, r in results
                 ],
@@ -366,8 +367,8 @@ class StateStore(RemoteStore, RejectionStore):
             if scope is not None:
                 self._record_remote(connection, job, scope, [r for _, r in results])
             if acknowledged:
-                connection.execute(
-                    self._state_upsert,
+                self._bulk_state.execute(
+                    connection,
                     [
                         {
                             "job": job,
@@ -377,7 +378,7 @@ class StateStore(RemoteStore, RejectionStore):
                             "version": 1,
                             "fingerprint": u.fingerprint,
                             "run_id": run_id,
-                            "updated_at": r.finished_at,
+                            "updated_at": moment(r.finished_at),
                         }
                         for u, r in acknowledged
                     ],
@@ -391,6 +392,26 @@ class StateStore(RemoteStore, RejectionStore):
         if dialect.is_postgresql(self.engine):
             query = query.with_for_update()
         return connection.execute(query).scalar() == owner
+
+    # The statements a run executes for every answer and every planned update, compiled once (dialect.Bulk).
+    @cached_property
+    def _moment(self) -> Callable[[Any], Any]:
+        return dialect.moment(self.engine)
+
+    @cached_property
+    def _bulk_outcome(self) -> dialect.Bulk:
+        keys = ("b_run", "b_user", "b_status", "b_http", "b_attempts", "b_error", "b_sent", "b_finished")
+        return dialect.Bulk(self.engine, _RECORD_OUTCOME, keys)
+
+    @cached_property
+    def _bulk_state(self) -> dialect.Bulk:
+        keys = ("job", "user_id", "state", "profile", "version", "fingerprint", "run_id", "updated_at")
+        return dialect.Bulk(self.engine, self._state_upsert, keys)
+
+    @cached_property
+    def _bulk_plan(self) -> dialect.Bulk:
+        keys = ("run_id", "user_id", "message_id", "status", "changes", "profile", "attempts")
+        return dialect.Bulk(self.engine, _outcomes.insert(), keys)
 
     @cached_property
     def _state_upsert(self) -> Any:
