@@ -1,9 +1,10 @@
 """Rendering an update as the calls a destination takes."""
 
+import hashlib
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from sync.calls import CallSpec, Mode, render
+from sync.calls import CallSpec, Mode, call_id, call_ids, render
 from sync.calls.identify import derived_id
 from sync.destinations.factory import spec_before_specs
 from sync.model import KeyChange, Update
@@ -110,3 +111,17 @@ def test_both_sends_identify_calls_then_track_events_with_ids_of_their_own() -> 
         again = [c["messageId"] for c in render(update(), replace(SEGMENT, mode=mode, events="both"), timestamp=NOW)]
         assert again == ids  # a retry sends the same ids
     assert CallSpec.from_json(replace(SEGMENT, events="both").to_json(), CallSpec()).events == "both"
+
+
+def test_call_ids_are_blake2b_of_the_update_id_keyed_with_the_installation() -> None:
+    # A retry after an upgrade must carry the ids the first attempt had: the scheme the README gives, pinned.
+    def keyed(size: int) -> str:
+        return hashlib.blake2b(b"as-update", digest_size=size, key=b"installation-1").hexdigest()
+
+    assert call_ids("installation-1", "as-update", ["vip", "ltv", "churn"]) == [
+        f"as-{keyed(18)}-2",
+        f"as-{keyed(18)}-1",
+        f"as-{keyed(18)}-0",
+    ]
+    assert call_id("installation-1", "as-update") == f"as-{keyed(20)}"
+    assert call_ids("installation-2", "as-update", ["vip"]) != call_ids("installation-1", "as-update", ["vip"])

@@ -12,6 +12,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, Literal
 
 from sync.calls.group import coalesced_group, computation_groups
@@ -80,13 +81,21 @@ def call_ids(salt: str, message_id: str, keys: Sequence[str]) -> list[str]:
     the key's place among the update's keys in sorted order. An update's keys are fixed by its id (the id
     hashes them), so every retry gives each call the same id."""
     stem = CALL_ID_PREFIX + _salted(salt, message_id, 18) + "-"
-    place = {key: index for index, key in enumerate(sorted(keys))}
-    return [f"{stem}{place[key]:x}" for key in keys]
+    place = {key: stem + format(index, "x") for index, key in enumerate(sorted(keys))}
+    return [place[key] for key in keys]
 
 
 def _salted(salt: str, message_id: str, size: int) -> str:
     """``message_id`` hashed with the installation's id as the key (BLAKE2b, ``size`` bytes as hex)."""
-    return hashlib.blake2b(message_id.encode(), digest_size=size, key=salt.encode()[:64]).hexdigest()
+    hasher = _keyed(salt, size).copy()
+    hasher.update(message_id.encode())
+    return str(hasher.hexdigest())
+
+
+@lru_cache(maxsize=16)
+def _keyed(salt: str, size: int) -> Any:
+    """BLAKE2b keyed with the installation's id, its key block already taken in: each id copies it."""
+    return hashlib.blake2b(digest_size=size, key=salt.encode()[:64])
 
 
 def render(
@@ -97,9 +106,9 @@ def render(
     Changed profile fields (``send_profile_changes``) are no computations: the calls carry the profile as
     always, and an update that changed nothing else is one call with the profile alone."""
     calls: list[dict[str, Any]] = []
-    changed = tuple(change for change in update.changes if change.kind != PROFILE_KIND)
+    changed = [change for change in update.changes if change.kind != PROFILE_KIND]
     if len(changed) != len(update.changes):
-        update = replace(update, changes=changed)
+        update = replace(update, changes=tuple(changed))
         spec = spec if changed else replace(spec, mode="per_user", events="identify")
     keys = [change.key for change in update.changes]
     if spec.subject == "account":

@@ -83,10 +83,11 @@ def computation_calls(
 ) -> list[dict[str, Any]]:
     """One call of ``base``'s kind per changed computation: its key and value and the ``extra`` traits. (The
     calls share their unchanging parts: they are encoded, never changed.)"""
-    stamp, sent = iso(timestamp), iso(sent_at or timestamp)
+    start = base(update, "", iso(timestamp), iso(sent_at or timestamp))  # each call a copy, its own id set
     calls = []
     for change, message_id in zip(update.changes, message_ids, strict=True):
-        call = base(update, message_id, stamp, sent)
+        call = start.copy()
+        call["messageId"] = message_id
         call["traits"] = {change.key: change.new, **extra}
         call["context"] = computation_context(change.kind, change.key, ids.get(change.key), space_id)
         call["integrations"] = integrations
