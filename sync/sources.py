@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from sqlalchemy import Connection, create_engine
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import SQLAlchemyError
 
 from sync.config import ComputationConfig, JobConfig, driver_problem
@@ -70,7 +70,7 @@ def read_snapshot(job: JobConfig) -> Snapshot:
         problem = driver_problem(job.source.url)
         if problem:
             raise SourceError(f"job {job.name!r}: the warehouse {job.source.redacted_url()}: {problem}")
-        engine = create_engine(job.source.url)
+        engine = warehouse_engine(job)
         try:
             with engine.connect() as connection:
                 if job.source.profiles:
@@ -107,6 +107,29 @@ def read_snapshot(job: JobConfig) -> Snapshot:
         return Snapshot(parts)
     except SourceError as exc:
         raise SourceError(f"job {job.name!r}: {exc}") from None
+
+
+def warehouse_engine(job: JobConfig) -> Engine:
+    """The job's warehouse; each connection runs ``source.session`` first."""
+    engine = create_engine(job.source.url or "")
+    if job.source.session:
+        errors = engine.dialect.loaded_dbapi.Error
+
+        def set_up(connection: Any, _record: Any) -> None:
+            cursor = connection.cursor()
+            try:
+                for position, statement in enumerate(job.source.session):
+                    try:
+                        cursor.execute(statement)
+                    except errors as exc:
+                        reason = _first_line(exc, type(exc).__name__)
+                        raise SourceError(f"job {job.name!r}: source.session[{position}] failed: {reason}") from None
+            finally:
+                cursor.close()
+            connection.commit()  # a setting made in a transaction rolled back later would be undone
+
+        event.listen(engine, "connect", set_up)
+    return engine
 
 
 def _items(job: JobConfig) -> list[tuple[Computation, ComputationConfig]]:

@@ -252,12 +252,34 @@ def test_drop_removes_the_jobs_tables_only(wh: SqlWarehouse, store: Store, recei
     assert len(receiver.accepted()) == before
 
 
+@pytest.mark.parametrize("engine", ["warehouse", "local"])
+def test_session_statements_run_on_every_connection_first(
+    engine: str, wh: SqlWarehouse, store: Store, receiver: Receiver
+) -> None:
+    # A temporary view lives in one session only: the audience query finds it only if the session made it.
+    seed(wh)
+    view = "CREATE TEMPORARY VIEW vip_now AS SELECT user_id FROM members WHERE audience = 'vip'"
+    raw = job_raw(wh, receiver.url, engine=engine, audiences=[{"name": "VIP", "query": "SELECT user_id FROM vip_now"}])
+    raw["source"] = {**raw["source"], "session": [view]}
+    report = Runner(store).run(make_config("sqlite://", [raw]).jobs[0])
+    assert report.status == "succeeded", report.error
+    assert {u for u, attributes in sent(receiver).items() if attributes.get("vip")} == {"u1", "u2", "u3"}
+
+    raw["source"]["session"] = [view.replace("vip_now", "vip_then"), "SELEC 1"]
+    report = Runner(store).run(make_config("sqlite://", [raw]).jobs[0])
+    assert report.status == "failed" and report.error is not None
+    assert "source.session[1] failed" in report.error and "SELEC" in report.error
+    assert report.updates == 0
+
+
 @pytest.mark.parametrize(
     ("source", "expected"),
     [
         ({"url": "sqlite:///w.db", "engine": "warehouse"}, "the warehouse engine runs on postgresql"),
         ({"engine": "warehouse"}, "source.engine: warehouse needs source.url"),
         ({"url": "duckdb:///w.duckdb", "engine": "warehouse", "schema": "no-dash"}, "source.schema"),
+        ({"session": ["SET work_mem = '1GB'"]}, "source.session: needs source.url"),
+        ({"url": "duckdb:///w.duckdb", "session": ["SET threads = 1", " "]}, "statement 1 is blank"),
     ],
 )
 def test_configuration_mistakes_are_named(source: Mapping[str, Any], expected: str, tmp_path: Path) -> None:

@@ -38,6 +38,17 @@ class SourceConfig(FrozenModel):
     engine: Literal["local", "warehouse"] = "local"
     # The warehouse schema (BigQuery: dataset) the warehouse engine keeps its tables in.
     schema_: str = Field(default="audience_sync", alias="schema", pattern=r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
+    # Statements run on every connection to the warehouse before anything else, as its owner wants the
+    # session: SET work_mem / statement_timeout, ALTER SESSION SET QUERY_TAG, USE WAREHOUSE …
+    session: tuple[str, ...] = Field(default=(), max_length=20)
+
+    @field_validator("session")
+    @classmethod
+    def _statements(cls, session: tuple[str, ...]) -> tuple[str, ...]:
+        for position, statement in enumerate(session):
+            if not statement.strip():
+                raise ValueError(f"statement {position} is blank")
+        return session
 
     def redacted_url(self) -> str:
         return redact_url(self.url) if self.url else "(none)"

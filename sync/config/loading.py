@@ -284,6 +284,8 @@ def _check_job(job: JobConfig, base_dir: Path) -> list[str]:
         problem = driver_problem(job.source.url)
         if problem:
             problems.append(f"source.url: {problem}")
+    if job.source.session and not job.source.url:
+        problems.append("source.session: needs source.url, the warehouse whose sessions it sets up")
     if job.source.engine == "warehouse":
         problems += _warehouse_problems(job)
     if not seen:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from sqlalchemy import Connection, Table, create_engine, delete, func, inspect, select
+from sqlalchemy import Connection, Table, delete, func, inspect, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from sync.config import JobConfig
@@ -44,7 +44,7 @@ from sync.snapshot.columns import Raw, RowIssue
 from sync.snapshot.copy import Fingerprints, Names
 from sync.snapshot.engine import Selection, Snapshot
 from sync.snapshot.normalise import normalise
-from sync.sources import driver_reason, label, profile_fields, profile_results, query_columns
+from sync.sources import driver_reason, label, profile_fields, profile_results, query_columns, warehouse_engine
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +290,7 @@ def _summed(sids: pa.ChunkedArray, hashes: pa.ChunkedArray) -> pa.Table:
 
 @contextmanager
 def _connected(job: JobConfig) -> Iterator[Connection]:
-    engine = create_engine(job.source.url or "")
+    engine = warehouse_engine(job)
     try:
         with engine.connect() as connection:
             yield connection
@@ -338,7 +338,8 @@ def compiled(job: JobConfig, dialect: Any) -> dict[str, str]:
     copies, copied, staging = pushdown.copies_table(names.schema), names.table("acked"), names.table("new")
     current, chosen = names.table("cur"), names.table("chg")
     acked = pushdown.named(names.schema, copied.name)
-    statements = {
+    statements = {f"session {position}": statement for position, statement in enumerate(job.source.session)}
+    statements |= {
         "create schema": sql(CreateSchema(names.schema, if_not_exists=True)),
         "create copies table": sql(CreateTable(copies)),
         "create copy": sql(CreateTable(copied)),
