@@ -40,6 +40,7 @@ from sync.sources import computations  # noqa: E402
 
 BASE = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 SOURCE, LOCAL, PUSHDOWN = "bench_wh_src", "bench_wh_local", "bench_wh_pushdown"
+SESSION: list[str] = []  # source.session of both engines' jobs (--session)
 
 
 def sized(users: int) -> None:
@@ -71,6 +72,7 @@ def job(engine: str) -> JobConfig:
             "engine": engine,
             "schema": PUSHDOWN + "_copy",
             "profiles": "SELECT user_id, email FROM users",
+            "session": list(SESSION),
         },
         "audiences": audiences,
         "traits": [
@@ -196,7 +198,12 @@ def _now() -> Any:
 def measure(engine: str, users: int) -> dict[str, Any]:
     """One incremental dry run in a process of its own."""
     out = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--one", engine, "--users", str(users)],
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            *("--one", engine, "--users", str(users)),
+            *(a for statement in SESSION for a in ("--session", statement)),
+        ],
         check=True,
         capture_output=True,
         text=True,
@@ -248,8 +255,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--one", choices=["local", "warehouse"])
     parser.add_argument("--reuse", action="store_true", help="Keep the warehouse and stores of the last run.")
+    parser.add_argument("--session", action="append", default=[], help="a source.session statement (both engines)")
     args = parser.parse_args()
     sized(args.users)
+    SESSION[:] = args.session
     if args.one:
         one(args.one)
         return

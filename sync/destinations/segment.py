@@ -22,7 +22,7 @@ from sync.config import (
     SegmentConfig,
 )
 from sync.destinations.base import Capabilities, Outgoing
-from sync.destinations.http import Request, encode_all
+from sync.destinations.http import Request, encode_all, encode_json
 from sync.redact import public_label
 
 CAPABILITIES = Capabilities(
@@ -59,38 +59,41 @@ class SegmentBatch:
         stamp = iso(sent_at)
         for message in messages:
             own = _encoded(message, stamp)
-            own_size = sum(map(len, own)) + len(own)  # each with its comma
-            refused = None if own_size <= limits.bytes_per_call else _refusal(own, own_size, room, limits)
+            own_size, own_calls = len(own) + 1, len(message.calls)  # with its comma
+            refused = None if own_size <= limits.bytes_per_call else _refusal(message, own_size, room, limits)
             if refused is not None:
                 yield Request((message,), refused=refused)
                 continue
-            if packed and (size + own_size > room or calls + len(own) > limits.calls_per_request):
+            if packed and (size + own_size > room or calls + own_calls > limits.calls_per_request):
                 yield _batch(packed, encoded, sent_at)
                 packed, encoded, size, calls = [], [], 0, 0
                 sent_at = clock()
                 stamp = iso(sent_at)
                 own = _encoded(message, stamp)  # the same size: a timestamp is always as long
             packed.append(message)
-            encoded += own
+            if own:  # an update with no calls adds nothing to the body
+                encoded.append(own)
             size += own_size
-            calls += len(own)
+            calls += own_calls
         if packed:
             yield _batch(packed, encoded, sent_at)
 
 
-def _encoded(message: Outgoing, stamp: str) -> list[bytes]:
-    """The message's calls as JSON, stamped with the moment their batch is sent (the calls were built for
-    this delivery: stamping them in place saves a copy of each)."""
+def _encoded(message: Outgoing, stamp: str) -> bytes:
+    """The message's calls as JSON, comma-separated, stamped with the moment their batch is sent (the calls
+    were built for this delivery: stamping them in place saves a copy of each). Encoded as one list: one
+    encoder call for all of them."""
     for call in message.calls:
         call["sentAt"] = stamp
-    return encode_all(list(message.calls))
+    return encode_json(list(message.calls))[1:-1]
 
 
-def _refusal(calls: list[bytes], size: int, room: int, limits: Capabilities) -> str | None:
-    """Why an update's calls cannot be sent at all, if they cannot."""
-    largest = max(map(len, calls), default=0)
+def _refusal(message: Outgoing, size: int, room: int, limits: Capabilities) -> str | None:
+    """Why an update's calls (``size`` bytes together) cannot be sent at all, if they cannot."""
+    largest = max(map(len, encode_all(list(message.calls))), default=0)
     if largest > limits.bytes_per_call:
         return f"rejected before sending: a call is {largest} bytes, over Segment's {limits.bytes_per_call}-byte limit"
+    calls = message.calls
     if len(calls) > limits.calls_per_request or size > room:
         return (
             f"rejected before sending: the update's {len(calls)} calls do not fit one batch "

@@ -344,7 +344,9 @@ class StateStore(RemoteStore, RejectionStore):
                     connection.execute(
                         delete(FailedUpdate).where(FailedUpdate.job == job, FailedUpdate.user_id.in_(chunk))
                     )
-            moment = self._moment
+            # The answers of one request share their two moments: each is written once.
+            stamps = {t for _, r in results for t in (r.sent_at, r.finished_at)}
+            moment = {t: self._moment(t) for t in stamps}.__getitem__
             self._bulk_outcome.execute(
                 connection,
                 [
