@@ -11,7 +11,6 @@ Medians of R repetitions; prints a table and one JSON object as its last line.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from sqlalchemy import create_engine, text
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.run import print_figures  # noqa: E402
 from sync.destinations.base import DeliveryResult  # noqa: E402
 from sync.model import KeyChange, Update  # noqa: E402
 from sync.store import Store  # noqa: E402
@@ -113,10 +113,7 @@ def main() -> None:
             figures[f"{name}_us_per_answer"] = round(ours_us, 1)
             figures[f"{name}_sqlalchemy_us_per_answer"] = round(reference_us, 1)
             figures[f"{name}_ratio"] = round(ours_us / reference_us, 3)
-    print("| figure | value |\n| --- | --- |")
-    for name, value in figures.items():
-        print(f"| {name} | {value} |")
-    print(json.dumps(figures))
+    print_figures(figures)
 
 
 if __name__ == "__main__":

@@ -137,6 +137,14 @@ def measure_sync(folder: Path, store: str, repeat: int, initial_repeat: int, wor
     }
 
 
+def print_figures(figures: dict[str, Any]) -> None:
+    """A script's figures as a Markdown table, then as one JSON object on the last line."""
+    print("| figure | value |\n| --- | --- |")
+    for name, value in figures.items():
+        print(f"| {name} | {value} |")
+    print(json.dumps(figures))
+
+
 @contextmanager
 def receiver(port: int, *args: str, out: Path | None = None) -> Iterator[str]:
     command = [sys.executable, "-m", "sync", "receiver", "--port", str(port), *args]

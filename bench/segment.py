@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.generate import generate, job_yaml, write_files  # noqa: E402
-from bench.run import receiver  # noqa: E402
+from bench.run import print_figures, receiver  # noqa: E402
 
 WRITE_KEY = "bench-write-key"
 CONNECTIONS = 4  # the destination's default, for both our path and the bare loop
@@ -143,10 +143,7 @@ def main() -> None:
         "initial_end_to_end_s": round(statistics.median(totals), 2),
         "initial_peak_rss_mb": round(max(peaks)),
     }
-    print("| figure | value |\n| --- | --- |")
-    for name, value in figures.items():
-        print(f"| {name} | {value} |")
-    print(json.dumps(figures))
+    print_figures(figures)
 
 
 if __name__ == "__main__":
