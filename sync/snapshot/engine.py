@@ -69,9 +69,9 @@ def engine_memory() -> str:
 
 
 def _connect(spill: str | None = None) -> duckdb.DuckDBPyConnection:
-    # DuckDB's allocator keeps what a finished grouping or join freed for reuse, up to 512 MiB by default:
-    # a fold of 1.1M rows kept 94 MiB of the process, one of 11M rows 446 MiB, though the tables made held
-    # 6 and 50. Handing it back at once cost no measurable time (bench/README.md).
+    # DuckDB's allocator keeps what a finished grouping or join freed for reuse, up to 512 MiB by default,
+    # though the tables it made hold a few MiB: handed back at once, a run's peak fell by about a tenth at
+    # no measurable cost in time (bench/README.md).
     config: dict[str, str | bool | int | float | list[str]] = {
         "preserve_insertion_order": False,
         "allocator_bulk_deallocation_flush_threshold": "0MB",
