@@ -78,7 +78,11 @@ def test_three_workers_share_six_jobs_and_survive_a_killed_one(
             def exits() -> int:
                 return sum(1 for b in receiver.accepted() if b["custom_attributes"].get("vip") is False)
 
-            assert _wait(lambda: exits() == len(JOBS) and succeeded_since(killed, 3), 60), "the jobs go on"
+            went_on = _wait(lambda: exits() == len(JOBS) and succeeded_since(killed, 3), 60)
+            progress = {
+                job: [(r.id, r.status, r.error) for r in store.runs(job) if r.started_at >= killed] for job in JOBS
+            }
+            assert went_on, f"the jobs go on: {exits()} exits sent, runs since the kill: {progress}"
         finally:
             for worker in workers[1:]:
                 worker.send_signal(signal.SIGTERM)
