@@ -366,7 +366,9 @@ def test_a_process_killed_mid_run_loses_nothing(tmp_path: Path, warehouse: Wareh
     assert report.status == "succeeded"
     assert all(customer_of(api, u)["attributes"]["custom"]["seats"] == i for i, u in enumerate(users))
     duplicates = len(api.writes()) - len(users)
-    assert 0 <= duplicates <= WINDOW_PER_CONNECTION * 20 and first_writes >= 20
+    assert 0 <= duplicates <= WINDOW_PER_CONNECTION * 20
+    # The kill came mid-run: the receiver applies a write 10 ms after counting it, so the 20th may not be in yet.
+    assert 0 < first_writes < len(users)
 
 
 def test_status_history_and_the_report_show_the_match_rate(
