@@ -143,3 +143,42 @@ def test_only_a_dead_process_of_this_host_counts_as_a_dead_holder() -> None:
     assert not holder_is_dead(f"{host}:1:abc")  # alive (init)
     assert not holder_is_dead(f"another-host:{exited.stdout.strip()}:abc")  # cannot tell: wait for expiry
     assert not holder_is_dead("garbage")
+
+
+def test_workers_writing_a_new_jobs_schedule_and_alerts_at_once_all_succeed(store: Store, state_url: str) -> None:
+    """Workers started together plan the same new jobs at the same moment: each write is one upsert, never a
+    read then an insert that a second worker's insert can beat."""
+    stores = [Store.open(state_url) for _ in range(4)]
+    jobs = [f"job{j}" for j in range(15)]
+    start = threading.Barrier(len(stores))
+    errors: list[BaseException] = []
+
+    def plan(worker: int, other: Store) -> None:
+        try:
+            for job in jobs:
+                start.wait(10)
+                other.update_schedule(job, NOW, next_run_at=NOW + timedelta(minutes=worker))
+                other.set_alert_state(job, [f"failed-{worker}"], NOW, run_id=worker)
+        except BaseException as error:  # noqa: BLE001 - handed to the test's thread
+            errors.append(error)
+            start.abort()
+
+    threads = [threading.Thread(target=plan, args=(w, s)) for w, s in enumerate(stores)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        for other in stores:
+            other.close()
+    assert not errors, errors[0]
+    for job in jobs:  # each row holds one worker's whole write
+        schedule = store.schedule(job)
+        assert schedule is not None and schedule.next_run_at is not None and not schedule.paused
+        worker = int((schedule.next_run_at - NOW).total_seconds() // 60)
+        assert 0 <= worker < len(stores)
+        assert len(store.alert_state(job)) == 1
+    store.update_schedule("job0", NOW, paused=True)  # a later write keeps what it does not name
+    kept = store.schedule("job0")
+    assert kept is not None and kept.paused and kept.next_run_at is not None

@@ -32,6 +32,12 @@ def _wait(condition: Callable[[], bool], seconds: float) -> bool:
     return condition()
 
 
+def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """A worker process, its log lines (stderr) written to ``log``."""
+    with log.open("wb") as stderr:
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+
+
 @pytest.mark.postgres
 def test_three_workers_share_six_jobs_and_survive_a_killed_one(
     tmp_path: Path, warehouse: Warehouse, postgres_url: str
@@ -55,9 +61,8 @@ def test_three_workers_share_six_jobs_and_survive_a_killed_one(
         config.write_text(yaml.safe_dump({"state_url": postgres_url, "jobs": jobs}))
         env = {k: v for k, v in os.environ.items() if k != "AUDIENCE_SYNC_STATE_URL"}
         command = [sys.executable, "-m", "sync", "--config", str(config), "schedule"]
-        workers = [
-            subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env) for _ in range(3)
-        ]
+        logs = [tmp_path / f"worker{w}.log" for w in range(3)]
+        workers = [start(command, env, log) for log in logs]
         store = Store.open(postgres_url)
         try:
 
@@ -105,4 +110,5 @@ def test_three_workers_share_six_jobs_and_survive_a_killed_one(
     for job in JOBS:  # every member once, every exit once: no double sends
         assert all(sent[(user, True)] == 1 for user in users[job]), (job, sent)
         assert sent[(users[job][0], False)] == 1, (job, sent)
-    assert workers[1].returncode == 0 and workers[2].returncode == 0
+    for worker, log in zip(workers[1:], logs[1:], strict=True):  # a stopped worker exits cleanly
+        assert worker.returncode == 0, log.read_text()[-3000:]

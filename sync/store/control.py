@@ -74,15 +74,12 @@ class ControlStore:
             return session.get(JobSchedule, job)
 
     def update_schedule(self, job: str, now: datetime, **values: Any) -> None:
-        """Set ``next_run_at``, ``paused`` or ``skip_next`` for a job."""
-        with Session(self.engine) as session, session.begin():
-            row = session.get(JobSchedule, job)
-            if row is None:
-                row = JobSchedule(job=job, next_run_at=None, paused=False, skip_next=False, updated_at=now)
-                session.add(row)
-            for name, value in values.items():
-                setattr(row, name, value)
-            row.updated_at = now
+        """Set ``next_run_at``, ``paused`` or ``skip_next`` for a job. One statement: workers starting together
+        (or an operator's ``pause`` meanwhile) may write the same job's row at the same moment."""
+        row = {"next_run_at": None, "paused": False, "skip_next": False, **values, "updated_at": now}
+        upsert = dialect.insert(self.engine, JobSchedule).values(job=job, **row)
+        with self.engine.begin() as connection:
+            connection.execute(upsert.on_conflict_do_update(index_elements=["job"], set_={**values, "updated_at": now}))
 
     def alert_state(self, job: str) -> list[str]:
         """The alert conditions the job is in, as last announced."""
@@ -91,5 +88,7 @@ class ControlStore:
         return list(json.loads(text)) if text else []
 
     def set_alert_state(self, job: str, conditions: Sequence[str], now: datetime, run_id: int) -> None:
-        with Session(self.engine) as session, session.begin():
-            session.merge(JobAlert(job=job, conditions=json.dumps(list(conditions)), since=now, run_id=run_id))
+        row = {"conditions": json.dumps(list(conditions)), "since": now, "run_id": run_id}
+        upsert = dialect.insert(self.engine, JobAlert).values(job=job, **row)
+        with self.engine.begin() as connection:  # one statement: several workers may announce at once
+            connection.execute(upsert.on_conflict_do_update(index_elements=["job"], set_=row))
