@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 # Profile column → the identify call's trait (Segment spec names).
 PROFILE_TRAITS = {
@@ -95,8 +95,10 @@ class Computation:
     name: str
 
 
-@dataclass(frozen=True)
-class KeyChange:
+class KeyChange(NamedTuple):
+    """One changed key of a subject. A named tuple: a plan builds one per change (millions in an initial
+    sync), and a tuple is built in less than half the time of a frozen dataclass."""
+
     key: str
     kind: str  # "audience", "trait" or "profile" (a profile field, with send_profile_changes)
     old: Any
