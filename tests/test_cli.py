@@ -271,3 +271,18 @@ def test_progress_is_logged_without_a_terminal_and_drawn_on_one(
     os.close(main)
     assert process.returncode == 0
     assert b"sending" in drawn and b"delivery progress" not in drawn  # the bar names the phase
+
+
+def test_every_command_runs_with_the_collector_thresholds_a_run_needs() -> None:
+    """A run's millions of short-lived containers would trigger a full collection every few thousand updates
+    at CPython's default thresholds (bench/segment.py measures what that costs)."""
+    from sync.cli.main import GC_THRESHOLDS
+
+    shipped = Path(__file__).parent.parent / "jobs.yaml"
+    script = (
+        "import gc\nfrom sync.cli.main import cli\n"
+        f"cli.main(['--config', {str(shipped)!r}, 'validate'], standalone_mode=False)\nprint(gc.get_threshold())"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == str(GC_THRESHOLDS) != str((700, 10, 10))

@@ -7,6 +7,7 @@ Exit status: 0 success; 1 the run (or the command) failed; 2 usage or configurat
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import click
@@ -25,6 +26,14 @@ COMMANDS = [
 ]  # fmt: skip
 
 
+# The cyclic garbage collector's thresholds for every command (CPython's default: 700, 10, 10). A run builds
+# millions of short-lived containers (updates, calls, answers) that live as long as their batch: at the
+# default, they survive into the oldest generation and trigger a full collection every few thousand updates,
+# which took about a third of an initial sync's CPU (23 full collections and 4.5 s at 100,000 users).
+# Refcounting frees them either way; the collector is only needed for cycles, which a run hardly makes.
+GC_THRESHOLDS = (50_000, 20, 20)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
@@ -41,6 +50,7 @@ COMMANDS = [
 @click.pass_context
 def cli(ctx: click.Context, config_path: Path | None, log_level: str, log_format: str) -> None:
     """Sync warehouse audiences and computed traits to ChartMogul or Segment, the way Engage does."""
+    gc.set_threshold(*GC_THRESHOLDS)
     logs.configure(log_level, log_format)
     ctx.obj = config_path
 
