@@ -74,12 +74,9 @@ class ControlStore:
             return session.get(JobSchedule, job)
 
     def update_schedule(self, job: str, now: datetime, **values: Any) -> None:
-        """Set ``next_run_at``, ``paused`` or ``skip_next`` for a job. One statement: workers starting together
-        (or an operator's ``pause`` meanwhile) may write the same job's row at the same moment."""
-        row = {"next_run_at": None, "paused": False, "skip_next": False, **values, "updated_at": now}
-        upsert = dialect.insert(self.engine, JobSchedule).values(job=job, **row)
-        with self.engine.begin() as connection:
-            connection.execute(upsert.on_conflict_do_update(index_elements=["job"], set_={**values, "updated_at": now}))
+        """Set ``next_run_at``, ``paused`` or ``skip_next`` for a job (a new row takes the model's defaults
+        for the others)."""
+        self._put(JobSchedule, job, {**values, "updated_at": now})
 
     def alert_state(self, job: str) -> list[str]:
         """The alert conditions the job is in, as last announced."""
@@ -88,7 +85,12 @@ class ControlStore:
         return list(json.loads(text)) if text else []
 
     def set_alert_state(self, job: str, conditions: Sequence[str], now: datetime, run_id: int) -> None:
-        row = {"conditions": json.dumps(list(conditions)), "since": now, "run_id": run_id}
-        upsert = dialect.insert(self.engine, JobAlert).values(job=job, **row)
-        with self.engine.begin() as connection:  # one statement: several workers may announce at once
+        self._put(JobAlert, job, {"conditions": json.dumps(list(conditions)), "since": now, "run_id": run_id})
+
+    def _put(self, model: type[JobSchedule] | type[JobAlert], job: str, row: dict[str, Any]) -> None:
+        """Insert the job's row or update the columns of ``row`` in it, in one statement: workers starting
+        together plan the same new job at the same moment, and a read then an insert could lose to another's
+        insert."""
+        upsert = dialect.insert(self.engine, model).values(job=job, **row)
+        with self.engine.begin() as connection:
             connection.execute(upsert.on_conflict_do_update(index_elements=["job"], set_=row))
