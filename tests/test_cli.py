@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 import yaml
 
@@ -286,3 +287,25 @@ def test_every_command_runs_with_the_collector_thresholds_a_run_needs() -> None:
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == str(GC_THRESHOLDS) != str((700, 10, 10))
+
+
+def test_validate_loads_the_configuration_alone_and_every_listed_command_resolves() -> None:
+    """``validate`` answers without importing what a run needs (pandas, the HTTP clients, the state store),
+    and every name ``--help`` lists is the command of that name."""
+    from sync.cli.main import COMMANDS, cli
+
+    context = click.Context(cli)
+    for name in COMMANDS:
+        command = cli.get_command(context, name)
+        assert command is not None and command.name == name
+    shipped = Path(__file__).parent.parent / "jobs.yaml"
+    heavy = ["pandas", "pyarrow", "duckdb", "httpx", "aiohttp", "sync.store", "sync.run.runner", "alembic"]
+    script = (
+        "import sys\nfrom sync.cli.main import cli\n"
+        f"cli.main(['--config', {str(shipped)!r}, 'validate'], standalone_mode=False)\n"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "configuration is valid" in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "[]"

@@ -9,7 +9,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 from rich.console import Console
@@ -18,7 +18,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sync.config import Config, Outline, load_config, load_outline, load_state_url
 from sync.errors import ConfigError, StoreError, SyncError
 from sync.run.report import EXIT_FAILED, EXIT_USAGE
-from sync.store import Store, store_reason
+
+if TYPE_CHECKING:  # the state store's modules load with the first command that opens it
+    from sync.store import Store
 
 log = logging.getLogger("sync.cli")
 
@@ -64,6 +66,8 @@ def _config_problems(error: ConfigError) -> NoReturn:
 
 @contextmanager
 def open_store(state_url: str) -> Iterator[Store]:
+    from sync.store import Store, store_reason
+
     try:
         store = Store.open(state_url)
     except StoreError as exc:

@@ -8,22 +8,40 @@ Exit status: 0 success; 1 the run (or the command) failed; 2 usage or configurat
 from __future__ import annotations
 
 import gc
+import importlib
 from pathlib import Path
 
 import click
 
 from sync import __version__, logs
-from sync.cli import audit as cli_audit
-from sync.cli import daemon as cli_daemon
-from sync.cli import run as cli_run
-from sync.cli import warehouse as cli_warehouse
 
-COMMANDS = [
-    cli_run.validate, cli_run.migrate, cli_run.run, cli_run.plan, cli_run.retry, cli_run.receiver, cli_run.demo,
-    cli_daemon.schedule, cli_daemon.status, cli_daemon.pause, cli_daemon.resume, cli_daemon.skip,
-    cli_audit.runs, cli_audit.diff, cli_audit.history, cli_audit.audiences, cli_audit.messages, cli_audit.failed,
-    cli_audit.report, cli_audit.prune, cli_warehouse.warehouse,
-]  # fmt: skip
+# Every command, in the order ``--help`` lists them, by the module that defines it. A command's module is
+# imported when the command runs (or ``--help`` describes it): ``validate`` answers without loading pandas,
+# the HTTP clients and the state store.
+COMMANDS = {
+    "validate": "sync.cli.validate", "migrate": "sync.cli.run", "run": "sync.cli.run", "plan": "sync.cli.run",
+    "retry": "sync.cli.run", "receiver": "sync.cli.run", "demo": "sync.cli.run",
+    "schedule": "sync.cli.daemon", "status": "sync.cli.daemon", "pause": "sync.cli.daemon",
+    "resume": "sync.cli.daemon", "skip": "sync.cli.daemon",
+    "runs": "sync.cli.audit", "diff": "sync.cli.audit", "history": "sync.cli.audit", "audiences": "sync.cli.audit",
+    "messages": "sync.cli.audit", "failed": "sync.cli.audit", "report": "sync.cli.audit", "prune": "sync.cli.audit",
+    "warehouse": "sync.cli.warehouse",
+}  # fmt: skip
+
+
+class LazyGroup(click.Group):
+    """A group whose commands are imported from ``COMMANDS`` when asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMANDS.get(cmd_name)
+        if module is None:
+            return None
+        command = getattr(importlib.import_module(module), cmd_name)
+        assert isinstance(command, click.Command), f"{module}.{cmd_name} is not a command"
+        return command
 
 
 # The cyclic garbage collector's thresholds for every command (CPython's default: 700, 10, 10). A run builds
@@ -34,7 +52,7 @@ COMMANDS = [
 GC_THRESHOLDS = (50_000, 20, 20)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     "config_path",
@@ -53,10 +71,6 @@ def cli(ctx: click.Context, config_path: Path | None, log_level: str, log_format
     gc.set_threshold(*GC_THRESHOLDS)
     logs.configure(log_level, log_format)
     ctx.obj = config_path
-
-
-for command in COMMANDS:
-    cli.add_command(command)
 
 
 def main() -> None:

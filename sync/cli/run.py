@@ -36,17 +36,6 @@ PLAN_ROWS = 50
 
 @click.command()
 @click.pass_context
-def validate(ctx: click.Context) -> None:
-    """Check jobs.yaml and report every problem at once (exit 2 when there is one)."""
-    config = job_config(ctx)
-    for job in config.jobs:
-        keys = ", ".join(job.audience_keys() + job.trait_keys())
-        click.echo(f"job {job.name}: {len(job.audiences)} audience(s), {len(job.traits)} trait(s): {keys}")
-    click.echo("configuration is valid")
-
-
-@click.command()
-@click.pass_context
 def migrate(ctx: click.Context) -> None:
     """Create or upgrade the state store's schema."""
     with open_store(state_url_of(ctx)) as store:
