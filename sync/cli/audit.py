@@ -214,7 +214,7 @@ def prune(ctx: click.Context, job: str | None, days: int | None) -> None:
 @click.option("--user", "user_id", help="Only this user's call.")
 @click.pass_context
 def messages(ctx: click.Context, run_id: int, user_id: str | None) -> None:
-    """RUN_ID's identify calls as JSON lines, exactly as built."""
+    """RUN_ID's calls (identify, track, group) as JSON lines, exactly as sent."""
     with open_store(state_url_of(ctx)) as store:
         for call in run_calls(store, run_id, user_id):
             click.echo(json.dumps(call, ensure_ascii=False))
