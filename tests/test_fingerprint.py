@@ -227,3 +227,40 @@ def test_an_index_of_another_hash_scheme_is_compared_in_full_once_then_rewritten
     assert runner.planner.plan(job, store.tracked_keys("contacts")).examined == 3
     assert runner.run(job).updates == 0
     assert runner.planner.plan(job, store.tracked_keys("contacts")).examined == 0
+
+
+@pytest.mark.parametrize("guarded", [False, True], ids=["streamed", "planned in full first"])
+def test_the_snapshot_is_released_before_the_fingerprint_index_is_written(
+    store: Store, warehouse: Warehouse, receiver: Receiver, guarded: bool
+) -> None:
+    """Holding every result's rows while the index reads every acknowledged fingerprint made the peak of an
+    initial sync of ten million users (bench/README.md)."""
+    import weakref
+
+    from sync.plan.planner import Planner
+
+    class Watched(Planner):
+        seen: list[weakref.ref[Any]] = []
+        alive_at_settle: list[bool] = []
+
+        def _examined(self, *args: Any) -> Any:
+            snapshot, selection = super()._examined(*args)
+            self.seen.append(weakref.ref(snapshot))
+            return snapshot, selection
+
+        def settle(self, job: JobConfig, run_id: int, complete: bool) -> None:
+            self.alive_at_settle.append(self.seen[-1]() is not None)
+            super().settle(job, run_id, complete)
+
+    users = [f"u{i:02d}" for i in range(30)]
+    warehouse.set_members("vip", users)
+    job = make_job(warehouse, receiver.url, audiences=[warehouse.audience("VIP", "vip")], profiles=False)
+    if not guarded:
+        job = job.model_copy(update={"guard": job.guard.model_copy(update={"enabled": False})})
+    runner = Runner(store)
+    runner.planner = Watched(store)
+    assert runner.run(job).delivered == 30  # an initial sync: streamed
+    warehouse.set_members("vip", users[:20])  # a tracked job: the guard plans it in full first, when enabled
+    assert runner.run(job).delivered == 10
+    assert len(Watched.seen) == 2
+    assert Watched.alive_at_settle == [False, False]

@@ -348,6 +348,7 @@ class Snapshot:
             columns.append(f"p.ord AS {_PROFILE_ROW}")
         extra = "".join(f", {c}" for c in columns)
         table = self._db.sql(f"SELECT sel.*{extra} FROM sel {' '.join(joins)} ORDER BY sel.ord").to_arrow_table()
+        self._do("DROP TABLE sel")  # its rows are in ``table`` now: at ten million users, a few hundred MB
         return table if self._parts.profiles is None else _with_profiles(table, self._parts.profiles)
 
     def frame(self, table: pa.Table) -> pd.DataFrame:
