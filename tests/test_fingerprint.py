@@ -233,8 +233,8 @@ def test_an_index_of_another_hash_scheme_is_compared_in_full_once_then_rewritten
 def test_the_snapshot_is_released_before_the_fingerprint_index_is_written(
     store: Store, warehouse: Warehouse, receiver: Receiver, guarded: bool
 ) -> None:
-    """Holding every result's rows while the index reads every acknowledged fingerprint made the peak of an
-    initial sync of ten million users (bench/README.md)."""
+    """Every result's rows need not stay in memory while the index reads every acknowledged fingerprint and
+    writes them again."""
     import weakref
 
     from sync.plan.planner import Planner

@@ -326,8 +326,8 @@ class Runner:
             raise SyncError(
                 f"job {job.name!r}: the lease was lost (another process took the job over); delivery stopped"
             )
-        # The snapshot (every result's rows, the engine) goes before the fingerprint index is read and written:
-        # held together, they made the peak of an initial sync of ten million users (bench/README.md).
+        # The snapshot (every result's rows, the engine) goes before the fingerprint index reads every
+        # acknowledged fingerprint and writes them again: the two need not be in memory together.
         del plan
         self.planner.settle(job, report.run_id, complete=not report.failed and not self.stop.is_set())
         if self.stop.is_set():
