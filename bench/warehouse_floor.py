@@ -18,8 +18,11 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import psycopg
+from sqlalchemy import column, literal
+from sqlalchemy.dialects import postgresql
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -30,16 +33,19 @@ from sync.snapshot import pushdown  # noqa: E402
 from sync.snapshot.warehouse import queries  # noqa: E402
 
 SERIAL = ("SET max_parallel_workers_per_gather = 0",)
-TRAITS = (("ltv", "ltv_c"), ("plan", "plan"))
 
 
-def timed(connection: psycopg.Connection, name: str, sql: str, settings: Sequence[str] = ()) -> None:
+def sql(statement: Any) -> str:
+    return str(statement.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
+
+
+def timed(connection: psycopg.Connection, name: str, statement: str, settings: Sequence[str] = ()) -> None:
     connection.execute("RESET ALL")
     connection.execute(f"SET search_path = {generated.SOURCE}")
     for setting in settings:
         connection.execute(setting)
     started = time.perf_counter()
-    connection.execute(sql).fetchall()
+    connection.execute(statement).fetchall()
     print(f"{name:62s} {time.perf_counter() - started:7.2f} s", flush=True)
 
 
@@ -48,22 +54,21 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=100_000)
     args = parser.parse_args()
     generated.sized(args.users)
-    audiences = ["aud_0_c"] + [f"aud_{k}" for k in range(1, 10)]
-    rows = " UNION ALL ".join(
-        [f"SELECT user_id AS sid, 1::bigint AS h FROM {a}" for a in audiences]
-        + [f"SELECT user_id, 0::bigint FROM {t}" for t in ("ltv_c", "plan", "users")]
-    )
+    found = queries(generated.job("warehouse"), set(), ["user_id", "email"])  # the job the engine runs
+    rows = " UNION ALL ".join(f"SELECT {q.id_column} AS sid, 1::bigint AS h FROM ({q.sql}) q" for q in found)
     grouped = f"SELECT count(*) FROM (SELECT sid, sum(h) FROM ({rows}) x GROUP BY sid) y"
-    from sqlalchemy.dialects import postgresql
-
-    job = generated.job("warehouse")
-    statement = pushdown.fingerprints(queries(job, set(), ["user_id", "email"]))
-    fingerprint = str(statement.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
+    traits = [(q, i) for q in found for i in q.items if i.value is not None]
+    fingerprint = sql(pushdown.fingerprints(found))
     with psycopg.connect("host=127.0.0.1 user=postgres dbname=test", autocommit=True) as connection:
         timed(connection, "scan every row, nothing computed", f"SELECT count(*), sum(h) FROM ({rows}) x", SERIAL)
-        for key, table in TRAITS:
-            hashed = f"CAST(CAST('x' || substr(md5('{key}:' || CAST(value AS TEXT)), 1, 13) AS BIT(52)) AS BIGINT)"
-            timed(connection, f"hash52 of trait {key!r}", f"SELECT count(*), sum({hashed}) FROM {table}", SERIAL)
+        for query, item in traits:
+            hashed = sql(pushdown.hash52(literal(f"{item.key}:") + pushdown.as_text(column(str(item.value)))))
+            timed(
+                connection,
+                f"hash52 of trait {item.key!r}",
+                f"SELECT count(*), sum({hashed}) FROM ({query.sql}) q",
+                SERIAL,
+            )
         timed(connection, "group every row by subject, nothing hashed (work_mem 4MB)", grouped, SERIAL)
         timed(connection, "the same, work_mem 1GB", grouped, (*SERIAL, "SET work_mem = '1GB'"))
         timed(connection, "the same, PostgreSQL's own (parallel) plan", grouped)
