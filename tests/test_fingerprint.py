@@ -240,8 +240,10 @@ def test_the_snapshot_is_released_before_the_fingerprint_index_is_written(
     from sync.plan.planner import Planner
 
     class Watched(Planner):
-        seen: list[weakref.ref[Any]] = []
-        alive_at_settle: list[bool] = []
+        def __init__(self, store: Store) -> None:
+            super().__init__(store)
+            self.seen: list[weakref.ref[Any]] = []
+            self.alive_at_settle: list[bool] = []
 
         def _examined(self, *args: Any) -> Any:
             snapshot, selection = super()._examined(*args)
@@ -258,9 +260,9 @@ def test_the_snapshot_is_released_before_the_fingerprint_index_is_written(
     if not guarded:
         job = job.model_copy(update={"guard": job.guard.model_copy(update={"enabled": False})})
     runner = Runner(store)
-    runner.planner = Watched(store)
+    runner.planner = watched = Watched(store)
     assert runner.run(job).delivered == 30  # an initial sync: streamed
     warehouse.set_members("vip", users[:20])  # a tracked job: the guard plans it in full first, when enabled
     assert runner.run(job).delivered == 10
-    assert len(Watched.seen) == 2
-    assert Watched.alive_at_settle == [False, False]
+    assert len(watched.seen) == 2
+    assert watched.alive_at_settle == [False, False]
