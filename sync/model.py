@@ -81,9 +81,11 @@ RUN_COUNTS = (
     "unmatched",
     "skipped_rows",
     "parked",
+    "throttled",
 )
-# The counts a run's one-line summaries show (`run --json`, `runs`): all but rows skipped and dead updates.
-RUN_SUMMARY_COUNTS = tuple(c for c in RUN_COUNTS if c not in ("skipped_rows", "parked"))
+# The counts a run's one-line summaries show (`run --json`, `runs`): all but rows skipped, dead updates and the
+# destination's 429 answers (`runs show` has those).
+RUN_SUMMARY_COUNTS = tuple(c for c in RUN_COUNTS if c not in ("skipped_rows", "parked", "throttled"))
 # A run's counts per audience or trait key, planned and acknowledged.
 KEY_COUNTS = ("entered", "exited", "changed", "delivered_entered", "delivered_exited", "delivered_changed")
 

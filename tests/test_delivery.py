@@ -188,7 +188,7 @@ def test_a_refused_connection_is_retriable_and_never_names_the_url(sleep: Record
 
     result = asyncio.run(go())
     assert not result.delivered and result.retriable and result.attempts == 2
-    assert result.error == "connection error (ConnectError)"
+    assert result.error == "connection error: the connection was refused (nothing listens on that port) (ConnectError)"
 
 
 def test_the_body_posted_is_the_send_contact_body_with_sent_at(receiver: Receiver, sleep: RecordingSleep) -> None:

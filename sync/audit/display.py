@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -33,16 +32,29 @@ _INTEGER_FIELDS = frozenset(
         "traits_changed",
         "delivered",
         "failed",
+        "unmatched",
+        "skipped_rows",
+        "parked",
+        "throttled",
     }
 )
+# Columns whose values Parquet holds as JSON text (``true``, ``12.5``, ``"gold"``; null is Parquet's null), and
+# says so in each such column's metadata (``encoding: json``).
+JSON_FIELDS = frozenset({"old", "new", "issues"})
 # Rows per Parquet row group: bounded memory however many rows there are.
 _PARQUET_BATCH = 50_000
 
 
 def print_rows(
-    console: Console, rows: Iterable[Mapping[str, Any]], fields: Sequence[str], fmt: str, output: Path | None = None
+    console: Console,
+    rows: Iterable[Mapping[str, Any]],
+    fields: Sequence[str],
+    fmt: str,
+    output: Path | None = None,
+    empty: str = "nothing to show",
 ) -> int:
-    """Write ``rows`` in ``fmt`` to ``output`` (or standard output); returns how many were written."""
+    """Write ``rows`` in ``fmt`` to ``output`` (or standard output); returns how many were written. A table
+    with no rows says ``empty`` instead."""
     if fmt == "parquet":
         if output is None:
             raise SyncError("--format parquet needs --output FILE")
@@ -50,7 +62,7 @@ def print_rows(
     if fmt == "table":
         if output is not None:
             raise SyncError("a table is for the terminal; use --format csv, jsonl or parquet with --output")
-        return print_table(console, rows, fields)
+        return print_table(console, rows, fields, empty)
     with _open(output) as stream:
         return (_jsonl if fmt == "jsonl" else _csv)(rows, fields, stream)
 
@@ -73,17 +85,28 @@ def _jsonl(rows: Iterable[Mapping[str, Any]], fields: Sequence[str], stream: IO[
 
 
 def _csv(rows: Iterable[Mapping[str, Any]], fields: Sequence[str], stream: IO[str]) -> int:
-    writer = csv.DictWriter(stream, fieldnames=list(fields), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
+    """RFC 4180 CSV in which null and the empty string differ, as PostgreSQL's COPY writes them: null is an
+    empty field, the empty string a quoted one (``""``)."""
+    stream.write(",".join(_csv_field(f) for f in fields) + "\n")
     count = 0
     for row in rows:
-        writer.writerow({f: cell(row.get(f)) for f in fields})
+        stream.write(",".join(_csv_value(row.get(f)) for f in fields) + "\n")
         count += 1
     return count
 
 
+def _csv_value(value: object) -> str:
+    return "" if value is None else _csv_field(cell(value))
+
+
+def _csv_field(text: str) -> str:
+    if text == "" or any(c in text for c in ',"\r\n') or text != text.strip():
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
 def _parquet(rows: Iterable[Mapping[str, Any]], fields: Sequence[str], output: Path) -> int:
-    schema = pa.schema([(f, pa.int64() if f in _INTEGER_FIELDS else pa.string()) for f in fields])
+    schema = pa.schema([_parquet_field(f) for f in fields])
     count = 0
     with pq.ParquetWriter(output, schema) as writer:
         batch: list[Mapping[str, Any]] = []
@@ -98,25 +121,39 @@ def _parquet(rows: Iterable[Mapping[str, Any]], fields: Sequence[str], output: P
     return count
 
 
+def _parquet_field(name: str) -> pa.Field:
+    if name in _INTEGER_FIELDS:
+        return pa.field(name, pa.int64())
+    if name in JSON_FIELDS:
+        return pa.field(name, pa.string(), metadata={"encoding": "json"})
+    return pa.field(name, pa.string())
+
+
 def _arrow(batch: list[Mapping[str, Any]], fields: Sequence[str], schema: pa.Schema) -> pa.Table:
-    columns = {f: [row.get(f) if f in _INTEGER_FIELDS else _text(row.get(f)) for row in batch] for f in fields}
+    columns = {f: [_parquet_value(f, row.get(f)) for row in batch] for f in fields}
     return pa.table(columns, schema=schema)
 
 
-def _text(value: object) -> str | None:
-    return None if value is None else (value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
+def _parquet_value(field: str, value: object) -> object:
+    if value is None or field in _INTEGER_FIELDS:
+        return value
+    if field in JSON_FIELDS or not isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    return value
 
 
-def print_table(console: Console, rows: Iterable[Mapping[str, Any]], fields: Sequence[str]) -> int:
+def print_table(
+    console: Console, rows: Iterable[Mapping[str, Any]], fields: Sequence[str], empty: str = "nothing to show"
+) -> int:
     """A table when it fits the terminal; otherwise one block of ``field: value`` lines per row, so that no
-    cell is cut to ``…`` (psql's expanded display)."""
+    cell is cut to ``…`` (psql's expanded display). No rows: ``empty``."""
     table = Table(*fields, header_style="bold")
     cells: list[list[str]] = []
     for row in rows:
         cells.append([cell(row.get(f)) for f in fields])
         table.add_row(*cells[-1])
     if not cells:
-        console.print("(nothing)")
+        console.print(empty, highlight=False)
     elif _natural_width(fields, cells) <= console.width:
         console.print(table)
     else:
@@ -147,3 +184,68 @@ def cell(value: object) -> str:
     if isinstance(value, bool | dict | list):
         return json.dumps(value, ensure_ascii=False)
     return str(value)
+
+
+def print_run_detail(console: Console, detail: Mapping[str, Any]) -> None:
+    """``runs show RUN_ID`` for people: the run's facts, phases, error, guard, alerts, failures, definition."""
+    run = detail["run"]
+    say = console.print
+    say(f"[bold]run {run['run_id']}[/bold] of job {run['job']}: {run['status']}", highlight=False)
+    for name in ("kind", "trigger", "started_at", "finished_at"):
+        say(f"  {name:<14} {cell(run[name])}", markup=False, highlight=False)
+    say(f"  {'duration':<14} {_seconds(run['duration_s'])}", markup=False, highlight=False)
+    say("counts", style="bold")
+    for name in RUN_DETAIL_COUNTS:
+        say(f"  {name:<14} {cell(run[name])}", markup=False, highlight=False)
+    if run["match_rate"] is not None:
+        say(f"  {'match_rate':<14} {run['match_rate']:.0%}", markup=False, highlight=False)
+    if detail["phases"]:
+        say("phases", style="bold")
+        for phase in detail["phases"]:
+            say(f"  {phase['phase']:<14} {phase['seconds']:.2f}s", markup=False, highlight=False)
+    if run["error"]:
+        say("error", style="bold")
+        say(f"  {run['error']}", markup=False, highlight=False, soft_wrap=True)
+    guard = detail["guard"]
+    say("mass-change guard", style="bold")
+    if guard is None:
+        say("  did not look (the run ended before planning, or the job had nothing to compare)", highlight=False)
+    elif guard["findings"]:
+        verdict = "stopped the run" if guard["stopped"] else "would have stopped the run (overridden or dry run)"
+        say(f"  {verdict}: {'; '.join(guard['findings'])}", markup=False, highlight=False, soft_wrap=True)
+    else:
+        say("  passed", highlight=False)
+    say("alerts sent", style="bold")
+    for text in detail["alerts"] or ["none"]:
+        say(f"  {text}", markup=False, highlight=False, soft_wrap=True)
+    if detail["failure_reasons"]:
+        say("why updates were not delivered", style="bold")
+        for reason in detail["failure_reasons"]:
+            say(f"  {reason['updates']:>7} × {reason['reason'] or '?'}", markup=False, highlight=False, soft_wrap=True)
+    if detail["failures"]:
+        say(f"first {len(detail['failures'])} updates not delivered", style="bold")
+        for row in detail["failures"]:
+            status = f"HTTP {row['http_status']}" if row["http_status"] else row["status"]
+            say(f"  {row['user_id']}: {status} {row['error'] or ''}", markup=False, highlight=False, soft_wrap=True)
+    if detail["definition"] is not None:
+        say("job definition in effect (secrets left out)", style="bold")
+        say(json.dumps(detail["definition"], indent=2, ensure_ascii=False), markup=False, highlight=False)
+
+
+RUN_DETAIL_COUNTS = (
+    "users",
+    "entered",
+    "exited",
+    "traits_changed",
+    "updates",
+    "delivered",
+    "failed",
+    "unmatched",
+    "skipped_rows",
+    "parked",
+    "throttled",
+)
+
+
+def _seconds(value: float | None) -> str:
+    return "still running" if value is None else f"{value:.1f}s"

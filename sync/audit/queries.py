@@ -16,7 +16,7 @@ from sync.clock import iso
 from sync.config import JobConfig, JobOutline, parse_duration
 from sync.destinations.factory import spec_before_specs
 from sync.errors import SyncError
-from sync.model import KEY_COUNTS, PROFILE_KIND, RUN_SUMMARY_COUNTS, KeyChange, Update, change_kind
+from sync.model import KEY_COUNTS, PROFILE_KIND, RUN_COUNTS, RUN_SUMMARY_COUNTS, KeyChange, Update, change_kind
 from sync.store import AuditFilter, AuditRow, Store
 from sync.store.models import Run, RunKey, RunUpdate
 
@@ -49,8 +49,26 @@ HISTORY_FIELDS = (
     "finished_at",
 )
 CHANGES = ("entered", "exited", "trait", "profile")
-# The columns of run listings for people (`runs`, the demo, the report).
-RUN_TABLE_FIELDS = ("run_id", "kind", "status", "started_at", *RUN_SUMMARY_COUNTS, "parked")
+# The columns of run listings for people (`runs`, the demo): the error is its first line, cut short.
+RUN_TABLE_FIELDS = ("run_id", "kind", "trigger", "status", "started_at", "duration", *RUN_SUMMARY_COUNTS, "error")
+# The fields of a run record (`runs --json`, `status --json`'s last_run, `runs show --json`'s run).
+RUN_FIELDS = (
+    "run_id",
+    "job",
+    "kind",
+    "dry_run",
+    "trigger",
+    "status",
+    "started_at",
+    "finished_at",
+    "duration_s",
+    *RUN_COUNTS,
+    "match_rate",
+    "error",
+    "issues",
+)
+# How much of a run's error a table shows; `runs show` has all of it.
+_ERROR_CELL = 80
 
 
 def run_or_fail(store: Store, run_id: int) -> Run:
@@ -61,29 +79,70 @@ def run_or_fail(store: Store, run_id: int) -> Run:
 
 
 def run_record(run: Run) -> dict[str, Any]:
+    """A run as ``runs --json`` gives it (``RUN_FIELDS``, in that order)."""
     kind = f"{run.kind} (dry run)" if run.dry_run else run.kind
     return {
         "run_id": run.id,
         "job": run.job,
         "kind": kind,
+        "dry_run": run.dry_run,
+        "trigger": run.trigger,
         "status": run.status,
         "started_at": iso(run.started_at),
         "finished_at": iso(run.finished_at) if run.finished_at else None,
-        "users": run.users,
-        "entered": run.entered,
-        "exited": run.exited,
-        "traits_changed": run.traits_changed,
-        "updates": run.updates,
-        "delivered": run.delivered,
-        "failed": run.failed,
-        "unmatched": run.unmatched,
+        "duration_s": round((run.finished_at - run.started_at).total_seconds(), 1) if run.finished_at else None,
+        **{count: getattr(run, count) or 0 for count in RUN_COUNTS},
         "match_rate": match_rate(run.delivered, run.unmatched),
-        "skipped_rows": run.skipped_rows,
-        "parked": run.parked,
         "error": run.error,
         "issues": json.loads(run.issues) if run.issues else [],
-        "trigger": run.trigger,
-        "duration_s": round((run.finished_at - run.started_at).total_seconds(), 1) if run.finished_at else None,
+    }
+
+
+def run_table_row(record: dict[str, Any]) -> dict[str, Any]:
+    """A run record for a table: the duration in words, the error's first line cut short."""
+    error = (record["error"] or "").strip()
+    first = error.splitlines()[0] if error else ""
+    if len(first) > _ERROR_CELL:
+        first = first[: _ERROR_CELL - 1] + "…"
+    return {**record, "duration": duration_text(record["duration_s"]), "error": first}
+
+
+def duration_text(seconds: float | None) -> str:
+    """``4.2s``, ``3m 05s``, ``2h 01m``; empty for a run still going."""
+    if seconds is None:
+        return ""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    whole = round(seconds)
+    if whole < 3600:
+        return f"{whole // 60}m {whole % 60:02d}s"
+    return f"{whole // 3600}h {whole % 3600 // 60:02d}m"
+
+
+# How many rejected updates `runs show` lists as a sample.
+REJECTION_SAMPLE = 10
+
+
+def run_detail(store: Store, run_id: int) -> dict[str, Any]:
+    """Everything known of one run (``runs show --json``): its record, the phases with their seconds, the
+    mass-change guard's verdict, the alerts it sent, a sample of the updates not delivered with their
+    reasons, the reasons counted, and the job's definition in effect (no secrets)."""
+    run = run_or_fail(store, run_id)
+    guard = json.loads(run.guard) if run.guard is not None else None
+    return {
+        "run": run_record(run),
+        "phases": [{"phase": name, "seconds": seconds} for name, seconds in json.loads(run.phases or "[]")],
+        "guard": None if guard is None else {"stopped": run.status == "blocked", "findings": guard},
+        "alerts": json.loads(run.alerts) if run.alerts else [],
+        "failures": [
+            {"user_id": row.user_id, "status": row.status, "http_status": row.http_status, "error": row.error}
+            for row in store.undelivered_of(run_id, REJECTION_SAMPLE)
+        ],
+        "failure_reasons": [
+            {"reason": reason, "http_status": status, "updates": count}
+            for reason, status, count in store.run_failure_reasons(run_id)
+        ],
+        "definition": json.loads(run.definition) if run.definition else None,
     }
 
 

@@ -10,11 +10,12 @@ from typing import Any
 
 import click
 
-from sync.audit.display import FORMATS, print_rows
+from sync.audit.display import FORMATS, print_rows, print_run_detail
 from sync.audit.queries import (
     CHANGE_FIELDS,
     CHANGES,
     HISTORY_FIELDS,
+    RUN_FIELDS,
     RUN_TABLE_FIELDS,
     ChangeFilter,
     audience_table_row,
@@ -22,7 +23,9 @@ from sync.audit.queries import (
     moment,
     prune_job,
     run_calls,
+    run_detail,
     run_record,
+    run_table_row,
 )
 from sync.audit.queries import audiences as audience_series
 from sync.audit.queries import history as user_history
@@ -67,17 +70,52 @@ FAILED_FIELDS = (
 
 @click.command()
 @click.argument("job", required=False)
-@click.option("--limit", default=20, show_default=True, help="How many runs to list.")
+@click.argument("run_id", required=False, type=int)
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1), help="How many runs to list.")
+@click.option("--status", "statuses", multiple=True, help="Only runs with this status (repeatable).")
+@click.option("--trigger", help="Only runs started this way: manual, scheduled, retry, full or plan.")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
 @click.pass_context
-def runs(ctx: click.Context, job: str | None, limit: int, as_json: bool) -> None:
-    """Run history, newest first."""
+def runs(
+    ctx: click.Context,
+    job: str | None,
+    run_id: int | None,
+    limit: int,
+    statuses: tuple[str, ...],
+    trigger: str | None,
+    as_json: bool,
+) -> None:
+    """Run history, newest first: `runs [JOB]`. One run in full: `runs show RUN_ID`.
+
+    A run's status, trigger, duration, counts and the first line of its error; `runs show RUN_ID` adds its
+    phases with their timings, the whole error, the mass-change guard's verdict, the alerts it sent, a
+    sample of the updates not delivered with their reasons, and the job's definition in effect.
+    """
+    if job == "show" and run_id is not None:
+        _show_run(ctx, run_id, as_json)
+        return
+    if run_id is not None:
+        raise click.UsageError(f"unexpected {run_id}: to see one run, `audience-sync runs show {run_id}`")
     with open_store(state_url_of(ctx)) as store:
         if job is not None:
             known_job(store, job)
-        records = [run_record(run) for run in store.runs(job, limit)]
-    fields = ("job", *RUN_TABLE_FIELDS)
-    print_rows(stdout_console(), records, fields, "jsonl" if as_json else "table")
+        records = [run_record(run) for run in store.runs(job, limit, statuses=statuses, trigger=trigger)]
+    if as_json:
+        print_rows(stdout_console(), records, RUN_FIELDS, "jsonl")
+        return
+    rows = [run_table_row(record) for record in records]
+    print_rows(stdout_console(), rows, ("job", *RUN_TABLE_FIELDS), "table", empty="no runs")
+
+
+def _show_run(ctx: click.Context, run_id: int, as_json: bool) -> None:
+    with open_store(state_url_of(ctx)) as store:
+        if store.run(run_id) is None:
+            fail(f"no run with id {run_id} in the state store", EXIT_USAGE)
+        detail = run_detail(store, run_id)
+    if as_json:
+        click.echo(json.dumps(detail, ensure_ascii=False, default=str))
+        return
+    print_run_detail(stdout_console(), detail)
 
 
 @click.command()
@@ -236,7 +274,8 @@ def failed(ctx: click.Context, job: str, every: bool, as_json: bool) -> None:
         if every:
             listed = {row.user_id for row in rejected}
             rows += [_retrying_row(row) for row in store.undelivered(name) if row.user_id not in listed]
-    print_rows(stdout_console(), rows, FAILED_FIELDS, "jsonl" if as_json else "table")
+    empty = "no updates waiting to be delivered" if every else "no dead updates"
+    print_rows(stdout_console(), rows, FAILED_FIELDS, "jsonl" if as_json else "table", empty=empty)
 
 
 def _failed_row(row: FailedUpdate) -> dict[str, Any]:

@@ -51,7 +51,9 @@ def migrate(ctx: click.Context) -> None:
 @click.pass_context
 def run(ctx: click.Context, job: str, full: bool, dry_run: bool, force: bool, as_json: bool) -> None:
     """Run JOB once now."""
-    sys.exit(_run(ctx, job, RunOptions(full=full, dry_run=dry_run, force=force), as_json, show_changes=False))
+    trigger = "plan" if dry_run else "full" if full else "manual"
+    options = RunOptions(full=full, dry_run=dry_run, force=force, trigger=trigger)
+    sys.exit(_run(ctx, job, options, as_json, show_changes=False))
 
 
 @click.command()
@@ -60,7 +62,7 @@ def run(ctx: click.Context, job: str, full: bool, dry_run: bool, force: bool, as
 @click.pass_context
 def plan(ctx: click.Context, job: str, full: bool) -> None:
     """Show what a run of JOB would send (a dry run, recorded for the audit trail)."""
-    sys.exit(_run(ctx, job, RunOptions(full=full, dry_run=True), False, show_changes=True))
+    sys.exit(_run(ctx, job, RunOptions(full=full, dry_run=True, trigger="plan"), False, show_changes=True))
 
 
 @click.command()
@@ -75,7 +77,7 @@ def retry(ctx: click.Context, job: str, dead: bool, as_json: bool) -> None:
         with open_store(config.state_url) as store:
             revived = store.revive(config.job(job).name)
         click.echo(f"{revived} dead update(s) will be sent again", err=True)
-    sys.exit(_run(ctx, job, RunOptions(), as_json, show_changes=False))
+    sys.exit(_run(ctx, job, RunOptions(trigger="retry"), as_json, show_changes=False))
 
 
 def _run(ctx: click.Context, job_name: str, options: RunOptions, as_json: bool, show_changes: bool) -> int:

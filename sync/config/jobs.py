@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.cron import CronTrigger
@@ -14,6 +14,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     field_validator,
 )
 
@@ -21,6 +22,7 @@ from sync.config.destinations import DestinationConfig
 from sync.config.values import DEFAULT_STATE_URL, MAX_KEY, Duration, FrozenModel, JobName, SecretUrl, redact_url
 from sync.errors import ConfigError
 from sync.keys import snake_case
+from sync.redact import public_label
 
 # Warehouses the warehouse engine runs on (backend names of SQLAlchemy URLs): PostgreSQL and DuckDB are
 # tested against real databases, the others compiled by their own dialects (sync.snapshot.pushdown).
@@ -151,6 +153,30 @@ class JobConfig(FrozenModel):
 
     def trait_keys(self) -> list[str]:
         return [trait.resolved_key for trait in self.traits]
+
+    def definition(self) -> dict[str, Any]:
+        """The job as configured, for the audit trail: every setting, secrets left out (a secret URL shows
+        its scheme and host only, a key shows that it is set, a warehouse URL hides its password)."""
+        shown = _public(self.model_dump(mode="python", by_alias=True, exclude_defaults=False))
+        if self.source.url:
+            shown["source"]["url"] = self.source.redacted_url()
+        return cast(dict[str, Any], shown)
+
+
+def _public(value: Any) -> Any:
+    """``value`` as JSON-ready data with every secret replaced by what may be said of it."""
+    if isinstance(value, SecretStr):
+        secret = value.get_secret_value()
+        return public_label(secret) if "://" in secret else "(set)"
+    if isinstance(value, dict):
+        return {str(k): _public(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_public(v) for v in value]
+    if isinstance(value, timedelta):
+        return f"{value.total_seconds():g}s"
+    if isinstance(value, Path):
+        return str(value)
+    return value
 
 
 class JobOutline(BaseModel):

@@ -31,6 +31,7 @@ from sync.config import HttpDestinationConfig
 from sync.destinations.base import Capabilities, DeliveryResult, Outgoing, SendWindow
 from sync.destinations.breaker import Breaker
 from sync.destinations.outcomes import Outcome, classify, retry_after_seconds
+from sync.destinations.transport import connect_cause
 from sync.errors import DeliveryError, PermanentDeliveryError, RetriableDeliveryError
 from sync.redact import redact
 
@@ -234,6 +235,8 @@ class HttpDestination:
                 response = await self._client.request(method, url, content=body, headers=self._headers, timeout=timeout)
         except (TimeoutError, httpx.TimeoutException) as exc:
             raise self._unanswered(f"timed out after {timeout:g} s", exc) from exc
+        except httpx.ConnectError as exc:
+            raise self._unanswered(f"connection error: {connect_cause(exc)}", exc) from exc
         except httpx.HTTPError as exc:
             raise self._unanswered("connection error", exc) from exc
         self.breaker.answered()

@@ -10,6 +10,9 @@ carry the error's kind, never the request URL (a webhook URL is a secret).
 
 from __future__ import annotations
 
+import errno
+import socket
+import ssl
 from collections.abc import Mapping
 
 import aiohttp
@@ -53,7 +56,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise httpx.ReadTimeout(f"no answer in time ({type(exc).__name__})", request=request) from exc
         except aiohttp.ClientConnectorError as exc:
-            raise httpx.ConnectError(f"could not connect ({type(exc).__name__})", request=request) from exc
+            raise httpx.ConnectError(connect_cause(exc), request=request) from exc
         except aiohttp.ClientPayloadError as exc:
             raise httpx.ReadError(f"the answer was cut short ({type(exc).__name__})", request=request) from exc
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
@@ -68,6 +71,25 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def connect_cause(exc: BaseException) -> str:
+    """Why a connection could not be made, in words and without the URL (DNS, refused, TLS, unreachable),
+    from the first error in ``exc``'s chain that says: aiohttp's or httpx's own transport alike."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, aiohttp.ClientConnectorDNSError | socket.gaierror):
+            return "the host name could not be resolved (DNS)"
+        if isinstance(seen, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError | ssl.SSLError):
+            return "the TLS handshake failed (certificate or protocol)"
+        if isinstance(seen, aiohttp.ClientConnectorError):
+            seen = seen.os_error
+        if isinstance(seen, ConnectionRefusedError) or getattr(seen, "errno", None) == errno.ECONNREFUSED:
+            return "the connection was refused (nothing listens on that port)"
+        if getattr(seen, "errno", None) in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+            return "the host is unreachable (no route)"
+        seen = seen.__cause__ or seen.__context__
+    return "could not connect"
 
 
 def _timeout(phases: Mapping[str, float | None]) -> aiohttp.ClientTimeout:

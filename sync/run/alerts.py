@@ -82,11 +82,10 @@ def message(facts: RunFacts, found: Sequence[str], target: NotifyConfig) -> dict
     """The JSON body of an alert (``found`` not empty) or a recovery (``found`` empty)."""
     kind = "alert" if found else "recovered"
     if found:
-        text = f"audience-sync: job {facts.job} run {facts.run_id} {facts.status}: {', '.join(found)}"
+        said = "; ".join(_in_words(condition, facts) for condition in found)
+        text = f"audience-sync: job {facts.job} run {facts.run_id} {facts.status}: {said}"
         if facts.error:
-            text += f" ({facts.error[:300]})"
-        if "user_count_change" in found:
-            text += f"; {facts.users} users against a median of {statistics.median(facts.recent_users):g}"
+            text += f". {facts.error[:300]}"
     else:
         text = f"audience-sync: job {facts.job} recovered: run {facts.run_id} {facts.status}"
     if target.type == "slack":
@@ -106,6 +105,26 @@ def message(facts: RunFacts, found: Sequence[str], target: NotifyConfig) -> dict
     }
 
 
+def _in_words(condition: str, facts: RunFacts) -> str:
+    """What a condition means for this run, as an operator would say it."""
+    answered = facts.delivered + facts.failed
+    if condition == "failed_share":
+        return f"{facts.failed} of {answered} updates were not delivered"
+    if condition == "failing":
+        return f"{facts.consecutive_failures} runs in a row failed or were blocked"
+    if condition == "user_count_change":
+        baseline = statistics.median(facts.recent_users)
+        return f"the snapshot has {facts.users} subjects against a median of {baseline:g} in recent runs"
+    return _WORDS[condition]
+
+
+_WORDS = {
+    "failed": "the run failed",
+    "unreachable": "the destination is unreachable",
+    "blocked": "the mass-change guard stopped the run before anything was sent",
+}
+
+
 class Alerts:
     """Judges each run's end and notifies the targets whose conditions began or ended."""
 
@@ -113,22 +132,27 @@ class Alerts:
         self.targets = list(targets)
         self._client = client
 
-    def after_run(self, store: Store, facts: RunFacts, now: Any) -> None:
+    def after_run(self, store: Store, facts: RunFacts, now: Any) -> list[str]:
+        """Judge the run's end, notify whom it concerns; the texts of the notifications sent."""
         if facts.status in _SILENT:
-            return
+            return []
         judged = [(t, conditions(facts, t)) for t in self.targets if not t.jobs or facts.job in t.jobs]
         if not judged:
-            return
+            return []
         found = sorted({c for _, mine in judged for c in mine})
         active = store.alert_state(facts.job)
         if found == active or (not found and facts.status not in _HEALTHY):
-            return
+            return []
         store.set_alert_state(facts.job, found, now, facts.run_id)
+        sent: list[str] = []
         for target, mine in judged:  # new conditions are announced; fewer ones, still in trouble, are not news
             if set(mine) - set(active) or (not found and set(active) & set(target.on)):
-                self._send(target, message(facts, mine, target))
+                body = message(facts, mine, target)
+                if self._send(target, body):
+                    sent.append(f"{public_label(target.url.get_secret_value())}: {body['text']}")
+        return sent
 
-    def _send(self, target: NotifyConfig, body: dict[str, Any]) -> None:
+    def _send(self, target: NotifyConfig, body: dict[str, Any]) -> bool:
         where = public_label(target.url.get_secret_value())
         client = self._client or httpx.Client(follow_redirects=False)
         try:
@@ -144,12 +168,14 @@ class Alerts:
                     )
                     response.raise_for_status()
             log.info("notification sent", extra={"event": "notified", "to": where, "kind": body.get("event", "slack")})
+            return True
         except httpx.HTTPError as exc:
             status = exc.response.status_code if isinstance(exc, httpx.HTTPStatusError) else None
             log.warning(
                 "could not send a notification",
                 extra={"to": where, "http_status": status, "reason": type(exc).__name__},
             )
+            return False
         finally:
             if self._client is None:
                 client.close()

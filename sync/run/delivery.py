@@ -121,6 +121,7 @@ class Delivery:
     async def _deliver(self, updates: Sequence[Update], now: datetime) -> None:
         destination = await self._open()
         job, report = self.job, self.report
+        report.destination = destination.label
         per_request = destination.capabilities.calls_per_request
         window = SendWindow(WINDOW_PER_CONNECTION * job.destination.max_connections * per_request)
         by_user = {u.user_id: u for u in updates}
@@ -319,9 +320,16 @@ class _Recorder:
         for result in ready:
             self.report.delivered += result.delivered
             self.report.unmatched += result.unmatched
-            self.report.failed += not result.delivered and not result.unmatched
+            if not result.delivered and not result.unmatched:
+                self.report.failed += 1
+                self.report.reasons[_reason_of(result)] += 1
         if self.pace.progress:
             self.pace.progress.update(self.report.answered, self.total or len(self.by_user))
+
+
+def _reason_of(result: DeliveryResult) -> str:
+    """A failed update's reason in a few words, for a run's tally of causes."""
+    return (result.error or "no answer").splitlines()[0][:120]
 
 
 def unreachable(label: str, breaker: Breaker) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +19,9 @@ class RunOptions:
     full: bool = False
     dry_run: bool = False
     force: bool = False  # send even when the mass-change guard would stop the run
-    trigger: str = "manual"  # or "scheduled": who started the run, for the audit trail
+    # Who or what started the run, for the audit trail: "manual" (`run`), "scheduled" (the daemon), "retry"
+    # (`retry`), "full" (`run --full`), "plan" (`plan`, `run --dry-run`).
+    trigger: str = "manual"
 
 
 @dataclass
@@ -38,9 +41,14 @@ class RunReport:
     unmatched: int = 0  # subjects the destination has no record for: not failures, tried again later
     skipped_rows: int = 0
     parked: int = 0
+    throttled: int = 0  # 429 answers: the destination asked to slow down
     error: str | None = None
     issues: list[dict[str, Any]] = field(default_factory=list)
     key_counts: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
+    destination: str | None = None  # the destination's label (no secrets), once the run has sent
+    reasons: Counter[str] = field(default_factory=Counter)  # why updates were not delivered, by reason
+    guard: list[str] | None = None  # what the mass-change guard found, once the run has planned
+    full_left: int | None = None  # an unfinished full resync: the subjects it has yet to deliver
 
     @property
     def exit_code(self) -> int:

@@ -84,6 +84,13 @@ class _Phases:
     def timings(self) -> str:
         return ", ".join(f"{name} {seconds:.1f}s" for name, seconds in self.spent.items())
 
+    def so_far(self) -> dict[str, float]:
+        """Seconds per phase, the current one counted up to now."""
+        spent = dict(self.spent)
+        if self.current is not None:
+            spent[self.current] += time.monotonic() - self._since
+        return spent
+
 
 @dataclass
 class _Halt:
@@ -178,7 +185,9 @@ class Runner:
         holder = f"{held.owner} (lease expires {held.expires_at.isoformat(timespec='seconds')})" if held else "?"
         kind = self._kind(job, self.store.tracked_keys(job.name), options)
         report = RunReport(
-            self.store.start_run(job.name, kind, False, now, job.space_id, options.trigger),
+            self.store.start_run(
+                job.name, kind, False, now, job.space_id, options.trigger, definition=job.definition()
+            ),
             job.name,
             kind,
             False,
@@ -205,7 +214,14 @@ class Runner:
         spec = call_spec(job, self.store.installation_id())
         report = RunReport(
             self.store.start_run(
-                job.name, kind, options.dry_run, now, job.space_id, options.trigger, calls=spec.to_json()
+                job.name,
+                kind,
+                options.dry_run,
+                now,
+                job.space_id,
+                options.trigger,
+                calls=spec.to_json(),
+                definition=job.definition(),
             ),
             job.name,
             kind,
@@ -241,7 +257,7 @@ class Runner:
         finally:
             halt.close()
         phases.enter("recording")
-        self._finish(report)
+        self._finish(report, phases)
         phases.close()
         if not options.dry_run:
             self._alert(report, halt.breaker.opened)
@@ -271,16 +287,25 @@ class Runner:
                 self.store.consecutive_failures(report.job),
                 self.store.recent_user_counts(report.job, RECENT_RUNS, before_run=report.run_id),
             )
-            self.alerts.after_run(self.store, facts, self.clock())
+            sent = self.alerts.after_run(self.store, facts, self.clock())
+            if sent:
+                self.store.record_alerts(report.run_id, sent)
         except Exception:
             log.warning("could not evaluate or send alerts", extra={"job": report.job}, exc_info=True)
 
-    def _finish(self, report: RunReport) -> None:
+    def _finish(self, report: RunReport, phases: _Phases) -> None:
         try:
             if report.key_counts:
                 self.store.record_run_keys(report.run_id, report.key_counts)
             self.store.finish_run(
-                report.run_id, report.status, report.counts(), self.clock(), report.error, report.issues
+                report.run_id,
+                report.status,
+                report.counts(),
+                self.clock(),
+                report.error,
+                report.issues,
+                phases=phases.so_far(),
+                guard=report.guard,
             )
         except SQLAlchemyError as exc:  # the store went away; the next run marks this one interrupted
             report.status = "failed"
@@ -332,6 +357,8 @@ class Runner:
         self.planner.settle(job, report.run_id, complete=not report.failed and not self.stop.is_set())
         if self.stop.is_set():
             report.status = "interrupted"
+        elif report.failed and not report.delivered and not report.unmatched:
+            report.status, report.error = "failed", nothing_delivered(report)
         else:
             report.status = "partial" if report.failed else "succeeded"
 
@@ -426,7 +453,18 @@ class Runner:
         report.entered, report.exited, report.traits_changed = plan.entered, plan.exited, plan.traits_changed
         report.updates = plan.updates_count
         report.parked = plan.parked
+        report.guard = list(plan.guard)
         for key, counts in plan.key_counts.items():  # delivered counts may be in already (a streamed run)
             report.key_counts.setdefault(key, {}).update(counts)
         report.skipped_rows = sum(issue.count for issue in plan.snapshot.issues)
         report.issues = [asdict(issue) for issue in plan.snapshot.issues]
+
+
+def nothing_delivered(report: RunReport) -> str:
+    """Why a run that sent updates delivered none of them: the destination (no secrets) and the causes."""
+    causes = "; ".join(f"{reason} ×{count}" for reason, count in report.reasons.most_common(3)) or "no answer"
+    where = report.destination or "the destination"
+    return (
+        f"{where} accepted none of the {report.failed} updates sent ({causes}). Nothing was delivered; "
+        "the updates stay pending for the next run"
+    )

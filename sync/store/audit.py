@@ -165,6 +165,30 @@ class AuditStore:
             rows = connection.execute(query).all()  # max() keeps the column's type: aware UTC datetimes
         return [(error, status, int(n), last) for error, status, n, last in rows]
 
+    def undelivered_of(self, run_id: int, limit: int) -> list[RunUpdate]:
+        """Up to ``limit`` updates of a run that were not delivered (failed, or refused as unmatched)."""
+        query = (
+            select(RunUpdate)
+            .where(RunUpdate.run_id == run_id, RunUpdate.status.in_(("failed", "unmatched")))
+            .order_by(RunUpdate.id)
+            .limit(limit)
+        )
+        with Session(self.engine, expire_on_commit=False) as session:
+            return list(session.scalars(query))
+
+    def run_failure_reasons(self, run_id: int, limit: int = 10) -> list[tuple[str | None, int | None, int]]:
+        """Why a run's updates failed, most frequent first: (reason, HTTP status, updates)."""
+        count = func.count().label("updates")
+        query = (
+            select(RunUpdate.error, RunUpdate.http_status, count)
+            .where(RunUpdate.run_id == run_id, RunUpdate.status == "failed")
+            .group_by(RunUpdate.error, RunUpdate.http_status)
+            .order_by(count.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as connection:
+            return [(error, status, int(n)) for error, status, n in connection.execute(query)]
+
     def prune(self, job: str, before: datetime) -> int:
         """Delete the per-update rows of the job's runs that started before ``before``; runs, their per-key
         counts, the acknowledged state and the failed-update records stay. Returns how many rows went."""

@@ -77,10 +77,15 @@ class Run(Base):
     unmatched: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # no record at the destination
     skipped_rows: Mapped[int] = mapped_column(Integer, default=0)
     parked: Mapped[int] = mapped_column(Integer, default=0)
+    throttled: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # 429 answers from the destination
     error: Mapped[str | None] = mapped_column(Text)
     issues: Mapped[str | None] = mapped_column(Text)  # JSON list of skipped-row reports
     trigger: Mapped[str] = mapped_column(String(20), default="manual", server_default="manual")  # or scheduled
     calls: Mapped[str | None] = mapped_column(Text)  # how its calls were rendered (sync.calls.CallSpec as JSON)
+    phases: Mapped[str | None] = mapped_column(Text)  # JSON [[phase, seconds], ...], in the run's order
+    guard: Mapped[str | None] = mapped_column(Text)  # JSON list: what the mass-change guard found (empty: nothing)
+    alerts: Mapped[str | None] = mapped_column(Text)  # JSON list of the alert texts this run sent
+    definition: Mapped[str | None] = mapped_column(Text)  # JSON: the job's definition in effect, secrets left out
 
 
 class RunUpdate(Base):
@@ -209,6 +214,31 @@ class RemoteAttribute(Base):
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
     type: Mapped[str] = mapped_column(String(20))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class FullResync(Base):
+    """A full resync of a job that has not finished: runs of the job go on resending, to the subjects not
+    delivered since ``run_id`` began it, until one ends with nothing left. A new ``--full`` starts over."""
+
+    __tablename__ = "full_resyncs"
+
+    job: Mapped[str] = mapped_column(String(100), primary_key=True)
+    run_id: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    total: Mapped[int] = mapped_column(Integer)  # the subjects the first run of it planned
+
+
+class SchedulerBeat(Base):
+    """A scheduler daemon's heartbeat: it renews ``seen_at`` while it runs and removes its row when it stops."""
+
+    __tablename__ = "schedulers"
+
+    owner: Mapped[str] = mapped_column(String(200), primary_key=True)
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    jobs: Mapped[str] = mapped_column(Text)  # JSON list of the jobs it schedules
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class JobLease(Base):

@@ -46,6 +46,7 @@ class RunStore:
         space_id: str | None = None,
         trigger: str = "manual",
         calls: str | None = None,
+        definition: Mapping[str, Any] | None = None,
     ) -> int:
         with Session(self.engine) as session, session.begin():
             run = Run(
@@ -57,6 +58,7 @@ class RunStore:
                 space_id=space_id,
                 trigger=trigger,
                 calls=calls,
+                definition=dumps(definition) if definition is not None else None,
                 **dict.fromkeys(RUN_COUNTS, 0),
             )
             session.add(run)
@@ -71,7 +73,11 @@ class RunStore:
         now: datetime,
         error: str | None = None,
         issues: Sequence[Mapping[str, Any]] = (),
+        phases: Mapping[str, float] | None = None,
+        guard: Sequence[str] | None = None,
     ) -> None:
+        """The run's end: its status, counts and error, the phases it went through with their seconds, and
+        what the mass-change guard found (None: the guard did not look)."""
         with Session(self.engine) as session, session.begin():
             session.execute(
                 update(Run)
@@ -81,9 +87,16 @@ class RunStore:
                     finished_at=now,
                     error=error,
                     issues=dumps(list(issues)) if issues else None,
+                    phases=dumps([[name, round(seconds, 3)] for name, seconds in phases.items()]) if phases else None,
+                    guard=dumps(list(guard)) if guard is not None else None,
                     **{k: v for k, v in counts.items() if k in RUN_COUNTS},
                 )
             )
+
+    def record_alerts(self, run_id: int, texts: Sequence[str]) -> None:
+        """The alerts a run's end sent, as their texts."""
+        with Session(self.engine) as session, session.begin():
+            session.execute(update(Run).where(Run.id == run_id).values(alerts=dumps(list(texts))))
 
     def record_run_keys(self, run_id: int, counts: Mapping[tuple[str, str], Mapping[str, int]]) -> None:
         """Per-key counts of a run (planned and acknowledged), replacing any recorded before."""
@@ -117,10 +130,17 @@ class RunStore:
         with Session(self.engine, expire_on_commit=False) as session:
             return session.get(Run, run_id)
 
-    def runs(self, job: str | None = None, limit: int = 50) -> list[Run]:
+    def runs(
+        self, job: str | None = None, limit: int = 50, statuses: Sequence[str] = (), trigger: str | None = None
+    ) -> list[Run]:
+        """Runs newest first, of one job or all, with one of ``statuses`` and started by ``trigger`` if given."""
         query = select(Run).order_by(Run.id.desc()).limit(limit)
         if job:
             query = query.where(Run.job == job)
+        if statuses:
+            query = query.where(Run.status.in_(statuses))
+        if trigger:
+            query = query.where(Run.trigger == trigger)
         with Session(self.engine, expire_on_commit=False) as session:
             return list(session.scalars(query))
 
