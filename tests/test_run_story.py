@@ -141,3 +141,51 @@ def test_runs_lists_status_trigger_duration_and_the_errors_first_line_and_runs_s
     assert set(as_json) == {"run", "phases", "guard", "alerts", "failures", "failure_reasons", "definition"}
     missing = cli(config, "runs", "show", "999")
     assert missing.returncode == 2 and "no run with id 999" in missing.stderr
+
+
+def test_a_full_resync_that_failed_half_way_is_finished_by_the_next_run_and_a_new_full_starts_over(
+    store: Store, warehouse: Warehouse, sleep: RecordingSleep
+) -> None:
+    users = [f"u{i}" for i in range(100)]
+    warehouse.set_members("vip", users)
+    with Receiver() as receiver:
+        job = make_job(warehouse, receiver.url, max_attempts=1, audiences=[warehouse.audience("VIP", "vip")])
+        runner = Runner(store, sleep=sleep)
+        assert runner.run(job).status == "succeeded"
+        refused = set(users[50:])
+        receiver.faults.respond = lambda body: 500 if body["user_id"] in refused else None
+        receiver.records.clear()
+        full = runner.run(job, RunOptions(full=True, trigger="full"))
+        assert (full.kind, full.status, full.delivered, full.failed, full.full_left) == ("full", "partial", 50, 50, 50)
+        resync = store.full_resync(job.name)
+        assert resync is not None and (resync.run_id, resync.remaining) == (full.run_id, 50)
+        receiver.faults.respond = None
+        receiver.records.clear()
+        resumed = runner.run(job)  # a plain run goes on with the resync: only the 50 not delivered
+        assert (resumed.kind, resumed.status, resumed.delivered) == ("full", "succeeded", 50)
+        assert {r.body["user_id"] for r in receiver.records} == refused
+        assert store.full_resync(job.name) is None
+        receiver.records.clear()
+        assert runner.run(job).updates == 0  # finished: back to incremental runs
+        receiver.faults.respond = lambda body: 500 if body["user_id"] in refused else None
+        runner.run(job, RunOptions(full=True))
+        receiver.faults.respond = None
+        receiver.records.clear()
+        again = runner.run(job, RunOptions(full=True))  # a new --full starts over: everyone again
+    assert (again.kind, again.status, again.delivered) == ("full", "succeeded", 100)
+    assert store.full_resync(job.name) is None
+
+
+def test_status_says_how_much_of_a_full_resync_is_left(
+    tmp_path: Path,
+    seeded: Warehouse,  # noqa: F811
+) -> None:
+    config = write_config(tmp_path, seeded, f"sqlite:///{tmp_path / 'state.db'}")
+    with Receiver() as receiver:
+        assert cli(config, "run", "contacts", webhook=receiver.url).returncode == 0
+        receiver.faults.respond = lambda body: 500 if body["user_id"] in {"u1", "u2"} else None
+        full = cli(config, "run", "contacts", "--full", webhook=receiver.url)
+    assert full.returncode == 3 and "the full resync is not finished: 2 subjects left" in full.stderr
+    status = json.loads(cli(config, "status", "--json").stdout)
+    assert status["full_resync"]["left"] == 2
+    assert "full resync: 2 left" in cli(config, "status").stdout

@@ -30,7 +30,7 @@ def upgrade() -> None:
         sa.Column("job", sa.String(length=100), nullable=False),
         sa.Column("run_id", sa.Integer(), nullable=False),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("total", sa.Integer(), nullable=False),
+        sa.Column("remaining", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("job", name=op.f("pk_full_resyncs")),
     )
     op.create_table(

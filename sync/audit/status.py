@@ -34,6 +34,7 @@ def job_status(store: Store, job: JobConfig | JobOutline, now: datetime) -> dict
     live = lease is not None and lease.expires_at >= now
     failures = store.consecutive_failures(job.name)
     pending = store.pending_updates(job.name)
+    resync = store.full_resync(job.name)
     return {
         "job": job.name,
         "enabled": job.schedule.enabled,
@@ -45,6 +46,9 @@ def job_status(store: Store, job: JobConfig | JobOutline, now: datetime) -> dict
         "pending": pending,
         "waiting_for_retry": pending,  # the name of earlier versions
         "dead": store.dead_count(job.name),
+        "full_resync": {"run_id": resync.run_id, "started_at": iso(resync.started_at), "left": resync.remaining}
+        if resync
+        else None,
         "consecutive_failures": failures,
         "consecutive_blocked": store.consecutive_failures(job.name, statuses=("blocked",)),
         "failing": failures >= FAILING_AFTER,
@@ -78,11 +82,18 @@ def table_row(status: dict[str, Any]) -> dict[str, Any]:
         "finished": _short(last.get("finished_at")),
         "next_run": _short(status["next_run_at"]),
         "acknowledged": status["acknowledged_users"],
-        "pending": status["pending"],
+        "pending": _pending(status),
         "dead": status["dead"],
         "failures": trouble,
         "running": f"run {lease['run_id']} on {lease['owner']}" if lease and lease["live"] else "",
     }
+
+
+def _pending(status: dict[str, Any]) -> str:
+    resync = status["full_resync"]
+    if resync is None:
+        return str(status["pending"])
+    return f"{status['pending']} (full resync: {resync['left']} left)"
 
 
 def _last_run(last: dict[str, Any]) -> str:

@@ -91,7 +91,12 @@ def _run(ctx: click.Context, job_name: str, options: RunOptions, as_json: bool, 
         with _progress() as progress:
             runner = Runner(store, progress=progress, stop=stop, alerts=Alerts(config.notify))
             report = runner.run(job, options)
-        extra = {"error": report.error, "skipped_rows": report.skipped_rows, "parked": report.parked}
+        extra = {
+            "error": report.error,
+            "skipped_rows": report.skipped_rows,
+            "parked": report.parked,
+            "full_left": report.full_left,
+        }
         _print_report(report.summary() | extra, as_json)
         if show_changes:
             _print_changes(store, report.run_id)
@@ -161,6 +166,12 @@ def _print_report(summary: Mapping[str, Any], as_json: bool) -> None:
     click.echo(line)
     if summary.get("error"):
         click.echo(f"error: {summary['error']}", err=True)
+    if summary.get("full_left"):
+        click.echo(
+            f"the full resync is not finished: {summary['full_left']} subjects left. The job's next run (scheduled "
+            "or manual) goes on with it; `run --full` starts it over",
+            err=True,
+        )
 
 
 @click.command()

@@ -101,6 +101,7 @@ class Planner:
         full: bool = False,
         sink: Sink | None = None,
         phases: Phases | None = None,
+        resent: Set[str] = frozenset(),
     ) -> Plan:
         """Snapshot, diff against the acknowledged state of ``tracked`` keys, and the updates to send.
 
@@ -109,12 +110,16 @@ class Planner:
         planned (a dry run records them, a streamed run sends them) and returns False to stop; without it,
         up to ``KEEP`` updates stay in memory for sending and a larger plan is planned again, batch by
         batch, when it is sent.
+
+        ``resent``: subjects a full resync being resumed has already delivered; a ``full`` plan sends them
+        only what really changed, and everything to the others.
         """
         if phases:
             phases.enter("querying")
         comps = computations(job)
-        force = {c.key for c in comps} if full else {c.key for c in comps if c.key not in tracked}
-        snapshot, selection = self._examined(job, comps, force)
+        new_keys = {c.key for c in comps if c.key not in tracked}
+        force = Forced({c.key for c in comps} if full else new_keys, new_keys, resent if full else frozenset())
+        snapshot, selection = self._examined(job, comps, force.keys)
         if phases:
             phases.enter("planning")
         dead = self.store.parked(job.name)
@@ -177,7 +182,7 @@ class Planner:
         job: JobConfig,
         selection: Selection,
         tracked: Mapping[str, str],
-        force: set[str],
+        force: Forced,
         dead: Mapping[str, str],
     ) -> Iterator[tuple[pd.DataFrame, list[Update], list[tuple[str, int]]]]:
         """Per batch of examined users: the changes, the updates to send and the fingerprints to refresh."""
@@ -190,7 +195,7 @@ class Planner:
 
         for batch, baseline in _prefetched(load, batches):
             examined = batch.user_ids
-            changes = diff_states(baseline.state, batch.state, comps, force)
+            changes = force.changes(baseline.state, batch.state, comps)
             signed = dict(zip(examined, batch.fingerprints, strict=True))
             profiles = _profiles(batch, baseline, changes)
             planned = plan_updates(job.name, changes, comps, batch.state, profiles, baseline.versions, signed)
@@ -198,6 +203,31 @@ class Planner:
             changed = set(changes["user_id"].tolist())
             refresh = [(u, signed[u]) for u in examined if u not in changed and u in baseline.versions]
             yield changes, updates, refresh
+
+
+@dataclass(frozen=True)
+class Forced:
+    """Which keys a plan sends whether or not they changed (``keys``: a new key's initial sync, every key of a
+    full resync), and the subjects ``resent`` already by the full resync being resumed, which get only the
+    keys a plan would force anyway (``new_keys``)."""
+
+    keys: set[str]
+    new_keys: set[str]
+    resent: Set[str] = frozenset()
+
+    def changes(self, old: pd.DataFrame, new: pd.DataFrame, comps: tuple[Computation, ...]) -> pd.DataFrame:
+        changes = diff_states(old, new, comps, self.keys)
+        if not self.resent or self.keys == self.new_keys:
+            return changes
+        done = changes["user_id"].isin(self.resent).to_numpy()
+        if not done.any():
+            return changes
+        ids = changes["user_id"].to_numpy()[done]
+        again = diff_states(old.loc[old.index.isin(ids)], new.loc[new.index.isin(ids)], comps, self.new_keys)
+        wanted = set(zip(again["user_id"].tolist(), again["key"].tolist(), strict=True))
+        pairs = zip(changes["user_id"].tolist(), changes["key"].tolist(), strict=True)
+        keep = [not was_done or pair in wanted for was_done, pair in zip(done.tolist(), pairs, strict=True)]
+        return changes[keep].reset_index(drop=True)
 
 
 def _profiles(batch: Examined, baseline: Baseline, changes: pd.DataFrame) -> dict[str, Mapping[str, str]]:

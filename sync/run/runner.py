@@ -15,9 +15,9 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -210,6 +210,9 @@ class Runner:
     ) -> RunReport:
         now = self.clock()
         tracked = self.store.tracked_keys(job.name)
+        resync = None if options.full else self.store.full_resync(job.name)
+        if resync is not None:  # an unfinished full resync: this run goes on with it
+            options = replace(options, full=True)
         kind = self._kind(job, tracked, options)
         spec = call_spec(job, self.store.installation_id())
         report = RunReport(
@@ -229,6 +232,17 @@ class Runner:
         )
         if heartbeat:
             heartbeat.run_id = report.run_id
+        resent: Set[str] = frozenset()
+        if resync is not None:
+            resent = self.store.resynced(job.name, resync.run_id)
+            log.info(
+                "resuming the full resync begun by run %s: %s subjects were delivered since",
+                resync.run_id,
+                len(resent),
+                extra={"job": job.name, "run_id": report.run_id},
+            )
+        elif options.full and not options.dry_run:
+            self.store.start_full_resync(job.name, report.run_id, now)
         log.info(
             "run started",
             extra={
@@ -242,7 +256,7 @@ class Runner:
         phases = _Phases(job.name, report.run_id, self.progress)
         halt = _Halt(lost or threading.Event(), self.breaker(), phases, spec)
         try:
-            self._execute(job, options, tracked, report, now, halt)
+            self._execute(job, options, tracked, report, now, halt, resent)
         except Stopped:
             report.status = "interrupted"
         except GuardError as exc:
@@ -256,6 +270,8 @@ class Runner:
             log.exception("run failed", extra={"job": job.name, "run_id": report.run_id})
         finally:
             halt.close()
+        if options.full and not options.dry_run:
+            self._settle_resync(report)
         phases.enter("recording")
         self._finish(report, phases)
         phases.close()
@@ -269,6 +285,23 @@ class Runner:
             extra={"event": "run_finished", **report.summary(), "error": report.error, "timings": phases.timings()},
         )
         return report
+
+    def _settle_resync(self, report: RunReport) -> None:
+        """A full resync ends with a run that succeeded; otherwise the next run goes on with it, and what its
+        last run planned and did not deliver is what is left (a run that ended before planning changes
+        nothing)."""
+        if report.status == "succeeded":
+            self.store.settle_full_resync(report.job, 0)
+            return
+        if report.guard is None:
+            return
+        report.full_left = max(1, report.updates - report.delivered - report.unmatched)
+        self.store.settle_full_resync(report.job, report.full_left)
+        log.warning(
+            "the full resync is not finished: %s subjects left; the next run of the job goes on with it",
+            report.full_left,
+            extra={"job": report.job, "run_id": report.run_id},
+        )
 
     def _alert(self, report: RunReport, unreachable: bool) -> None:
         """Tell the notification targets what began or ended; never fails the run."""
@@ -320,15 +353,16 @@ class Runner:
         report: RunReport,
         now: datetime,
         halt: _Halt,
+        resent: Set[str],
     ) -> None:
         # Runs the mass-change guard cannot stop plan and send batch by batch; the others plan in full first.
         streamed = not options.dry_run and (not tracked or not job.guard.enabled or options.force)
         if options.dry_run:
-            plan = self._dry_run(job, tracked, options, report, halt.phases)
+            plan = self._dry_run(job, tracked, options, report, halt.phases, resent)
         elif streamed:
-            plan = self._stream(job, tracked, options, report, now, halt)
+            plan = self._stream(job, tracked, options, report, now, halt, resent)
         else:
-            plan = self.planner.plan(job, tracked, options.full, phases=halt.phases)
+            plan = self.planner.plan(job, tracked, options.full, phases=halt.phases, resent=resent)
         self._fill(report, plan)
         if plan.guard and not options.force:
             explained = "; ".join(plan.guard)
@@ -369,6 +403,7 @@ class Runner:
         options: RunOptions,
         report: RunReport,
         phases: _Phases | None = None,
+        resent: Set[str] = frozenset(),
     ) -> Plan:
         """Plan and record every update as ``planned``; a batch is written while the next one is planned."""
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="audience-sync-audit") as writer:
@@ -381,7 +416,7 @@ class Runner:
                 written = writer.submit(self.store.record_plan, report.run_id, updates, "planned")
                 return True
 
-            plan = self.planner.plan(job, tracked, options.full, sink=record, phases=phases)
+            plan = self.planner.plan(job, tracked, options.full, sink=record, phases=phases, resent=resent)
             if written is not None:
                 written.result()
         return plan
@@ -394,6 +429,7 @@ class Runner:
         report: RunReport,
         now: datetime,
         halt: _Halt,
+        resent: Set[str],
     ) -> Plan:
         """Plan and send batch by batch, for runs the mass-change guard cannot stop (an initial sync, the
         guard off, ``--force``): a plan of any size is never held whole."""
@@ -412,7 +448,7 @@ class Runner:
                 failure = exc
                 return False
 
-        plan = self.planner.plan(job, tracked, options.full, sink=send, phases=halt.phases)
+        plan = self.planner.plan(job, tracked, options.full, sink=send, phases=halt.phases, resent=resent)
         if failure is not None:
             self._fill(report, plan)
             raise failure

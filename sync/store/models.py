@@ -225,7 +225,7 @@ class FullResync(Base):
     job: Mapped[str] = mapped_column(String(100), primary_key=True)
     run_id: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    total: Mapped[int] = mapped_column(Integer)  # the subjects the first run of it planned
+    remaining: Mapped[int] = mapped_column(Integer)  # subjects its last run planned and did not deliver
 
 
 class SchedulerBeat(Base):

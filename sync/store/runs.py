@@ -20,6 +20,7 @@ from sync.errors import StoreError
 from sync.model import KEY_COUNTS, RUN_COUNTS
 from sync.store.common import dumps
 from sync.store.models import (
+    FullResync,
     Installation,
     Run,
     RunKey,
@@ -97,6 +98,36 @@ class RunStore:
         """The alerts a run's end sent, as their texts."""
         with Session(self.engine) as session, session.begin():
             session.execute(update(Run).where(Run.id == run_id).values(alerts=dumps(list(texts))))
+
+    def start_full_resync(self, job: str, run_id: int, now: datetime) -> None:
+        """A full resync of ``job`` begins with run ``run_id``; one unfinished before is given up."""
+        with Session(self.engine) as session, session.begin():
+            session.execute(delete(FullResync).where(FullResync.job == job))
+            session.add(FullResync(job=job, run_id=run_id, started_at=now, remaining=0))
+
+    def full_resync(self, job: str) -> FullResync | None:
+        """The job's unfinished full resync, if any."""
+        with Session(self.engine, expire_on_commit=False) as session:
+            return session.get(FullResync, job)
+
+    def resynced(self, job: str, since_run_id: int) -> set[str]:
+        """Subjects a full resync begun by run ``since_run_id`` has delivered (or found no record for)."""
+        query = (
+            select(RunUpdate.user_id)
+            .join(Run, Run.id == RunUpdate.run_id)
+            .where(Run.job == job, Run.id >= since_run_id, Run.dry_run.is_(False))
+            .where(RunUpdate.status.in_(("delivered", "unmatched")))
+        )
+        with self.engine.connect() as connection:
+            return set(connection.execute(query).scalars())
+
+    def settle_full_resync(self, job: str, remaining: int) -> None:
+        """After a run of a full resync: finished when nothing is left, else what is left to deliver."""
+        with Session(self.engine) as session, session.begin():
+            if remaining:
+                session.execute(update(FullResync).where(FullResync.job == job).values(remaining=remaining))
+            else:
+                session.execute(delete(FullResync).where(FullResync.job == job))
 
     def record_run_keys(self, run_id: int, counts: Mapping[tuple[str, str], Mapping[str, int]]) -> None:
         """Per-key counts of a run (planned and acknowledged), replacing any recorded before."""
