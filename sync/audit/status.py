@@ -35,6 +35,7 @@ def job_status(store: Store, job: JobConfig | JobOutline, now: datetime) -> dict
     failures = store.consecutive_failures(job.name)
     pending = store.pending_updates(job.name)
     resync = store.full_resync(job.name)
+    found, waiting = store.match_counts(job.name)
     return {
         "job": job.name,
         "enabled": job.schedule.enabled,
@@ -46,6 +47,10 @@ def job_status(store: Store, job: JobConfig | JobOutline, now: datetime) -> dict
         "pending": pending,
         "waiting_for_retry": pending,  # the name of earlier versions
         "dead": store.dead_count(job.name),
+        # Destinations that find records before writing (chartmogul_api): over every subject looked up.
+        "records": {"found": found, "waiting": waiting, "match_rate": round(found / (found + waiting), 4)}
+        if found + waiting
+        else None,
         "full_resync": {"run_id": resync.run_id, "started_at": iso(resync.started_at), "left": resync.remaining}
         if resync
         else None,
@@ -78,7 +83,7 @@ def table_row(status: dict[str, Any]) -> dict[str, Any]:
     return {
         "job": status["job"],
         "schedule": schedule,
-        "last_run": _last_run(last),
+        "last_run": _last_run(last, status["records"]),
         "finished": _short(last.get("finished_at")),
         "next_run": _short(status["next_run_at"]),
         "acknowledged": status["acknowledged_users"],
@@ -96,12 +101,12 @@ def _pending(status: dict[str, Any]) -> str:
     return f"{status['pending']} (full resync: {resync['left']} left)"
 
 
-def _last_run(last: dict[str, Any]) -> str:
+def _last_run(last: dict[str, Any], records: dict[str, Any] | None) -> str:
     if not last:
         return "never"
     text = f"{last['run_id']} {last['status']}"
-    if last.get("match_rate") is not None:
-        text += f", {last['match_rate']:.0%} matched"
+    if records is not None:
+        text += f", {records['match_rate']:.0%} matched ({records['waiting']} wait for a record)"
     return text
 
 

@@ -112,13 +112,18 @@ def _computations(call: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return list((call.get("context") or {}).get("personas", {}).get("computations", []))
 
 
+def remote_scope(settings: ChartMogulApiConfig) -> RemoteIds:
+    """Record ids are kept per target and way of matching; a subject with none is looked up again after
+    ``rematch_after``."""
+    return RemoteIds(f"{settings.target}:{settings.match}", settings.rematch_after)
+
+
 class ChartMogulApiTarget:
     """Requests for ChartMogul's API: one subject's changed keys each, typed; no body is final until the
     record's uuid is known, so ``requests`` carries the values and the destination shapes the body."""
 
     def __init__(self, settings: ChartMogulApiConfig) -> None:
-        scope = RemoteIds(f"{settings.target}:{settings.match}", settings.rematch_after)
-        self.capabilities = replace(CAPABILITIES, remote_ids=scope)
+        self.capabilities = replace(CAPABILITIES, remote_ids=remote_scope(settings))
         self.settings = settings
         self.base = settings.base_url.rstrip("/")
         self.url = self.base

@@ -13,9 +13,10 @@ import httpx
 from sync.calls import CallSpec
 from sync.clock import Clock, Sleep, utc_now
 from sync.config import ChartMogulApiConfig, ChartMogulWebhookConfig, DestinationConfig, JobConfig, SegmentConfig
+from sync.destinations.base import RemoteIds
 from sync.destinations.breaker import Breaker
 from sync.destinations.chartmogul import ChartMogulWebhook
-from sync.destinations.chartmogul_api import ChartMogulApi, ChartMogulApiTarget
+from sync.destinations.chartmogul_api import ChartMogulApi, ChartMogulApiTarget, remote_scope
 from sync.destinations.http import HttpDestination, Target
 from sync.destinations.segment import SegmentBatch
 
@@ -42,6 +43,11 @@ def build_destination(
     return HttpDestination(
         TARGETS[type(settings)](settings), client, settings, sleep=sleep, clock=clock, breaker=breaker
     )
+
+
+def remote_ids(settings: DestinationConfig) -> RemoteIds | None:
+    """Where a destination that finds records before writing keeps the ids it found; None for the others."""
+    return remote_scope(settings) if isinstance(settings, ChartMogulApiConfig) else None
 
 
 def call_spec(job: JobConfig, installation: str) -> CallSpec:

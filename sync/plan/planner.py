@@ -101,7 +101,7 @@ class Planner:
         full: bool = False,
         sink: Sink | None = None,
         phases: Phases | None = None,
-        resent: Set[str] = frozenset(),
+        prior: Prior | None = None,
     ) -> Plan:
         """Snapshot, diff against the acknowledged state of ``tracked`` keys, and the updates to send.
 
@@ -111,14 +111,14 @@ class Planner:
         up to ``KEEP`` updates stay in memory for sending and a larger plan is planned again, batch by
         batch, when it is sent.
 
-        ``resent``: subjects a full resync being resumed has already delivered; a ``full`` plan sends them
-        only what really changed, and everything to the others.
+        ``prior``: what earlier runs settled about some subjects (``Prior``).
         """
         if phases:
             phases.enter("querying")
         comps = computations(job)
         new_keys = {c.key for c in comps if c.key not in tracked}
-        force = Forced({c.key for c in comps} if full else new_keys, new_keys, resent if full else frozenset())
+        prior = prior or Prior()
+        force = Forced({c.key for c in comps} if full else new_keys, new_keys, prior.resent if full else frozenset())
         snapshot, selection = self._examined(job, comps, force.keys)
         if phases:
             phases.enter("planning")
@@ -126,7 +126,7 @@ class Planner:
         plan = Plan(snapshot, snapshot.users, examined=len(selection) + len(selection.gone))
         moved: dict[str, list[int]] = {}
         kept: list[list[Update]] | None = []
-        for changes, updates, refresh in self._planned(job, selection, tracked, force, dead):
+        for changes, updates, refresh in self._planned(job, selection, tracked, force, dead, prior.waiting):
             kinds = changes["change"].value_counts()
             plan.entered += int(kinds.get("entered", 0))
             plan.exited += int(kinds.get("exited", 0))
@@ -147,7 +147,9 @@ class Planner:
                 kept = kept if plan.updates_count <= self.keep else None
         plan.kept = None if sink is not None else kept
         if sink is None and kept is None:
-            plan.replan = lambda: (batch for _, batch, _ in self._planned(job, selection, tracked, force, dead))
+            plan.replan = lambda: (
+                batch for _, batch, _ in self._planned(job, selection, tracked, force, dead, prior.waiting)
+            )
         if tracked:
             members = snapshot.member_counts({key for key, (_, leaving) in moved.items() if leaving})
             plan.guard = tuple(guard_problems(members, moved, comps, set(tracked), job.guard))
@@ -184,8 +186,11 @@ class Planner:
         tracked: Mapping[str, str],
         force: Forced,
         dead: Mapping[str, str],
+        waiting: Set[str],
     ) -> Iterator[tuple[pd.DataFrame, list[Update], list[tuple[str, int]]]]:
-        """Per batch of examined users: the changes, the updates to send and the fingerprints to refresh."""
+        """Per batch of examined users: the changes, the updates to send and the fingerprints to refresh.
+        Subjects ``waiting`` for a record at the destination are left out of the changes and the updates,
+        and their fingerprints are not refreshed: they are planned again once they are looked up again."""
         comps = selection.snapshot.computations
         gone = Examined(selection.gone, [0] * len(selection.gone), pd.DataFrame(columns=[c.key for c in comps]), {})
         batches = chain(selection.batches(self.batch), [gone] if selection.gone else [])
@@ -196,13 +201,25 @@ class Planner:
         for batch, baseline in _prefetched(load, batches):
             examined = batch.user_ids
             changes = force.changes(baseline.state, batch.state, comps)
+            changed = set(changes["user_id"].tolist())
+            if waiting and not changed.isdisjoint(waiting):
+                changes = changes[~changes["user_id"].isin(waiting)].reset_index(drop=True)
             signed = dict(zip(examined, batch.fingerprints, strict=True))
             profiles = _profiles(batch, baseline, changes)
             planned = plan_updates(job.name, changes, comps, batch.state, profiles, baseline.versions, signed)
             updates = [u for u in planned if dead.get(u.user_id) != u.message_id]
-            changed = set(changes["user_id"].tolist())
             refresh = [(u, signed[u]) for u in examined if u not in changed and u in baseline.versions]
             yield changes, updates, refresh
+
+
+@dataclass(frozen=True)
+class Prior:
+    """What earlier runs settled about some subjects: those a full resync being resumed has ``resent``
+    already (a full plan sends them only what really changed), and those ``waiting`` for a record at the
+    destination until they are looked up again (no plan has them: their changes are not this run's)."""
+
+    resent: Set[str] = frozenset()
+    waiting: Set[str] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -26,10 +26,10 @@ from sync.calls import CallSpec
 from sync.clock import Clock, Sleep, utc_now
 from sync.config import JobConfig
 from sync.destinations.breaker import Breaker
-from sync.destinations.factory import call_spec
+from sync.destinations.factory import call_spec, remote_ids
 from sync.errors import GuardError, SyncError
 from sync.model import Update
-from sync.plan.planner import BATCH, KEEP, Plan, Planner
+from sync.plan.planner import BATCH, KEEP, Plan, Planner, Prior
 from sync.run import lease
 from sync.run.alerts import RECENT_RUNS, Alerts, RunFacts
 from sync.run.delivery import PROGRESS_INTERVAL_S, ClientFactory, Delivery, Pace, Progress, default_client
@@ -256,7 +256,8 @@ class Runner:
         phases = _Phases(job.name, report.run_id, self.progress)
         halt = _Halt(lost or threading.Event(), self.breaker(), phases, spec)
         try:
-            self._execute(job, options, tracked, report, now, halt, resent)
+            prior = Prior(resent, self._waiting(job, now))
+            self._execute(job, options, tracked, report, now, halt, prior)
         except Stopped:
             report.status = "interrupted"
         except GuardError as exc:
@@ -285,6 +286,13 @@ class Runner:
             extra={"event": "run_finished", **report.summary(), "error": report.error, "timings": phases.timings()},
         )
         return report
+
+    def _waiting(self, job: JobConfig, now: datetime) -> Set[str]:
+        """Subjects found to have no record at the destination lately, not to be looked up again yet."""
+        remote = remote_ids(job.destination)
+        if remote is None:
+            return frozenset()
+        return self.store.awaiting_records(job.name, remote.scope, now - remote.rematch_after)
 
     def _settle_resync(self, report: RunReport) -> None:
         """A full resync ends with a run that succeeded; otherwise the next run goes on with it, and what its
@@ -353,16 +361,16 @@ class Runner:
         report: RunReport,
         now: datetime,
         halt: _Halt,
-        resent: Set[str],
+        prior: Prior,
     ) -> None:
         # Runs the mass-change guard cannot stop plan and send batch by batch; the others plan in full first.
         streamed = not options.dry_run and (not tracked or not job.guard.enabled or options.force)
         if options.dry_run:
-            plan = self._dry_run(job, tracked, options, report, halt.phases, resent)
+            plan = self._dry_run(job, tracked, options, report, halt.phases, prior)
         elif streamed:
-            plan = self._stream(job, tracked, options, report, now, halt, resent)
+            plan = self._stream(job, tracked, options, report, now, halt, prior)
         else:
-            plan = self.planner.plan(job, tracked, options.full, phases=halt.phases, resent=resent)
+            plan = self.planner.plan(job, tracked, options.full, phases=halt.phases, prior=prior)
         self._fill(report, plan)
         if plan.guard and not options.force:
             explained = "; ".join(plan.guard)
@@ -403,7 +411,7 @@ class Runner:
         options: RunOptions,
         report: RunReport,
         phases: _Phases | None = None,
-        resent: Set[str] = frozenset(),
+        prior: Prior | None = None,
     ) -> Plan:
         """Plan and record every update as ``planned``; a batch is written while the next one is planned."""
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="audience-sync-audit") as writer:
@@ -416,7 +424,7 @@ class Runner:
                 written = writer.submit(self.store.record_plan, report.run_id, updates, "planned")
                 return True
 
-            plan = self.planner.plan(job, tracked, options.full, sink=record, phases=phases, resent=resent)
+            plan = self.planner.plan(job, tracked, options.full, sink=record, phases=phases, prior=prior)
             if written is not None:
                 written.result()
         return plan
@@ -429,7 +437,7 @@ class Runner:
         report: RunReport,
         now: datetime,
         halt: _Halt,
-        resent: Set[str],
+        prior: Prior,
     ) -> Plan:
         """Plan and send batch by batch, for runs the mass-change guard cannot stop (an initial sync, the
         guard off, ``--force``): a plan of any size is never held whole."""
@@ -448,7 +456,7 @@ class Runner:
                 failure = exc
                 return False
 
-        plan = self.planner.plan(job, tracked, options.full, sink=send, phases=halt.phases, resent=resent)
+        plan = self.planner.plan(job, tracked, options.full, sink=send, phases=halt.phases, prior=prior)
         if failure is not None:
             self._fill(report, plan)
             raise failure

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, func, select
 
 from sync.destinations.base import DeliveryResult
 from sync.store import dialect
@@ -41,6 +41,22 @@ class RemoteStore:
                     }
                 )
         return found
+
+    def awaiting_records(self, job: str, scope: str, since: datetime) -> set[str]:
+        """Subjects found in ``scope`` to have no record at the destination at ``since`` or later."""
+        query = select(RemoteId.user_id).where(
+            RemoteId.job == job, RemoteId.scope == scope, RemoteId.remote_id == "", RemoteId.matched_at >= since
+        )
+        with self.engine.connect() as connection:
+            return set(connection.execute(query).scalars())
+
+    def match_counts(self, job: str) -> tuple[int, int]:
+        """(subjects with a record found at the destination, subjects found to have none), over every scope."""
+        matched = func.count().filter(RemoteId.remote_id != "")
+        query = select(matched, func.count()).where(RemoteId.job == job)
+        with self.engine.connect() as connection:
+            found, total = connection.execute(query).one()
+        return int(found), int(total) - int(found)
 
     def remote_attributes(self, job: str, scope: str) -> dict[str, str]:
         """The custom attributes ``job`` created in ``scope``: key → type."""
