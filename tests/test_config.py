@@ -97,9 +97,9 @@ jobs:
     problems = caught.value.problems
     text_of = "\n".join(problems)
     expected = [
-        "destination.webhook_url: environment variable MISSING is not set",
+        "environment variable MISSING is not set (used by job 'contacts': destination.webhook_url",
         "colour: unknown setting",
-        "job 'contacts': destination.requests_per_second: Input should be a valid number",
+        "job 'contacts': destination.requests_per_second: must be a valid number, not 'fast'",
         "job 'contacts': destination.shoe_size: unknown setting",
         "job 'Bad Name': name: String should match pattern",
         "job 'Bad Name': destination.webhook_url: the webhook URL must use https://",

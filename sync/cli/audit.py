@@ -36,6 +36,7 @@ from sync.errors import ConfigError, SyncError
 from sync.run.report import EXIT_USAGE
 from sync.store import AuditFilter, Store
 from sync.store.models import FailedUpdate, RunUpdate
+from sync.text import plural
 
 
 def known_job(store: Store, job: str) -> str:
@@ -243,7 +244,8 @@ def prune(ctx: click.Context, job: str | None, days: int | None) -> None:
         for each in jobs:
             removed = prune_job(store, each, utc_now(), days)
             click.echo(
-                f"job {each.name}: removed {removed} update rows older than {days or each.audit_retention_days} days"
+                f"job {each.name}: removed {plural(removed, 'update row')} older than "
+                f"{plural(days or each.audit_retention_days, 'day')}"
             )
 
 

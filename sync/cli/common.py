@@ -35,9 +35,10 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     sys.exit(code)
 
 
-def job_config(ctx: click.Context) -> Config:
+def job_config(ctx: click.Context, *jobs: str) -> Config:
+    """The configuration; with ``jobs``, only those jobs are read, so that only their secrets must be set."""
     try:
-        return load_config(ctx.obj)
+        return load_config(ctx.obj, only=jobs or None)
     except ConfigError as exc:
         _config_problems(exc)
 

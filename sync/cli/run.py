@@ -28,6 +28,7 @@ from sync.run.alerts import Alerts
 from sync.run.report import EXIT_USAGE, SUMMARY_FIELDS, RunOptions
 from sync.run.runner import Runner
 from sync.store import AuditFilter, Store
+from sync.text import plural
 
 log = logging.getLogger("sync.cli")
 # `plan` shows this many changes after its summary; `diff RUN_ID` has them all.
@@ -73,15 +74,15 @@ def plan(ctx: click.Context, job: str, full: bool) -> None:
 def retry(ctx: click.Context, job: str, dead: bool, as_json: bool) -> None:
     """Run JOB now to send its failed updates again; --dead un-parks the dead ones first."""
     if dead:
-        config = job_config(ctx)
+        config = job_config(ctx, job)
         with open_store(config.state_url) as store:
             revived = store.revive(config.job(job).name)
-        click.echo(f"{revived} dead update(s) will be sent again", err=True)
+        click.echo(f"{plural(revived, 'dead update')} will be sent again", err=True)
     sys.exit(_run(ctx, job, RunOptions(trigger="retry"), as_json, show_changes=False))
 
 
 def _run(ctx: click.Context, job_name: str, options: RunOptions, as_json: bool, show_changes: bool) -> int:
-    config = job_config(ctx)
+    config = job_config(ctx, job_name)
     try:
         job = config.job(job_name)
     except ConfigError as exc:

@@ -6,14 +6,18 @@ from __future__ import annotations
 import click
 
 from sync.cli.common import job_config
+from sync.text import plural
 
 
 @click.command()
+@click.argument("job", required=False)
 @click.pass_context
-def validate(ctx: click.Context) -> None:
-    """Check jobs.yaml and report every problem at once (exit 2 when there is one)."""
-    config = job_config(ctx)
-    for job in config.jobs:
-        keys = ", ".join(job.audience_keys() + job.trait_keys())
-        click.echo(f"job {job.name}: {len(job.audiences)} audience(s), {len(job.traits)} trait(s): {keys}")
+def validate(ctx: click.Context, job: str | None) -> None:
+    """Check jobs.yaml (or only JOB) and report every problem at once (exit 2 when there is one)."""
+    config = job_config(ctx, *([job] if job else []))
+    for each in config.jobs:
+        keys = ", ".join(each.audience_keys() + each.trait_keys())
+        click.echo(
+            f"job {each.name}: {plural(len(each.audiences), 'audience')}, {plural(len(each.traits), 'trait')}: {keys}"
+        )
     click.echo("configuration is valid")

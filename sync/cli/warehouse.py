@@ -19,7 +19,7 @@ def warehouse() -> None:
 
 def _job(ctx: click.Context, name: str) -> JobConfig:
     try:
-        job = job_config(ctx).job(name)
+        job = job_config(ctx, name).job(name)
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
     if job.source.engine != "warehouse":

@@ -184,6 +184,13 @@ def _destination_type(raw: Any) -> str:
     return str(getattr(raw, "type", "chartmogul"))
 
 
+# Each destination type's settings, by the ``type`` that picks them in jobs.yaml.
+DESTINATION_MODELS: dict[str, type[HttpDestinationConfig]] = {
+    "chartmogul": ChartMogulWebhookConfig,
+    "chartmogul_api": ChartMogulApiConfig,
+    "segment": SegmentConfig,
+}
+
 DestinationConfig = Annotated[
     Annotated[ChartMogulWebhookConfig, Tag("chartmogul")]
     | Annotated[ChartMogulApiConfig, Tag("chartmogul_api")]

@@ -19,7 +19,16 @@ from pydantic import (
 )
 
 from sync.config.destinations import DestinationConfig
-from sync.config.values import DEFAULT_STATE_URL, MAX_KEY, Duration, FrozenModel, JobName, SecretUrl, redact_url
+from sync.config.values import (
+    DEFAULT_STATE_URL,
+    MAX_KEY,
+    Duration,
+    FrozenModel,
+    JobName,
+    SecretUrl,
+    canonical_url,
+    redact_url,
+)
 from sync.errors import ConfigError
 from sync.keys import snake_case
 from sync.redact import public_label
@@ -43,6 +52,11 @@ class SourceConfig(FrozenModel):
     # Statements run on every connection to the warehouse before anything else, as its owner wants the
     # session: SET work_mem / statement_timeout, ALTER SESSION SET QUERY_TAG, USE WAREHOUSE …
     session: tuple[str, ...] = Field(default=(), max_length=20)
+
+    @field_validator("url")
+    @classmethod
+    def _canonical(cls, url: str | None) -> str | None:
+        return canonical_url(url) if url else url
 
     @field_validator("session")
     @classmethod

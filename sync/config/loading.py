@@ -6,20 +6,20 @@ repeats the webhook URL or a database password back, because error messages end 
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
-from pydantic import (
-    ValidationError,
-)
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from sync.config.destinations import DESTINATION_TYPES, ChartMogulApiConfig
+from sync.config.destinations import DESTINATION_MODELS, DESTINATION_TYPES, ChartMogulApiConfig
 from sync.config.jobs import (
     WAREHOUSE_DIALECTS,
     ComputationConfig,
@@ -39,6 +39,7 @@ from sync.config.values import (
     MAX_KEY,
     RESERVED_KEYS,
     STATE_URL_ENV,
+    canonical_url,
     driver_problem,
 )
 from sync.errors import ConfigError
@@ -63,7 +64,26 @@ def check_size(value: Any) -> None:
             stack.extend((child, depth + 1) for child in item)
 
 
-def expand_env(value: Any, env: Mapping[str, str], path: str, problems: list[str]) -> Any:
+class Missing:
+    """Environment variables a configuration refers to that are not set, each with where it is used, so that
+    each is reported once however many fields use it."""
+
+    def __init__(self) -> None:
+        self.uses: dict[str, list[str]] = {}
+        self.prefix = ""  # the job being read, when one is
+
+    def add(self, name: str, where: str) -> None:
+        self.uses.setdefault(name, []).append(self.prefix + where)
+
+    def problems(self) -> list[str]:
+        return [
+            f"environment variable {name} is not set (used by {', '.join(uses)}; write ${{{name}:-default}} for a "
+            "default)"
+            for name, uses in self.uses.items()
+        ]
+
+
+def expand_env(value: Any, env: Mapping[str, str], path: str, problems: list[str] | Missing) -> Any:
     """Expand ``${VAR}`` and ``${VAR:-default}`` in every string of a parsed YAML tree; ``$$`` is a ``$``."""
     if isinstance(value, dict):
         return {
@@ -82,17 +102,23 @@ def expand_env(value: Any, env: Mapping[str, str], path: str, problems: list[str
             return default  # as in the shell, ${VAR:-default} also replaces an empty value
         if name in env:
             return env[name]
-        problems.append(f"{path}: environment variable {name} is not set (use ${{{name}:-default}} for a default)")
+        if isinstance(problems, Missing):
+            problems.add(name, path)
+        else:
+            problems.append(f"{path}: environment variable {name} is not set (use ${{{name}:-default}} for a default)")
         return ""
 
     return _ENV_REF.sub(substitute, value)
 
 
-def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = None) -> Config:
-    """Read, expand and validate a jobs.yaml; raise ConfigError listing every problem."""
+def load_config(
+    path: Path | str | None = None, env: Mapping[str, str] | None = None, only: Collection[str] | None = None
+) -> Config:
+    """Read, expand and validate a jobs.yaml; raise ConfigError listing every problem. With ``only``, just
+    those jobs are read (and must exist): a command acting on one job needs none of the others' secrets."""
     env = os.environ if env is None else env
     config_path = Path(path or env.get(CONFIG_ENV) or DEFAULT_CONFIG)
-    return parse_config(_read_yaml(config_path), env, base_dir=config_path.resolve().parent)
+    return parse_config(_read_yaml(config_path), env, base_dir=config_path.resolve().parent, only=only)
 
 
 def load_state_url(path: Path | str | None = None, env: Mapping[str, str] | None = None) -> str:
@@ -140,7 +166,7 @@ def load_outline(path: Path | str | None = None, env: Mapping[str, str] | None =
         try:
             jobs.append(JobOutline.model_validate(expand_env(wanted, env, "", problems)))
         except ValidationError as exc:
-            problems += [f"{label}: {_loc(e['loc'])}: {_message(e['type'], e['msg'])}" for e in exc.errors()]
+            problems += [_problem(label, e, JobOutline) for e in exc.errors()]
     if problems:
         raise ConfigError(problems)
     return Outline(state_url=state_url, jobs=tuple(jobs))
@@ -163,23 +189,36 @@ def _read_yaml(config_path: Path) -> Any:
     return raw
 
 
-def parse_config(raw: object, env: Mapping[str, str], base_dir: Path) -> Config:
+def parse_config(raw: object, env: Mapping[str, str], base_dir: Path, only: Collection[str] | None = None) -> Config:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(["the configuration must be a mapping with state_url and jobs"])
     problems: list[str] = []
-    expanded = expand_env(raw, env, "", problems)
-    if env.get(STATE_URL_ENV):
-        expanded["state_url"] = env[STATE_URL_ENV]
-    jobs_raw = expanded.pop("jobs", None) or []
+    missing = Missing()
+    jobs_raw = raw.get("jobs") or []
     if not isinstance(jobs_raw, list):
         problems.append("jobs: must be a list of jobs")
         jobs_raw = []
-    jobs = [job for index, item in enumerate(jobs_raw) if (job := _parse_job(index, item, base_dir, problems))]
-    notify = _parse_notify(expanded.pop("notify", None) or [], {job.name for job in jobs}, problems)
+    names = [item.get("name") for item in jobs_raw if isinstance(item, dict)]
+    problems += [
+        f"no job named {name!r} in the configuration (jobs: {_listed(names)})"
+        for name in only or ()
+        if name not in names
+    ]
+    jobs = [
+        job
+        for index, item in enumerate(jobs_raw)
+        if (only is None or (isinstance(item, dict) and item.get("name") in only))
+        and (job := _parse_job(index, item, env, base_dir, problems, missing))
+    ]
+    expanded = expand_env({k: v for k, v in raw.items() if k != "jobs"}, env, "", missing)
+    if env.get(STATE_URL_ENV):
+        expanded["state_url"] = env[STATE_URL_ENV]
+    notify = _parse_notify(expanded.pop("notify", None) or [], {n for n in names if isinstance(n, str)}, problems)
     top = _parse_top(expanded, problems)
     problems += _duplicate_job_names(jobs_raw)
+    problems = missing.problems() + problems
     if problems:
         raise ConfigError(problems)
     state_url = resolve_sqlite_url(top.get("state_url", DEFAULT_STATE_URL), base_dir)
@@ -195,7 +234,7 @@ def _parse_notify(raw: object, jobs: set[str], problems: list[str]) -> list[Noti
         try:
             target = NotifyConfig.model_validate(item)
         except ValidationError as exc:
-            problems += [f"notify[{index}]: {_loc(e['loc'])}: {_message(e['type'], e['msg'])}" for e in exc.errors()]
+            problems += [_problem(f"notify[{index}]", e, NotifyConfig) for e in exc.errors()]
             continue
         problems += [f"notify[{index}].jobs: no job named {name!r}" for name in target.jobs if name not in jobs]
         targets.append(target)
@@ -209,23 +248,36 @@ def _parse_top(expanded: dict[str, Any], problems: list[str]) -> dict[str, Any]:
     if not isinstance(state_url, str):
         problems.append("state_url: must be a SQLAlchemy URL string")
         return {}
-    problem = driver_problem(state_url)
+    problem = driver_problem(canonical_url(state_url))
     if problem:
         problems.append(f"state_url: {problem}")
     return {"state_url": state_url}
 
 
-def _parse_job(index: int, raw: object, base_dir: Path, problems: list[str]) -> JobConfig | None:
+def _listed(names: list[Any]) -> str:
+    return ", ".join(str(name) for name in names) or "none"
+
+
+def _parse_job(
+    index: int, raw: object, env: Mapping[str, str], base_dir: Path, problems: list[str], missing: Missing
+) -> JobConfig | None:
     label = _job_label(index, raw)
     if not isinstance(raw, dict):
         problems.append(f"{label}: must be a mapping")
         return None
+    missing.prefix = f"{label}: "
+    unset = Missing()
+    raw = expand_env(raw, env, "", unset)
+    for name, uses in unset.uses.items():
+        for where in uses:
+            missing.add(name, where)
+    missing.prefix = ""
+    # Fields whose variable is missing are reported as such; what their emptiness breaks is not news.
+    empty = {where for uses in unset.uses.values() for where in uses}
     try:
         job = JobConfig.model_validate(raw)
     except ValidationError as exc:
-        problems += [
-            f"{label}: {_loc(error['loc'])}: {_message(error['type'], error['msg'])}" for error in exc.errors()
-        ]
+        problems += [_problem(label, error) for error in exc.errors() if _loc(error["loc"]) not in empty]
         return None
     job_problems = _check_job(job, base_dir)
     problems += [f"{label}: {problem}" for problem in job_problems]
@@ -354,7 +406,9 @@ def _resolve_paths(job: JobConfig, base_dir: Path) -> JobConfig:
 
 
 def resolve_sqlite_url(url: str, base_dir: Path) -> str:
-    """Make a relative SQLite path in a URL relative to the configuration file's folder."""
+    """Make a relative SQLite path in a URL relative to the configuration file's folder (and a PostgreSQL
+    URL that names no driver one that names psycopg: ``canonical_url``)."""
+    url = canonical_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
         return url
@@ -383,10 +437,76 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return text or "(job)"
 
 
-def _message(kind: str, message: str) -> str:
+def _problem(label: str, error: ErrorDetails, model: type[BaseModel] = JobConfig) -> str:
+    """One validation error in the product's words: ``job 'x': field: what is wrong``."""
+    return f"{label}: {_loc(error['loc'])}: {_message(error, model)}"
+
+
+def _message(error: ErrorDetails, model: type[BaseModel]) -> str:
+    kind, loc, given = error["type"], error["loc"], error.get("input")
     if kind == "extra_forbidden":
-        return "unknown setting"
-    return message.removeprefix("Value error, ")
+        allowed = _settings_at(model, loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.7)
+        hint = f"; did you mean {close[0]}?" if close else (f" (allowed: {', '.join(allowed)})" if allowed else "")
+        return f"unknown setting{hint}"
+    if kind == "missing":
+        return "required, and not given"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"must be a mapping of settings (name: value), not {_kind_of(given)}"
+    if kind == "destination_type":
+        named = given.get("type") if isinstance(given, dict) else given
+        return f"unknown destination type {named!r}; use one of {', '.join(DESTINATION_TYPES)}"
+    message = error["msg"].removeprefix("Value error, ")
+    if message.startswith("Input should be "):
+        message = "must be " + message.removeprefix("Input should be ")
+        if message.startswith("must be a valid "):  # not pydantic's detail of how parsing failed
+            message = message.split(",", 1)[0]
+        if not _secret_field(loc) and isinstance(given, str | int | float | bool) and len(str(given)) <= 60:
+            message += f", not {given!r}"
+    return message
+
+
+def _settings_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
+    """The settings the model at ``loc`` of ``model`` takes (by their names in jobs.yaml)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if part in DESTINATION_TYPES:
+            current = DESTINATION_MODELS[part]
+            continue
+        fields = current.model_fields if isinstance(current, type) and issubclass(current, BaseModel) else {}
+        field = fields.get(part) or next((f for f in fields.values() if f.alias == part), None)
+        if field is None:
+            return []
+        current = _model_in(field.annotation)
+    if not (isinstance(current, type) and issubclass(current, BaseModel)):
+        return []
+    return sorted(field.alias or name for name, field in current.model_fields.items())
+
+
+def _model_in(annotation: Any) -> Any:
+    """The model an annotation holds (``X``, ``tuple[X, ...]``, ``X | None``); the destination union is
+    resolved by its tag, later in the location."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _kind_of(value: Any) -> str:
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, list):
+        return "a list"
+    return "nothing" if value is None else f"a {type(value).__name__}"
+
+
+def _secret_field(loc: tuple[int | str, ...]) -> bool:
+    return any(word in str(part) for part in loc for word in ("url", "key", "secret", "password", "token"))
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

@@ -133,6 +133,20 @@ def check_webhook_url(url: str, what: str = "the webhook URL") -> None:
         raise ValueError(f"{what} must use https:// (plain http is allowed only to loopback addresses)")
 
 
+# What hosting providers hand out (Heroku, Render, Supabase: postgres://), and PostgreSQL URLs without a
+# driver (SQLAlchemy's default for them, psycopg2, is not installed): psycopg 3, which is.
+_POSTGRES_SCHEMES = ("postgres://", "postgresql://")
+
+
+def canonical_url(url: str) -> str:
+    """``url`` with a PostgreSQL scheme that names no driver (``postgres://``, ``postgresql://``) made
+    ``postgresql+psycopg://``; any other URL as it is."""
+    for scheme in _POSTGRES_SCHEMES:
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url.removeprefix(scheme)
+    return url
+
+
 def driver_problem(url: str) -> str | None:
     """Why a SQLAlchemy URL cannot be used here (malformed, or its driver is not installed); None if it can.
 

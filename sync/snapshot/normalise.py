@@ -273,13 +273,18 @@ def normalise_profiles(
     """The usable user ids of a profiles result; its fields are read later, for the users a run sends. Columns
     beyond the standard ones are taken when the job enriches its calls with them (``enriched``)."""
     unknown = [c for c in profiles.names if c not in accepted]
+    if profiles.user_ids is None:  # the first thing to fix: without it no other column means anything
+        named = f" (its columns: {', '.join(profiles.names)})" if profiles.names else ""
+        raise SourceError(
+            f"profiles: the query must return a user_id column{named}; name the id column user_id, "
+            "e.g. SELECT id AS user_id, email, ..."
+        )
     if unknown:
         hint = "" if enriched else " (or list them under the job's enrich, to send them as traits)"
         raise SourceError(
-            f"profiles: unknown column(s) {', '.join(unknown)}; accepted columns: {', '.join(accepted)}{hint}"
+            f"profiles: unknown {'column' if len(unknown) == 1 else 'columns'} {', '.join(unknown)}; "
+            f"accepted columns: {', '.join(accepted)}{hint}"
         )
-    if profiles.user_ids is None:
-        raise SourceError("profiles: the query must return a user_id column")
     ids, usable = _user_ids({"user_id": profiles.user_ids}, "profiles", issues)
     names = tuple(name for name in profiles.names if name != "user_id")
     rows = None if usable.all() else np.flatnonzero(usable)

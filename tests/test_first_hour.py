@@ -1,0 +1,155 @@
+"""A new user's first hour: each command needs only the secrets of the jobs it acts on, problems are told in
+the product's words, options go on either side of the command, and the demo runs from any folder."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sync.config import load_config
+from sync.dev.receiver import Receiver
+from sync.errors import ConfigError
+from sync.run.runner import Runner
+from sync.store import Store
+from tests.conftest import RecordingSleep, Warehouse, job_dict, make_config
+from tests.test_cli import seeded  # noqa: F401 - the fixture is used by name
+
+
+def two_jobs(tmp_path: Path, warehouse: Warehouse) -> Path:
+    source = {"url": warehouse.url}
+    vip = warehouse.audience("VIP", "vip")
+    config = {
+        "state_url": f"sqlite:///{tmp_path / 'state.db'}",
+        "jobs": [
+            {
+                "name": "cm-webhook",
+                "source": source,
+                "audiences": [vip],
+                "destination": {"webhook_url": "${CHARTMOGUL_WEBHOOK_URL}"},
+            },
+            {
+                "name": "segment",
+                "source": source,
+                "audiences": [vip],
+                "destination": {
+                    "type": "segment",
+                    "write_key": "${SEGMENT_WRITE_KEY}",
+                    "endpoint": "http://127.0.0.1:9/v1/batch",
+                },
+            },
+            {
+                "name": "segment-eu",
+                "source": source,
+                "audiences": [vip],
+                "destination": {
+                    "type": "segment",
+                    "write_key": "${SEGMENT_WRITE_KEY}",
+                    "endpoint": "http://127.0.0.1:9/v1/batch",
+                },
+            },
+        ],
+    }
+    path = tmp_path / "jobs.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def audience_sync(*args: str, env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if k not in ("AUDIENCE_SYNC_STATE_URL", "SEGMENT_WRITE_KEY")}
+    return subprocess.run(
+        [sys.executable, "-m", "sync", *args],
+        capture_output=True,
+        text=True,
+        env={**environment, **env},
+        cwd=cwd,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_a_command_needs_only_the_secrets_of_the_job_it_acts_on(
+    tmp_path: Path,
+    seeded: Warehouse,  # noqa: F811
+) -> None:
+    config = two_jobs(tmp_path, seeded)
+    with Receiver() as receiver:
+        env = {"CHARTMOGUL_WEBHOOK_URL": receiver.url}
+        ran = audience_sync("--config", str(config), "run", "cm-webhook", env=env)
+        assert ran.returncode == 0, ran.stderr
+        assert len(receiver.records) == 2  # u1 and u2 are VIPs
+    checked = audience_sync("--config", str(config), "validate", env=env)
+    assert checked.returncode == 2
+    problems = [line for line in checked.stderr.splitlines() if line.startswith("config error")]
+    assert problems == [
+        "config error: environment variable SEGMENT_WRITE_KEY is not set (used by job 'segment': "
+        "destination.write_key, job 'segment-eu': destination.write_key; write ${SEGMENT_WRITE_KEY:-default} for "
+        "a default)"
+    ]
+    assert audience_sync("--config", str(config), "validate", "cm-webhook", env=env).returncode == 0
+    other = audience_sync("--config", str(config), "run", "segment", env=env)
+    assert other.returncode == 2 and "SEGMENT_WRITE_KEY" in other.stderr and "at least 1 item" not in other.stderr
+    unknown = audience_sync("--config", str(config), "run", "nope", env=env)
+    assert unknown.returncode == 2 and "no job named 'nope'" in unknown.stderr and "cm-webhook" in unknown.stderr
+
+
+@pytest.mark.parametrize(
+    "setting,expected",
+    [
+        ({"source": "oops"}, "job 'a': source: must be a mapping of settings (name: value), not text"),
+        ({"audiance": []}, "job 'a': audiance: unknown setting; did you mean audiences?"),
+        ({"destination": {"type": "chartmogull"}}, "unknown destination type 'chartmogull'; use one of chartmogul, "),
+        ({"destination": {}}, "job 'a': destination.webhook_url: required, and not given"),
+        ({"destination": {"webhook_url": "https://x.example.com/h", "max_atempts": 2}}, "did you mean max_attempts?"),
+        ({"destination": {"webhook_url": "https://x.example.com/h", "timeout": [1]}}, "destination.timeout: "),
+        ({"subject": "team"}, "job 'a': subject: must be 'user' or 'account', not 'team'"),
+    ],
+)
+def test_configuration_problems_are_told_in_the_products_words(
+    tmp_path: Path, setting: dict[str, object], expected: str
+) -> None:
+    job = {
+        "name": "a",
+        "audiences": [{"name": "x", "file": "x.csv"}],
+        "destination": {"webhook_url": "https://x.example.com/h"},
+    }
+    (tmp_path / "x.csv").write_text("user_id\n")
+    path = tmp_path / "jobs.yaml"
+    path.write_text(yaml.safe_dump({"jobs": [{**job, **setting}]}))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    text = "\n".join(caught.value.problems)
+    assert expected in text
+    for phrase in ("Field required", "Input should be", "instance of", "Value error"):
+        assert phrase not in text
+
+
+@pytest.mark.parametrize("scheme", ["postgres", "postgresql"])
+def test_a_postgres_url_as_hosting_providers_hand_it_out_is_postgresql_through_psycopg(scheme: str) -> None:
+    url = f"{scheme}://user:pw@db.example.com:5432/analytics"
+    job = {
+        "name": "a",
+        "source": {"url": url},
+        "audiences": [{"name": "x", "query": "SELECT 1"}],
+        "destination": {"webhook_url": "https://x.example.com/h"},
+    }
+    config = make_config(f"{scheme}://u@localhost/state", [job])
+    assert config.jobs[0].source.url == "postgresql+psycopg://user:pw@db.example.com:5432/analytics"
+    assert config.state_url == "postgresql+psycopg://u@localhost/state"
+
+
+def test_a_profiles_query_without_user_id_says_so_and_how_to_fix_it(
+    store: Store, warehouse: Warehouse, sleep: RecordingSleep
+) -> None:
+    warehouse.set_profiles([{"user_id": "u1", "email": "a@example.com", "first_name": "A"}])
+    warehouse.set_members("vip", ["u1"])
+    raw = job_dict(warehouse, "http://127.0.0.1:9/hook", audiences=[warehouse.audience("VIP", "vip")])
+    raw["source"]["profiles"] = "SELECT user_id AS id, email FROM profiles"
+    report = Runner(store, sleep=sleep).run(make_config("sqlite://", [raw]).jobs[0])
+    assert report.status == "failed"
+    assert (
+        report.error is not None and "the query must return a user_id column (its columns: id, email)" in report.error
+    )
+    assert "SELECT id AS user_id" in report.error and "unknown column" not in report.error
