@@ -153,3 +153,34 @@ def test_a_profiles_query_without_user_id_says_so_and_how_to_fix_it(
         report.error is not None and "the query must return a user_id column (its columns: id, email)" in report.error
     )
     assert "SELECT id AS user_id" in report.error and "unknown column" not in report.error
+
+
+def test_the_demo_runs_from_any_folder_and_its_hints_read_its_own_store(tmp_path: Path) -> None:
+    demo = audience_sync("demo", "--dir", "d", env={}, cwd=tmp_path)
+    assert demo.returncode == 0, demo.stderr
+    assert "`audience-sync --config d/jobs.yaml runs show 3`" in demo.stdout
+    runs = audience_sync("runs", "--json", "--config", "d/jobs.yaml", env={}, cwd=tmp_path)  # options after too
+    assert runs.returncode == 0, runs.stderr
+    assert len(runs.stdout.splitlines()) == 4
+
+
+def test_the_programs_options_go_on_either_side_of_the_command(
+    tmp_path: Path,
+    seeded: Warehouse,  # noqa: F811
+) -> None:
+    from sync.cli.main import global_options_first
+
+    assert global_options_first(["run", "j", "--config", "f.yaml", "--log-level=debug"]) == [
+        "--config",
+        "f.yaml",
+        "--log-level=debug",
+        "run",
+        "j",
+    ]
+    assert global_options_first(["run", "--", "--config"]) == ["run", "--", "--config"]
+    config = two_jobs(tmp_path, seeded)
+    with Receiver() as receiver:
+        env = {"CHARTMOGUL_WEBHOOK_URL": receiver.url}
+        ran = audience_sync("run", "cm-webhook", "--config", str(config), "--log-format", "json", env=env)
+    assert ran.returncode == 0, ran.stderr
+    assert '"event": "run_finished"' in ran.stderr or '"event":"run_finished"' in ran.stderr

@@ -29,8 +29,38 @@ COMMANDS = {
 }  # fmt: skip
 
 
+# Options of the program as a whole, taken on either side of the command (as git, dbt and kubectl do).
+GLOBAL_OPTIONS = ("--config", "--log-level", "--log-format")
+
+
+def global_options_first(args: list[str]) -> list[str]:
+    """``args`` with the program's own options moved before the command: ``run JOB --config F`` reads as
+    ``--config F run JOB``. Nothing after ``--`` moves."""
+    front: list[str] = []
+    rest: list[str] = []
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg == "--":
+            rest += args[index:]
+            break
+        name = arg.split("=", 1)[0]
+        if name in GLOBAL_OPTIONS and rest:
+            taken = 1 if "=" in arg else 2
+            front += args[index : index + taken]
+            index += taken
+            continue
+        rest.append(arg)
+        index += 1
+    return front + rest
+
+
 class LazyGroup(click.Group):
-    """A group whose commands are imported from ``COMMANDS`` when asked for."""
+    """A group whose commands are imported from ``COMMANDS`` when asked for, and whose own options may also
+    follow the command."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, global_options_first(args))
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import sqlite3
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -17,8 +18,8 @@ from pydantic import SecretStr
 from rich.console import Console
 
 from sync.audit.display import print_table
-from sync.audit.queries import CHANGE_FIELDS, RUN_TABLE_FIELDS, change_records, run_record
-from sync.config import ChartMogulApiConfig, Config, JobConfig, load_config
+from sync.audit.queries import CHANGE_FIELDS, RUN_TABLE_FIELDS, change_records, run_record, run_table_row
+from sync.config import ChartMogulApiConfig, JobConfig, load_config
 from sync.dev.chartmogul_account import Account
 from sync.dev.chartmogul_api import ChartMogulApiReceiver
 from sync.dev.receiver import Receiver
@@ -170,6 +171,8 @@ def run_demo(workdir: Path, console: Console, config_path: Path | None = None, d
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "state.db").unlink(missing_ok=True)
+    given = config_path is not None
+    config_path = config_path or demo_config(workdir)
     console.print(f"[bold]1. Building the demo warehouse[/bold] ({DEMO_USERS} users, 200 days of orders) in {workdir}")
     shop = build_warehouse(workdir / "warehouse.db")
     api = destination == "chartmogul_api"
@@ -209,11 +212,14 @@ def run_demo(workdir: Path, console: Console, config_path: Path | None = None, d
             console.print("[bold]4. Incremental sync[/bold]: only users whose membership or traits changed")
             second = _show(console, runner.run(job, RunOptions()))
             reports += [_show(console, runner.run(account_job, RunOptions()), "accounts") for account_job in accounts]
+            command = f"audience-sync --config {_shown(config_path)}"
+            if given:  # the demo's state store is not the one that configuration names
+                command = f"AUDIENCE_SYNC_STATE_URL=sqlite:///{workdir / 'state.db'} {command}"
             if isinstance(receiver, ChartMogulApiReceiver):
-                _explain(console, config, store, second, len(receiver.writes()))
+                _explain(console, command, store, second, len(receiver.writes()))
                 _show_customer(console, receiver, store, second)
             else:
-                _explain(console, config, store, second, len(receiver.accepted()))
+                _explain(console, command, store, second, len(receiver.accepted()))
         except SyncError as exc:
             console.print(f"error: {exc}")
             return EXIT_FAILED
@@ -289,18 +295,49 @@ def _show(console: Console, report: RunReport, subjects: str = "users") -> RunRe
     return report
 
 
-def _explain(console: Console, config: Config, store: Store, second: RunReport, received: int) -> None:
-    console.print(f"[bold]5. The two runs[/bold] (`audience-sync runs`) — the receiver accepted {received} bodies")
-    print_table(console, [run_record(r) for r in store.runs(DEMO_JOB, 2)], RUN_TABLE_FIELDS)
+def _explain(console: Console, command: str, store: Store, second: RunReport, received: int) -> None:
+    console.print(f"[bold]5. The two runs[/bold] (`{command} runs`) — the receiver accepted {received} bodies")
+    records = [run_table_row(run_record(r)) for r in store.runs(DEMO_JOB, 2)]
+    print_table(console, records, RUN_TABLE_FIELDS)
     rows = list(change_records(store, AuditFilter(run_id=second.run_id)))
     shown = 25
     console.print(
-        f"[bold]6. What run {second.run_id} changed[/bold] (`audience-sync diff {second.run_id}`), "
+        f"[bold]6. What run {second.run_id} changed[/bold] (`{command} diff {second.run_id}`), "
         f"first {min(shown, len(rows))} of {len(rows)} rows"
     )
     print_table(console, rows[:shown], CHANGE_FIELDS)
     console.print(
-        f"See every identify call with `audience-sync messages {second.run_id}`, a user's timeline with "
-        "`audience-sync history contacts USER_ID` and the picture with "
-        f"`audience-sync report contacts --output report.html`; the state store is {store.label}."
+        f"Next: what was sent, `{command} messages {second.run_id}`; the run in full, `{command} runs show "
+        f"{second.run_id}`; a user's timeline, `{command} history contacts USER_ID`; the picture, "
+        f"`{command} report contacts --output report.html`. The state store is {store.label}.",
+        soft_wrap=True,
     )
+
+
+def shipped_config() -> Path:
+    """The demo's jobs.yaml: inside an installed wheel, or at the top of a source checkout."""
+    package = Path(__file__).resolve().parent.parent
+    for candidate in (package / "_demo" / "jobs.yaml", package.parent / "jobs.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise SyncError("the demo's jobs.yaml is missing from this installation")
+
+
+def demo_config(workdir: Path) -> Path:
+    """The demo's jobs.yaml and files copied into ``workdir``, its state store and warehouse there, so that
+    the demo runs from any folder and the commands it suggests read its store."""
+    shipped = shipped_config()
+    text = shipped.read_text(encoding="utf-8").replace("sqlite:///demo/out/", f"sqlite:///{workdir}/")
+    (workdir / "demo").mkdir(exist_ok=True)
+    shutil.copyfile(shipped.parent / "demo" / "beta.csv", workdir / "demo" / "beta.csv")
+    path = workdir / "jobs.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the current folder when it is below it; absolute otherwise."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path.resolve())
