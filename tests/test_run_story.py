@@ -189,3 +189,32 @@ def test_status_says_how_much_of_a_full_resync_is_left(
     status = json.loads(cli(config, "status", "--json").stdout)
     assert status["full_resync"]["left"] == 2
     assert "full resync: 2 left" in cli(config, "status").stdout
+
+
+def test_a_running_runs_lease_names_its_run_from_the_start(
+    store: Store, warehouse: Warehouse, sleep: RecordingSleep
+) -> None:
+    import threading
+
+    from sync.audit.status import job_status, table_row
+    from tests.conftest import Gate
+
+    warehouse.set_members("vip", USERS[:2])
+    gate = Gate()
+    with Receiver() as receiver:
+        receiver.faults.respond = gate
+        job = make_job(warehouse, receiver.url, audiences=[warehouse.audience("VIP", "vip")])
+        reports = []
+        thread = threading.Thread(target=lambda: reports.append(Runner(store, sleep=sleep).run(job)))
+        thread.start()
+        try:
+            assert gate.arrived.wait(20)
+            lease = store.lease(job.name)
+            running = store.runs(job.name, 1)[0]
+            assert lease is not None and lease.run_id == running.id  # not at the first renewal, 20 s later
+            row = table_row(job_status(store, job, running.started_at))
+            assert row["running"].startswith(f"run {running.id} on ")
+        finally:
+            gate.open()
+            thread.join(30)
+    assert reports[0].status == "succeeded"

@@ -261,11 +261,20 @@ def test_the_real_schedule_process_syncs_then_stops_cleanly_on_sigterm(
             assert incremental_seen.wait(20)
         finally:
             store.close()
+        running = json.loads(_status(config, env))
+        assert running["scheduler"]["alive"] is True and running["scheduler"]["pid"] == process.pid
+        assert running["next_run_at"] is not None
         process.send_signal(signal.SIGTERM)
         _out, err = process.communicate(timeout=30)
     finally:
         process.kill()
     assert process.returncode == 0, err
+    stopped = json.loads(_status(config, env))
+    assert stopped["scheduler"] is None and stopped["next_run_at"] is None  # no run will happen
+    said = subprocess.run(
+        [sys.executable, "-m", "sync", "--config", str(config), "status"], capture_output=True, text=True, env=env
+    )
+    assert said.stdout.startswith("no scheduler is running")
     events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     finished = [e for e in events if e.get("event") == "run_finished"]
     assert finished[0]["kind"] == "initial" and finished[0]["delivered"] == 4
@@ -279,3 +288,14 @@ def test_the_real_schedule_process_syncs_then_stops_cleanly_on_sigterm(
         assert check.lease("contacts") is None
     finally:
         check.close()
+
+
+def _status(config: Path, env: Mapping[str, str]) -> str:
+    return subprocess.run(
+        [sys.executable, "-m", "sync", "--config", str(config), "status", "--json"],
+        capture_output=True,
+        text=True,
+        env=dict(env),
+        timeout=60,
+        check=True,
+    ).stdout

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sync.audit.queries import run_record
@@ -11,6 +12,7 @@ from sync.clock import iso
 from sync.config import Config, JobConfig, JobOutline, Outline
 from sync.run.alerts import FAILING_AFTER
 from sync.store import Store
+from sync.text import plural
 
 # The columns of the table people read; `--json` has every field.
 STATUS_FIELDS = (
@@ -27,7 +29,33 @@ STATUS_FIELDS = (
 )
 
 
-def job_status(store: Store, job: JobConfig | JobOutline, now: datetime) -> dict[str, Any]:
+# A scheduler not seen for this long is taken to be gone (it records that it is alive every 15 s).
+SCHEDULER_STALE = timedelta(seconds=60)
+
+
+def scheduler_records(store: Store, now: datetime) -> list[dict[str, Any]]:
+    """Every scheduler that has not stopped cleanly: host, pid, jobs, when last seen, and whether it is alive
+    (seen within ``SCHEDULER_STALE``)."""
+    return [
+        {
+            "owner": beat.owner,
+            "host": beat.host,
+            "pid": beat.pid,
+            "jobs": json.loads(beat.jobs),
+            "started_at": iso(beat.started_at),
+            "last_seen_at": iso(beat.seen_at),
+            "alive": now - beat.seen_at <= SCHEDULER_STALE,
+        }
+        for beat in store.schedulers()
+    ]
+
+
+def job_status(
+    store: Store, job: JobConfig | JobOutline, now: datetime, schedulers: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    if schedulers is None:
+        schedulers = scheduler_records(store, now)
+    mine = next((s for s in schedulers if s["alive"] and job.name in s["jobs"]), None)
     last = store.last_run(job.name)
     control = store.schedule(job.name)
     lease = store.lease(job.name)
@@ -42,7 +70,11 @@ def job_status(store: Store, job: JobConfig | JobOutline, now: datetime) -> dict
         "paused": bool(control and control.paused),
         "skip_next": bool(control and control.skip_next),
         "last_run": run_record(last) if last else None,
-        "next_run_at": iso(control.next_run_at) if control and control.next_run_at and job.schedule.enabled else None,
+        # A next run only when a live scheduler will start it.
+        "next_run_at": iso(control.next_run_at)
+        if mine and control and control.next_run_at and job.schedule.enabled
+        else None,
+        "scheduler": mine,
         "acknowledged_users": store.state_size(job.name),
         "pending": pending,
         "waiting_for_retry": pending,  # the name of earlier versions
@@ -65,7 +97,30 @@ def job_status(store: Store, job: JobConfig | JobOutline, now: datetime) -> dict
 
 def status_rows(store: Store, config: Config | Outline, now: datetime) -> list[dict[str, Any]]:
     jobs: Sequence[JobConfig | JobOutline] = config.jobs
-    return [job_status(store, job, now) for job in jobs]
+    schedulers = scheduler_records(store, now)
+    return [job_status(store, job, now, schedulers) for job in jobs]
+
+
+def scheduler_line(schedulers: list[dict[str, Any]], now: datetime) -> str:
+    """What `status` says first: which schedulers run, or that none does."""
+    alive = [s for s in schedulers if s["alive"]]
+    if not alive:
+        seen = f"; the last one was seen {_ago(schedulers[0]['last_seen_at'], now)}" if schedulers else ""
+        return f"no scheduler is running{seen}: scheduled jobs will not run until `audience-sync schedule` starts"
+    return "; ".join(
+        f"scheduler on {s['host']} (pid {s['pid']}) running {plural(len(s['jobs']), 'job')}, last seen "
+        f"{_ago(s['last_seen_at'], now)}"
+        for s in alive
+    )
+
+
+def _ago(moment: str, now: datetime) -> str:
+    seconds = max(0, int((now - datetime.fromisoformat(moment)).total_seconds()))
+    if seconds < 120:
+        return f"{seconds} s ago"
+    if seconds < 7200:
+        return f"{seconds // 60} min ago"
+    return f"at {moment[:16].replace('T', ' ')} UTC"
 
 
 def table_row(status: dict[str, Any]) -> dict[str, Any]:
@@ -90,8 +145,15 @@ def table_row(status: dict[str, Any]) -> dict[str, Any]:
         "pending": _pending(status),
         "dead": status["dead"],
         "failures": trouble,
-        "running": f"run {lease['run_id']} on {lease['owner']}" if lease and lease["live"] else "",
+        "running": _running(lease),
     }
+
+
+def _running(lease: dict[str, Any] | None) -> str:
+    if not lease or not lease["live"]:
+        return ""
+    what = f"run {lease['run_id']}" if lease["run_id"] is not None else "a run starting"
+    return f"{what} on {lease['owner']}"
 
 
 def _pending(status: dict[str, Any]) -> str:

@@ -8,7 +8,7 @@ import logging
 import click
 
 from sync.audit.display import print_rows
-from sync.audit.status import STATUS_FIELDS, status_rows, table_row
+from sync.audit.status import STATUS_FIELDS, scheduler_line, scheduler_records, status_rows, table_row
 from sync.cli.common import fail, job_config, open_store, outline_of, stdout_console, stop_on_signals
 from sync.clock import utc_now
 from sync.errors import ConfigError
@@ -52,13 +52,17 @@ def schedule(ctx: click.Context, metrics_port: int | None, metrics_host: str) ->
 def status(ctx: click.Context, as_json: bool) -> None:
     """Per job: last run, next scheduled run, acknowledged users, pending and dead updates, failures, lease."""
     config = outline_of(ctx)
+    now = utc_now()
     with open_store(config.state_url) as store:
-        rows = status_rows(store, config, utc_now())
+        rows = status_rows(store, config, now)
+        schedulers = scheduler_records(store, now)
     if as_json:
         for row in rows:
             click.echo(json.dumps(row))
     else:
-        print_rows(stdout_console(), [table_row(row) for row in rows], STATUS_FIELDS, "table")
+        console = stdout_console()
+        console.print(scheduler_line(schedulers, now), highlight=False, soft_wrap=True)
+        print_rows(console, [table_row(row) for row in rows], STATUS_FIELDS, "table", empty="no jobs configured")
 
 
 @click.command()

@@ -79,6 +79,14 @@ class Heartbeat:
     def start(self) -> None:
         self._thread.start()
 
+    def attach(self, run_id: int) -> None:
+        """The run holding the lease has its id: say so now, not at the next beat."""
+        self.run_id = run_id
+        try:
+            self.store.renew_lease(self.job, self.owner, self.clock(), self.ttl, run_id)
+        except SQLAlchemyError:
+            log.warning("could not record the run's id on its lease", extra={"job": self.job})
+
     def finish(self) -> None:
         self._done.set()
         if self._thread.is_alive():

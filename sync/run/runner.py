@@ -231,7 +231,7 @@ class Runner:
             options.dry_run,
         )
         if heartbeat:
-            heartbeat.run_id = report.run_id
+            heartbeat.attach(report.run_id)
         resent: Set[str] = frozenset()
         if resync is not None:
             resent = self.store.resynced(job.name, resync.run_id)

@@ -8,7 +8,9 @@ another job. Overlap with a manual ``run`` (or another daemon) is prevented by t
 from __future__ import annotations
 
 import logging
+import os
 import random
+import socket
 import threading
 from datetime import datetime, timedelta
 
@@ -36,6 +38,8 @@ PAUSED_RECHECK = timedelta(minutes=1)
 BUSY_RETRY = timedelta(seconds=30)
 # Statuses of a run that count as a completed sync (something was delivered and acknowledged).
 COMPLETED = ("succeeded", "partial")
+# A scheduler records that it is alive this often; `status` takes one unseen for SCHEDULER_STALE as gone.
+BEAT_INTERVAL = timedelta(seconds=15)
 
 
 class Daemon:
@@ -60,6 +64,7 @@ class Daemon:
         )
         self.jobs = {job.name: job for job in config.jobs if job.schedule.enabled}
         self._planning = threading.Lock()
+        self._beats = threading.Thread(target=self._beating, name="scheduler-heartbeat", daemon=True)
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(max(1, len(self.jobs)) + 1)},  # + the daily prune
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
@@ -84,7 +89,9 @@ class Daemon:
         self.scheduler.add_job(
             self._prune, IntervalTrigger(days=1), id="prune", name="prune", next_run_time=self.clock()
         )
+        self._beat()
         self.scheduler.start()
+        self._beats.start()
         log.info("scheduler started", extra={"event": "scheduler_started", "jobs": ",".join(self.jobs)})
 
     def shutdown(self) -> None:
@@ -97,7 +104,24 @@ class Daemon:
         with self.scheduler._jobstores_lock:
             pass
         self.scheduler.shutdown(wait=True)
+        if self._beats.is_alive():
+            self._beats.join(timeout=10)
+        try:
+            self.store.scheduler_gone(self.runner.owner)
+        except Exception:
+            log.warning("could not record that the scheduler stopped; status will show it gone soon", exc_info=True)
         log.info("scheduler stopped", extra={"event": "scheduler_stopped"})
+
+    def _beat(self) -> None:
+        self.store.scheduler_beat(self.runner.owner, socket.gethostname(), os.getpid(), list(self.jobs), self.clock())
+
+    def _beating(self) -> None:
+        """Records that this scheduler is alive, every ``BEAT_INTERVAL``, until it stops."""
+        while not self.stop.wait(BEAT_INTERVAL.total_seconds()):
+            try:
+                self._beat()
+            except Exception:
+                log.warning("could not record the scheduler's heartbeat; retrying", exc_info=True)
 
     def _plan_next(self, job: JobConfig, at: datetime | None = None, *, after_run: bool = False) -> datetime:
         """Plan the job's next fire; after one of its own runs the cadence always applies (no tight loop

@@ -21,6 +21,7 @@ from sync.store.models import (
     JobAlert,
     JobLease,
     JobSchedule,
+    SchedulerBeat,
 )
 
 
@@ -77,6 +78,23 @@ class ControlStore:
         """Set ``next_run_at``, ``paused`` or ``skip_next`` for a job (a new row takes the model's defaults
         for the others)."""
         self._put(JobSchedule, job, {**values, "updated_at": now})
+
+    def scheduler_beat(self, owner: str, host: str, pid: int, jobs: Sequence[str], now: datetime) -> None:
+        """A scheduler says it is alive (its first beat registers it)."""
+        row = {"host": host, "pid": pid, "jobs": json.dumps(list(jobs)), "seen_at": now}
+        upsert = dialect.insert(self.engine, SchedulerBeat).values(owner=owner, started_at=now, **row)
+        with self.engine.begin() as connection:
+            connection.execute(upsert.on_conflict_do_update(index_elements=["owner"], set_=row))
+
+    def scheduler_gone(self, owner: str) -> None:
+        """A scheduler stopped cleanly."""
+        with Session(self.engine) as session, session.begin():
+            session.execute(delete(SchedulerBeat).where(SchedulerBeat.owner == owner))
+
+    def schedulers(self) -> list[SchedulerBeat]:
+        """Every scheduler that beat and did not stop cleanly, the most recently seen first."""
+        with Session(self.engine, expire_on_commit=False) as session:
+            return list(session.scalars(select(SchedulerBeat).order_by(SchedulerBeat.seen_at.desc())))
 
     def alert_state(self, job: str) -> list[str]:
         """The alert conditions the job is in, as last announced."""
