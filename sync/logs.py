@@ -9,7 +9,10 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 # Attributes every LogRecord has; anything else was passed through ``extra=`` and is logged as a field.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
@@ -43,8 +46,40 @@ class TextFormatter(logging.Formatter):
         return text
 
 
+class ConsoleHandler(logging.Handler):
+    """Log lines on a terminal go through the same rich console as the progress bar, which keeps the bar
+    below them instead of the two writing over each other."""
+
+    def __init__(self, console: Console) -> None:
+        super().__init__()
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.console.print(self.format(record), markup=False, highlight=False, soft_wrap=True, emoji=False)
+        except Exception:
+            self.handleError(record)
+
+
+_console: Console | None = None
+
+
+def terminal() -> Console | None:
+    """The console of standard error when it is a terminal (log lines and the progress bar share it)."""
+    return _console
+
+
 def configure(level: str = "info", fmt: str = "text") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    global _console
+    handler: logging.Handler
+    if fmt == "text" and sys.stderr.isatty():
+        from rich.console import Console  # only on a terminal: `validate` answers without loading rich
+
+        _console = Console(stderr=True)
+        handler = ConsoleHandler(_console)
+    else:
+        _console = None
+        handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

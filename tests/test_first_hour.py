@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from sync.config import load_config
-from sync.dev.receiver import Receiver
+from sync.dev.receiver import Faults, Receiver
 from sync.errors import ConfigError
 from sync.run.runner import Runner
 from sync.store import Store
@@ -184,3 +184,47 @@ def test_the_programs_options_go_on_either_side_of_the_command(
         ran = audience_sync("run", "cm-webhook", "--config", str(config), "--log-format", "json", env=env)
     assert ran.returncode == 0, ran.stderr
     assert '"event": "run_finished"' in ran.stderr or '"event":"run_finished"' in ran.stderr
+
+
+def test_on_a_terminal_log_lines_and_the_progress_bar_do_not_write_over_each_other(
+    tmp_path: Path,
+    seeded: Warehouse,  # noqa: F811
+) -> None:
+    import pty
+    import re
+    import select
+
+    seeded.set_members("vip", [f"u{i}" for i in range(1, 5)])
+    config = two_jobs(tmp_path, seeded)
+    leader, follower = pty.openpty()
+    with Receiver(faults=Faults(delay=0.3)) as receiver:  # the bar is up while the run logs
+        env = {**os.environ, "CHARTMOGUL_WEBHOOK_URL": receiver.url, "COLUMNS": "120", "TERM": "xterm"}
+        env.pop("AUDIENCE_SYNC_STATE_URL", None)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sync", "--config", str(config), "run", "cm-webhook"],
+            stdout=subprocess.DEVNULL,
+            stderr=follower,
+            env=env,
+        )
+        os.close(follower)
+        seen = b""
+        try:
+            while True:  # bounded by the process: it ends, the terminal closes, reading stops
+                ready, _, _ = select.select([leader], [], [], 30)
+                if not ready:
+                    break
+                try:
+                    chunk = os.read(leader, 65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+        finally:
+            process.wait(timeout=60)
+            os.close(leader)
+    assert process.returncode == 0
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", seen.decode("utf-8", "replace"))
+    lines = [line for line in text.replace("\r", "\n").splitlines() if "run finished" in line or "run started" in line]
+    assert lines, text
+    assert all(re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", line) for line in lines), lines

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import click
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
+from sync import logs
 from sync.audit.display import print_rows
 from sync.audit.queries import CHANGE_FIELDS, change_records
 from sync.cli.common import fail, job_config, open_store, state_url_of, stdout_console, stop_on_signals
@@ -130,8 +130,10 @@ class _Bar:
 
 @contextmanager
 def _progress() -> Iterator[_Bar | None]:
-    """A bar on a terminal; without one, the run logs its phases and progress itself."""
-    if not sys.stderr.isatty():
+    """A bar on a terminal, on the console the log lines use too; without one, the run logs its phases and
+    progress itself."""
+    console = logs.terminal()
+    if console is None:
         yield None
         return
     bar = Progress(
@@ -139,7 +141,7 @@ def _progress() -> Iterator[_Bar | None]:
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
-        console=Console(stderr=True),
+        console=console,
         transient=True,
     )
     task = bar.add_task("starting", total=None)
