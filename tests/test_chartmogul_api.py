@@ -423,3 +423,24 @@ def test_chartmogul_s_own_rejection_is_recorded_with_its_message(
     failed = store.failed_updates(job.name)
     assert {f.http_status for f in failed} == {422}
     assert all("already exists with type Integer" in (f.error or "") for f in failed)
+
+
+def test_messages_shows_the_requests_chartmogul_received_lookups_included_never_the_key(
+    store: Store, sleep: RecordingSleep, warehouse: Warehouse, api: ChartMogulApiReceiver
+) -> None:
+    from sync.audit.queries import run_messages
+
+    seed(warehouse)
+    report = Runner(store, sleep=sleep).run(api_job(warehouse, api, target="customer"))
+    shown = list(run_messages(store, report.run_id))
+    assert {(m["method"], m["path"].split("?")[0]) for m in shown} >= {
+        ("GET", "/v1/customers"),
+        ("POST", f"/v1/customers/{customer_of(api, 'u000')['uuid']}/attributes/custom"),
+    }
+    received = sorted((c.method, c.path, json.dumps(c.body, sort_keys=True)) for c in api.calls if c.method != "GET")
+    written = sorted((m["method"], m["path"], json.dumps(m["body"], sort_keys=True)) for m in shown if m["body"])
+    assert written == received  # every write as ChartMogul received it
+    assert sum(m["method"] == "GET" for m in shown) == len(api.lookups()) == len(USERS)
+    unmatched = [m for m in shown if m["user_id"] == "u010"]
+    assert [m["method"] for m in unmatched] == ["GET"]
+    assert API_KEY not in json.dumps(shown)

@@ -147,7 +147,11 @@ def test_run_json_then_runs_diff_and_messages(tmp_path: Path, seeded: Warehouse,
     table = cli(config, "diff", "2").stdout
     assert "vip_customers" in table and "delivered" in table
 
-    calls = [json.loads(line) for line in cli(config, "messages", "1").stdout.splitlines()]
+    shown = [json.loads(line) for line in cli(config, "messages", "1").stdout.splitlines()]
+    received = [b for b in receiver.accepted() if b["message_id"] in {s["message_id"] for s in shown}]
+    key = lambda body: body["message_id"]  # noqa: E731
+    assert sorted(shown, key=key) == sorted(received, key=key) and len(shown) == 4  # the bodies as received
+    calls = [json.loads(line) for line in cli(config, "messages", "1", "--calls").stdout.splitlines()]
     bodies = {b["message_id"]: b for b in receiver.accepted()}
     assert len(calls) == 4
     for call in calls:

@@ -1,5 +1,6 @@
 """What a run tells afterwards and what outlives it: each run's phases with their timings, the mass-change
-guard's verdict, the alerts it sent and the job's definition in effect (``runs``); an unfinished full resync
+guard's verdict, the alerts it sent and the job's definition in effect (``runs``); the requests an update
+made where they depend on what the destination held (``run_updates.requests``); an unfinished full resync
 of a job (``full_resyncs``); and each scheduler's heartbeat (``schedulers``).
 
 Revision ID: 0010
@@ -25,6 +26,8 @@ def upgrade() -> None:
         batch.add_column(sa.Column("guard", sa.Text(), nullable=True))
         batch.add_column(sa.Column("alerts", sa.Text(), nullable=True))
         batch.add_column(sa.Column("definition", sa.Text(), nullable=True))
+    with op.batch_alter_table("run_updates") as batch:
+        batch.add_column(sa.Column("requests", sa.Text(), nullable=True))
     op.create_table(
         "full_resyncs",
         sa.Column("job", sa.String(length=100), nullable=False),
@@ -48,6 +51,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("schedulers")
     op.drop_table("full_resyncs")
+    with op.batch_alter_table("run_updates") as batch:
+        batch.drop_column("requests")
     with op.batch_alter_table("runs") as batch:
         batch.drop_column("definition")
         batch.drop_column("alerts")

@@ -14,8 +14,10 @@ from typing import Any
 from sync.calls import CallSpec, render
 from sync.clock import iso
 from sync.config import JobConfig, JobOutline, parse_duration
+from sync.config.destinations import MappingsConfig
+from sync.destinations.chartmogul import encode_body
 from sync.destinations.factory import spec_before_specs
-from sync.errors import SyncError
+from sync.errors import PermanentDeliveryError, SyncError
 from sync.model import KEY_COUNTS, PROFILE_KIND, RUN_COUNTS, RUN_SUMMARY_COUNTS, KeyChange, Update, change_kind
 from sync.store import AuditFilter, AuditRow, Store
 from sync.store.models import Run, RunKey, RunUpdate
@@ -276,13 +278,55 @@ def rebuild_update(row: RunUpdate) -> Update:
     return Update(row.user_id, row.message_id, changes, json.loads(row.profile), {})
 
 
-def run_calls(store: Store, run_id: int, user_id: str | None = None) -> Iterator[dict[str, Any]]:
+def run_calls(
+    store: Store, run_id: int, user_id: str | None = None, sent_only: bool = False
+) -> Iterator[dict[str, Any]]:
     """The run's calls exactly as sent (or, for a dry run, as they would have been): rendered again from each
-    update with the run's own call spec, so the same messageIds, timestamp and sentAt."""
+    update with the run's own call spec, so the same messageIds, timestamp and sentAt. ``sent_only``: only
+    the updates that were sent."""
     run = run_or_fail(store, run_id)
     spec = CallSpec.from_json(run.calls, spec_before_specs(run.space_id))
     for row in store.updates_of(run_id, user_id):
+        if sent_only and row.sent_at is None:
+            continue
         yield from render(rebuild_update(row), spec, timestamp=run.started_at, sent_at=row.sent_at)
+
+
+def run_messages(
+    store: Store, run_id: int, user_id: str | None = None, calls: bool = False
+) -> Iterator[dict[str, Any]]:
+    """What the destination received in a run, as it received it (a dry run: what it would have received).
+
+    - the ChartMogul webhook: each Send Contact or Send Customer body, after the job's mappings;
+    - ChartMogul's API: each request made (``method``, ``path``, ``body``), lookups included, per subject;
+    - Segment: the calls inside the batches;
+    - ``calls``, or a run recorded before runs kept their job's definition: the Segment-spec calls each
+      update rendered to.
+
+    Updates that were never sent (refused before sending, or still pending) are left out of a real run's."""
+    run = run_or_fail(store, run_id)
+    definition = json.loads(run.definition) if run.definition else None
+    kind = definition["destination"].get("type", "chartmogul") if definition else None
+    if calls or kind in (None, "segment"):
+        yield from run_calls(store, run_id, user_id, sent_only=not run.dry_run)
+    elif kind == "chartmogul_api":
+        for row in store.updates_of(run_id, user_id):
+            for method, path, body in json.loads(row.requests or "[]"):
+                yield {
+                    "user_id": row.user_id,
+                    "message_id": row.message_id,
+                    "method": method,
+                    "path": path,
+                    "body": json.loads(body) if body else None,
+                }
+    else:
+        assert definition is not None
+        mappings = MappingsConfig.model_validate(definition["destination"].get("mappings") or {})
+        for call in run_calls(store, run_id, user_id, sent_only=not run.dry_run):
+            try:
+                yield json.loads(encode_body(call, mappings))
+            except PermanentDeliveryError:
+                continue  # refused before sending: nothing was received
 
 
 def prune_job(store: Store, job: JobConfig | JobOutline, now: datetime, days: int | None = None) -> int:

@@ -22,8 +22,8 @@ from sync.audit.queries import (
     change_records,
     moment,
     prune_job,
-    run_calls,
     run_detail,
+    run_messages,
     run_record,
     run_table_row,
 )
@@ -251,13 +251,23 @@ def prune(ctx: click.Context, job: str | None, days: int | None) -> None:
 
 @click.command()
 @click.argument("run_id", type=int)
-@click.option("--user", "user_id", help="Only this user's call.")
+@click.option("--user", "user_id", help="Only what was sent for this subject.")
+@click.option("--calls", is_flag=True, help="The Segment-spec calls (identify, track, group) the requests came from.")
 @click.pass_context
-def messages(ctx: click.Context, run_id: int, user_id: str | None) -> None:
-    """RUN_ID's calls (identify, track, group) as JSON lines, exactly as sent."""
+def messages(ctx: click.Context, run_id: int, user_id: str | None, calls: bool) -> None:
+    """What RUN_ID sent, as the destination received it, as JSON lines: the ChartMogul webhook's Send Contact
+    and Send Customer bodies; the requests made to ChartMogul's API (method, path, body; never the key); the
+    calls inside Segment's batches. --calls: the Segment-spec calls they were rendered from."""
     with open_store(state_url_of(ctx)) as store:
-        for call in run_calls(store, run_id, user_id):
-            click.echo(json.dumps(call, ensure_ascii=False))
+        run = store.run(run_id)
+        if run is None:
+            fail(f"no run with id {run_id} in the state store", EXIT_USAGE)
+        shown = 0
+        for message in run_messages(store, run_id, user_id, calls):
+            click.echo(json.dumps(message, ensure_ascii=False))
+            shown += 1
+    if not shown:
+        click.echo(f"run {run_id} sent nothing{' to ' + user_id if user_id else ''}", err=True)
 
 
 @click.command()

@@ -34,7 +34,8 @@ class Outgoing:
 class DeliveryResult:
     """One update's answer. ``unmatched``: the destination has no record for the subject (not an error; not
     acknowledged; tried again by later runs). ``remote_id``: the record written, to keep for later runs;
-    ``created``: the attributes the write created there, with their types."""
+    ``created``: the attributes the write created there, with their types; ``requests``: what was sent, when
+    the calls alone do not say it."""
 
     user_id: str
     message_id: str
@@ -48,6 +49,8 @@ class DeliveryResult:
     unmatched: bool = False
     remote_id: str | None = None
     created: tuple[tuple[str, str], ...] = ()
+    # the requests made, where they depend on what the destination held: (method, path, body or None)
+    requests: tuple[tuple[str, str, str | None], ...] = ()
 
 
 @dataclass(frozen=True)

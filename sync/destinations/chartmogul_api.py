@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -176,11 +176,21 @@ class ChartMogulApi(HttpDestination):
     def __init__(self, target: ChartMogulApiTarget, client: httpx.AsyncClient, **kwargs: Any) -> None:
         super().__init__(target, client, target.settings, **kwargs)
         self._creating: dict[str, asyncio.Event] = {}  # new attributes whose first write is in flight
+        self._base_path = urlsplit(target.base).path  # "/v1": requests are recorded by path, without the host
 
     async def deliver(self, request: Request) -> list[DeliveryResult]:
         write = request.write if isinstance(request, ApiRequest) else None
         if write is None:
             return await super().deliver(request)
+        sent: list[tuple[str, str, str | None]] = []
+        results = await self._deliver_write(request, write, sent)
+        return [replace(result, requests=tuple(sent)) for result in results] if sent else results
+
+    async def _deliver_write(
+        self, request: Request, write: Write, sent: list[tuple[str, str, str | None]]
+    ) -> list[DeliveryResult]:
+        """The lookup (when the record is not known) and the writes of one subject; ``sent`` gets each
+        request as it is made (method, path, body)."""
         remote_id = write.message.remote_id
         if remote_id == "":  # found to have no record lately: not looked up again yet
             return [self._unmatched(request, write, 0, lately=True)]
@@ -194,16 +204,16 @@ class ChartMogulApi(HttpDestination):
                 for key in new:
                     self._creating.setdefault(key, asyncio.Event())
             if remote_id is None:
-                remote_id, attempts = await self._look_up(write, attempts)
+                remote_id, attempts = await self._look_up(write, attempts, sent)
                 if remote_id is None:
                     return [self._unmatched(request, write, attempts)]
             for method, body in writes:  # nothing to write when every changed value is a null never held
-                status, attempts = await self._write(method, remote_id, body, attempts)
+                status, attempts = await self._write(method, remote_id, body, attempts, sent)
                 if status == 404:  # the kept uuid is gone (deleted or merged): find the record again
-                    remote_id, attempts = await self._look_up(write, attempts)
+                    remote_id, attempts = await self._look_up(write, attempts, sent)
                     if remote_id is None:
                         return [self._unmatched(request, write, attempts)]
-                    status, attempts = await self._write(method, remote_id, body, attempts)
+                    status, attempts = await self._write(method, remote_id, body, attempts, sent)
                     if status == 404:
                         raise PermanentDeliveryError(f"HTTP 404: the {self.target.settings.target} vanished")
             succeeded = True
@@ -272,7 +282,9 @@ class ChartMogulApi(HttpDestination):
                 )
         return encoded, new
 
-    async def _look_up(self, write: Write, attempts: int) -> tuple[str | None, int]:
+    async def _look_up(
+        self, write: Write, attempts: int, sent: list[tuple[str, str, str | None]]
+    ) -> tuple[str | None, int]:
         """The uuid of the subject's record, or None when ChartMogul has none."""
         if not write.match_value:
             return None, attempts
@@ -287,6 +299,7 @@ class ChartMogulApi(HttpDestination):
         else:
             column = "customer_external_id" if settings.match == "external_id" else "email"
             path = f"/contacts?{column}={value}"
+        sent.append(("GET", self._base_path + path, None))
         response, tries = await self.exchange("GET", self.target.base + path, expect=frozenset({404}))
         attempts += tries
         if response.status_code == 404:
@@ -301,12 +314,15 @@ class ChartMogulApi(HttpDestination):
             entries = [e for e in entries if e.get("email") == write.email] or entries
         return (str(entries[0]["uuid"]) if entries else None), attempts
 
-    async def _write(self, method: str, remote_id: str, body: bytes, attempts: int) -> tuple[int, int]:
+    async def _write(
+        self, method: str, remote_id: str, body: bytes, attempts: int, sent: list[tuple[str, str, str | None]]
+    ) -> tuple[int, int]:
         record = quote(remote_id, safe="")
         if self.target.settings.target == "contact":
             path = f"/contacts/{record}"
         else:
             path = f"/customers/{record}/attributes/custom"
+        sent.append((method, self._base_path + path, body.decode()))
         response, tries = await self.exchange(method, self.target.base + path, body, expect=frozenset({404}))
         return response.status_code, attempts + tries
 

@@ -109,6 +109,9 @@ class RunUpdate(Base):
     error: Mapped[str | None] = mapped_column(Text)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The requests made, where they depend on what the destination held (ChartMogul's API: lookups, POST or
+    # PUT): JSON [[method, path, body or null], ...]. NULL where the calls alone say what was sent.
+    requests: Mapped[str | None] = mapped_column(Text)
 
 
 class AckState(Base):

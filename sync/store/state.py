@@ -95,6 +95,7 @@ _RECORD_OUTCOME = (
         error=bindparam("b_error"),
         sent_at=bindparam("b_sent"),
         finished_at=bindparam("b_finished"),
+        requests=bindparam("b_requests"),
     )
 )
 
@@ -359,6 +360,7 @@ class StateStore(RemoteStore, RejectionStore):
                         "b_error": r.error,
                         "b_sent": moment(r.sent_at),
                         "b_finished": moment(r.finished_at),
+                        "b_requests": dumps([list(q) for q in r.requests]) if r.requests else None,
                     }
                     for u, r in results
                 ],
@@ -402,7 +404,7 @@ class StateStore(RemoteStore, RejectionStore):
 
     @cached_property
     def _bulk_outcome(self) -> dialect.Bulk:
-        keys = ("b_run", "b_user", "b_status", "b_http", "b_attempts", "b_error", "b_sent", "b_finished")
+        keys = ("b_run", "b_user", "b_status", "b_http", "b_attempts", "b_error", "b_sent", "b_finished", "b_requests")
         return dialect.Bulk(self.engine, _RECORD_OUTCOME, keys)
 
     @cached_property
