@@ -133,7 +133,9 @@ def test_429_honours_retry_after(faulty_receiver: Receiver, sleep: RecordingSlee
     faulty_receiver.faults.respond = failing_first(1, (429, {"Retry-After": "7"}))
     results = deliver(faulty_receiver, outgoing(3), sleep)
     assert all(r.delivered and r.attempts == 2 for r in results.values())
-    assert sleep.delays == [7.0, 7.0, 7.0]
+    # Each refused request waits its Retry-After; the others wait out what is left of it (this test's sleep
+    # passes no time, so what is left is nearly all of it).
+    assert sleep.delays.count(7.0) == 3 and all(6.5 <= d <= 7.0 for d in sleep.delays)
 
 
 def test_a_retry_after_longer_than_a_run_waits_leaves_the_update_for_the_next_run(

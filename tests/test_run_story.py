@@ -218,3 +218,24 @@ def test_a_running_runs_lease_names_its_run_from_the_start(
             gate.open()
             thread.join(30)
     assert reports[0].status == "succeeded"
+
+
+def test_after_a_429_the_whole_destination_slows_down_and_the_run_counts_the_429s(
+    store: Store, warehouse: Warehouse, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    warehouse.set_members("vip", USERS)
+    # The receiver takes 10 requests/s (none saved up at first); the job is configured for 40.
+    with Receiver(faults=Faults(rate_limit=10, retry_after=1)) as receiver:
+        job = make_job(warehouse, receiver.url, audiences=[warehouse.audience("VIP", "vip")],
+                       requests_per_second=40, max_connections=20, max_attempts=10)  # fmt: skip
+        with caplog.at_level(logging.INFO, logger="sync"):
+            report = Runner(store).run(job)  # real time: the receiver's limit is in real time
+        refused = sum(r.status == 429 for r in receiver.records)
+    assert (report.status, report.delivered) == ("succeeded", 30)
+    assert report.throttled == refused > 0
+    assert refused <= 5  # 39 before: each request found out for itself
+    assert "the destination is rate limiting (HTTP 429): slowing to 20 requests/s" in caplog.text
+    run = store.run(report.run_id)
+    assert run is not None and run.throttled == refused

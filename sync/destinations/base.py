@@ -122,6 +122,7 @@ class Destination(Protocol):
     breaker: Breaker
     trouble: Counter[str]  # failed attempts worth retrying, by reason, since last read
     limit_wait_s: float  # time requests waited for the rate limit
+    throttled: int  # 429 answers since last read
     crashed: BaseException | None  # what ended a sender that should never have ended
     attribute_types: dict[str, str]  # attributes created at the destination before: key → type
 

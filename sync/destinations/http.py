@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import time
 from collections import Counter
@@ -35,8 +36,17 @@ from sync.destinations.transport import connect_cause
 from sync.errors import DeliveryError, PermanentDeliveryError, RetriableDeliveryError
 from sync.redact import redact
 
+log = logging.getLogger(__name__)
+
 # The longest Retry-After honoured within a run; a longer wait leaves the update for the next run.
 MAX_RETRY_AFTER_S = 300.0
+# After a 429 the pace is halved (at most once a second, never below the floor) and, once answers come back
+# without one, raised again by a tenth of the configured pace each second: additive increase, multiplicative
+# decrease, as TCP does, so that a destination allowing less than configured is not asked again and again.
+SLOW_DOWN_FACTOR = 0.5
+RECOVER_SHARE = 0.1
+MIN_REQUESTS_PER_SECOND = 0.5
+PACE_STEP_S = 1.0
 # How much of an error response body is kept as the reason.
 _REASON_CHARS = 300
 
@@ -136,6 +146,10 @@ class HttpDestination:
         # held up for 15 ms in every 30; with room for two, the next request makes up for a late one
         # (tests/test_delivery.py).
         self._limiter = AsyncLimiter(2, 2.0 / settings.requests_per_second)
+        self.pace = settings.requests_per_second  # requests per second now: lower than configured after 429s
+        self.throttled = 0  # 429 answers since last read
+        self._paced_at = time.monotonic()
+        self._resume_at = 0.0  # no request starts before this (monotonic): a Retry-After, for every request
 
     async def send(
         self, batch: Iterable[Outgoing], window: SendWindow | None = None
@@ -226,8 +240,12 @@ class HttpDestination:
         if self.breaker.opened:
             raise RetriableDeliveryError(f"not sent: {self.label} is unreachable")
         waited = time.monotonic()
-        async with self._limiter:
-            pass
+        for _ in range(2):  # again when a 429 came back while this request waited for its turn
+            await self._wait_if_asked()
+            async with self._limiter:
+                pass
+            if self._resume_at <= time.monotonic():
+                break
         self.limit_wait_s += time.monotonic() - waited
         timeout = self._settings.timeout.total_seconds()
         try:
@@ -242,16 +260,59 @@ class HttpDestination:
         self.breaker.answered()
         outcome = classify(response.status_code)
         if outcome is Outcome.OK or response.status_code in expect:
+            self._recover()
             return response
         reason = self._reason(response)
         if outcome is Outcome.RETRY:
             self.trouble[f"HTTP {response.status_code}"] += 1
-            raise RetriableDeliveryError(
-                reason,
-                http_status=response.status_code,
-                retry_after=retry_after_seconds(response.headers.get("Retry-After"), self._clock()),
-            )
+            retry_after = retry_after_seconds(response.headers.get("Retry-After"), self._clock())
+            if response.status_code == 429:
+                self._slow_down(retry_after)
+            raise RetriableDeliveryError(reason, http_status=response.status_code, retry_after=retry_after)
         raise PermanentDeliveryError(reason, http_status=response.status_code)
+
+    async def _wait_if_asked(self) -> None:
+        """Wait out a Retry-After the destination gave any request."""
+        wait = self._resume_at - time.monotonic()
+        if wait > 0:
+            await self._sleep(wait)
+
+    def _slow_down(self, retry_after: float | None) -> None:
+        """A 429: every request waits out ``Retry-After``, and the pace is halved (once per step)."""
+        self.throttled += 1
+        now = time.monotonic()
+        if retry_after is not None and retry_after <= MAX_RETRY_AFTER_S:
+            self._resume_at = max(self._resume_at, now + retry_after)
+        if now - self._paced_at < min(PACE_STEP_S, 4 / self.pace) and self.pace < self._settings.requests_per_second:
+            return  # already slowed down for this burst: the requests sent before it answer 429 too
+        slower = max(MIN_REQUESTS_PER_SECOND, self.pace * SLOW_DOWN_FACTOR)
+        if slower < self.pace:
+            self._set_pace(slower, now)
+            log.warning(
+                "the destination is rate limiting (HTTP 429): slowing to %.3g requests/s",
+                slower,
+                extra={"event": "rate_limited", "destination": self.label, "requests_per_second": slower},
+            )
+
+    def _recover(self) -> None:
+        """An answer without a 429: the pace goes back up, a tenth of the configured pace per step."""
+        ceiling = self._settings.requests_per_second
+        if self.pace >= ceiling:
+            return
+        now = time.monotonic()
+        if now - self._paced_at < PACE_STEP_S or now < self._resume_at:
+            return
+        self._set_pace(min(ceiling, self.pace + ceiling * RECOVER_SHARE), now)
+        if self.pace >= ceiling:
+            log.info(
+                "the destination takes the configured pace again: %.3g requests/s",
+                ceiling,
+                extra={"event": "rate_recovered", "destination": self.label},
+            )
+
+    def _set_pace(self, pace: float, now: float) -> None:
+        self.pace, self._paced_at = pace, now
+        self._limiter = AsyncLimiter(2, 2.0 / pace)
 
     def _unanswered(self, kind: str, error: Exception) -> RetriableDeliveryError:
         """An attempt with no HTTP answer: counted as trouble and by the breaker."""

@@ -154,6 +154,8 @@ class Delivery:
             monitor.cancel()
             await recorder.drain()  # answers that arrived before a stop or a failure are recorded too
             self._log_progress(destination, recorder)
+            report.throttled += destination.throttled
+            destination.throttled = 0
             if self.pace.metrics is not None:
                 self.pace.metrics.waited(job.name, destination.limit_wait_s)
                 destination.limit_wait_s = 0.0
