@@ -228,3 +228,54 @@ def test_on_a_terminal_log_lines_and_the_progress_bar_do_not_write_over_each_oth
     lines = [line for line in text.replace("\r", "\n").splitlines() if "run finished" in line or "run started" in line]
     assert lines, text
     assert all(re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", line) for line in lines), lines
+
+
+def test_validate_connect_reaches_everything_a_run_needs_and_writes_nothing(
+    tmp_path: Path,
+    seeded: Warehouse,  # noqa: F811
+) -> None:
+    from sync.dev.chartmogul_account import Account
+    from sync.dev.chartmogul_api import ChartMogulApiReceiver
+
+    state = tmp_path / "state.db"
+    with Receiver() as receiver, ChartMogulApiReceiver(Account(), api_key="right-key") as api:
+        good = {
+            "name": "good",
+            "source": {"url": seeded.url, "profiles": "SELECT user_id, email FROM profiles"},
+            "audiences": [seeded.audience("VIP", "vip")],
+            "traits": [seeded.trait("Revenue", "revenue")],
+            "destination": {"webhook_url": receiver.url},
+        }
+        bad = {
+            "name": "bad",
+            "source": {"url": seeded.url},
+            "audiences": [
+                {"name": "Renamed", "query": "SELECT user_id AS customer_id FROM members"},
+                {"name": "Gone", "query": "SELECT user_id FROM no_such_table"},
+            ],
+            "traits": [{"name": "Three", "query": "SELECT user_id, value, trait FROM trait_values;"}],
+            "destination": {"type": "chartmogul_api", "api_key": "wrong-key", "base_url": api.url},
+        }
+        path = tmp_path / "jobs.yaml"
+        path.write_text(yaml.safe_dump({"state_url": f"sqlite:///{state}", "jobs": [good, bad]}))
+        before = sorted(p.name for p in tmp_path.iterdir())
+        checked = audience_sync("--config", str(path), "validate", "--connect", env={})
+        only_good = audience_sync("--config", str(path), "validate", "good", "--connect", env={})
+        writes = [c for c in api.calls if c.method != "GET"]
+    assert checked.returncode == 2
+    problems = [line for line in checked.stderr.splitlines() if line.startswith("problem: ")]
+    assert problems == [
+        "problem: job 'bad': audiences[0] (Renamed): the query returns customer_id; it must return user_id — "
+        "missing user_id (write customer_id AS user_id)",
+        "problem: job 'bad': audiences[1] (Gone): the query failed: no such table: no_such_table",
+        "problem: job 'bad': traits[0] (Three): the query returns columns it may not: trait (it may return user_id, "
+        "value)",
+        f"problem: job 'bad': ChartMogul's API at http://127.0.0.1:{api.url.split(':')[2].split('/')[0]}: the API key "
+        "was refused (HTTP 401); check the key",
+    ]
+    assert "wrong-key" not in checked.stderr + checked.stdout
+    assert "ok: job 'good': the ChartMogul webhook at http://127.0.0.1:" in checked.stdout
+    assert "does not exist yet" in checked.stdout
+    assert only_good.returncode == 0 and "everything a run needs answered" in only_good.stdout
+    assert receiver.records == [] and writes == []  # nothing sent
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no state store created

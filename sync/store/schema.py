@@ -39,6 +39,11 @@ def head_revision(engine: Engine) -> str | None:
     return ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
 
 
+def known_revisions(engine: Engine) -> set[str]:
+    """Every revision this version's migrations know."""
+    return {revision.revision for revision in ScriptDirectory.from_config(alembic_config(engine)).walk_revisions()}
+
+
 def ensure_schema(engine: Engine, *, upgrade: bool = True) -> None:
     """Upgrade the schema to this version's head; refuse a schema this version does not know."""
     config = alembic_config(engine)
