@@ -388,7 +388,7 @@ def test_status_history_and_the_report_show_the_match_rate(
     assert row["last_run"] == f"{report.run_id} succeeded, 75% matched (3 wait for a record)"
     assert job_status(store, job, now)["records"] == {"found": 9, "waiting": 3, "match_rate": 0.75}
     page = render_report(store, job.name, now)
-    assert "<th>unmatched</th><th>matched</th>" in page and "<td>75%</td>" in page
+    assert "<th>unmatched</th><th>matched</th>" in page and "<td class=matched>75%</td>" in page
     history = [r for r in change_records(store, AuditFilter(user_id="u010"))]
     assert {r["status"] for r in history} == {"unmatched"}
 

@@ -279,3 +279,29 @@ def test_validate_connect_reaches_everything_a_run_needs_and_writes_nothing(
     assert only_good.returncode == 0 and "everything a run needs answered" in only_good.stdout
     assert receiver.records == [] and writes == []  # nothing sent
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no state store created
+
+
+def test_forget_removes_a_removed_jobs_state_after_asking_and_its_runs_only_when_told(
+    tmp_path: Path,
+    seeded: Warehouse,  # noqa: F811
+) -> None:
+    config = two_jobs(tmp_path, seeded)
+    with Receiver() as receiver:
+        env = {"CHARTMOGUL_WEBHOOK_URL": receiver.url}
+        assert audience_sync("--config", str(config), "run", "cm-webhook", env=env).returncode == 0
+    unasked = audience_sync("--config", str(config), "forget", "cm-webhook", env=env)
+    assert unasked.returncode == 2 and "--yes" in unasked.stderr  # no terminal to ask on: nothing removed
+    store = Store.open(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        assert store.state_size("cm-webhook") == 2
+        forgot = audience_sync("--config", str(config), "forget", "cm-webhook", "--yes", env=env)
+        assert forgot.returncode == 0 and "ack_state 2" in forgot.stdout
+        assert store.state_size("cm-webhook") == 0 and store.tracked_keys("cm-webhook") == {}
+        assert len(store.runs("cm-webhook")) == 1  # the audit trail stays
+        gone = audience_sync("--config", str(config), "forget", "cm-webhook", "--runs", "--yes", env=env)
+        assert gone.returncode == 0 and "runs 1" in gone.stdout and "run_updates 2" in gone.stdout
+        assert store.runs("cm-webhook") == [] and store.job_names() == []
+    finally:
+        store.close()
+    unknown = audience_sync("--config", str(config), "forget", "segment", "--yes", env=env)
+    assert unknown.returncode == 2 and "no job named 'segment' in the state store" in unknown.stderr

@@ -128,6 +128,18 @@ def test_failure_reasons_that_differ_only_in_numbers_are_one_reason() -> None:
     grouped = grouped_reasons(reasons)
     assert [(count, status) for _, status, count, _ in grouped] == [(3, None), (1, 422)]
     assert grouped[0][0] == "rejected before sending: body is N bytes, over the N-byte limit"
+    hosts = grouped_reasons(
+        [("connection to 10.0.0.12:443 refused", None, 1, now), ("HTTP 500 from 10.0.0.13", 500, 1, now)]
+    )
+    assert [reason for reason, *_ in hosts] == ["connection to 10.0.0.12:443 refused", "HTTP N from 10.0.0.13"]
+
+
+def test_the_entries_and_exits_chart_labels_its_lower_end_with_a_minus_sign(report_file: Path) -> None:
+    page = report_file.read_text(encoding="utf-8")
+    chart = re.search(r'<svg class=chart data-chart="flows".*?</svg>', page, re.S)
+    assert chart is not None
+    labels = re.findall(r"text-anchor=end>([^<]+)</text>", chart.group(0))
+    assert labels[1] == "−" + labels[0] and labels[0] != "0"
 
 
 def test_a_run_stopped_by_the_guard_says_why_in_the_report(store: Store) -> None:
@@ -136,7 +148,7 @@ def test_a_run_stopped_by_the_guard_says_why_in_the_report(store: Store) -> None
     store.finish_run(run_id, "blocked", {}, now, error="mass-change guard: audience 'vip' would lose 90 %")
     page = render_report(store, "contacts", now)
     assert "mass-change guard: audience &#x27;vip&#x27; would lose 90 %" in page
-    assert "<td>scheduled</td>" in page and "<td>blocked</td>" in page
+    assert "<td class=trigger>scheduled</td>" in page and "<td class=status>blocked</td>" in page
 
 
 def test_the_sizes_chart_has_a_time_axis(report_file: Path) -> None:

@@ -15,7 +15,7 @@ from itertools import islice
 from typing import Any
 
 from sync.audit.display import cell
-from sync.audit.queries import audiences, change_records, run_calls, run_record
+from sync.audit.queries import audiences, change_records, run_calls, run_record, run_table_row
 from sync.clock import iso
 from sync.store import AuditFilter, Store
 
@@ -34,7 +34,9 @@ _RUN_FIELDS = (
     "run_id", "kind", "trigger", "status", "started_at", "duration_s", "users", "entered", "exited",
     "updates", "delivered", "failed", "error",
 )  # fmt: skip
-_NUMBER = re.compile(r"\d+")
+# Numbers that vary between otherwise equal reasons; an address (IPv4, host:port) is part of what the reason
+# says, and stays.
+_NUMBER = re.compile(r"(?<![\d.:])\d+(?![\d.]*\.\d)(?!:\d)(?![.:]\d)")
 
 
 def render_report(store: Store, job: str, now: datetime) -> str:
@@ -201,7 +203,7 @@ def _y(value: float, top: float, height: int = HEIGHT, pad: int = PAD) -> float:
 def _svg(name: str, marks: list[str], top: int, ends: tuple[str, str], centred: bool = False) -> str:
     labels = [
         f'<text x="{PAD - 6}" y="{PAD + 4}" text-anchor=end>{top:,}</text>',
-        f'<text x="{PAD - 6}" y="{HEIGHT - PAD + 4}" text-anchor=end>{top if centred else 0:,}</text>',
+        f'<text x="{PAD - 6}" y="{HEIGHT - PAD + 4}" text-anchor=end>{f"−{top:,}" if centred else 0}</text>',
         f'<text x="{PAD}" y="{HEIGHT - 12}">{_e(ends[0])}</text>',
         f'<text x="{WIDTH - PAD}" y="{HEIGHT - 12}" text-anchor=end>{_e(ends[1])}</text>',
     ]
@@ -225,7 +227,9 @@ def _runs_table(runs: Sequence[dict[str, Any]]) -> str:
         cells = "".join(
             f'<td><a href="#run-{run["run_id"]}">{run["run_id"]}</a></td>'
             if f == "run_id"
-            else f"<td>{_e(cell(run.get(f)))}</td>"
+            else f'<td class=error title="{_e(run["error"])}">{_e(run_table_row(run)["error"])}</td>'
+            if f == "error" and run.get("error")
+            else f"<td class={f}>{_e(cell(run.get(f)))}</td>"
             for f in fields
         )
         rows.append(f'<tr class="{_e(run["status"])}">{cells}</tr>')
@@ -260,7 +264,9 @@ svg.chart{background:#fafbfc;border:1px solid #e3e6ea;border-radius:6px;max-widt
 svg text{font-size:11px;fill:#666}.legend{margin:6px 0}.legend span{margin-right:14px;white-space:nowrap}
 .legend i{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:5px}
 table{border-collapse:collapse;width:100%;font-size:13px}th,td{border-bottom:1px solid #eee;padding:4px 6px;
-text-align:left}th{background:#f4f6f8}tr.failed td,tr.blocked td{color:#b03030}tr.partial td{color:#a06000}
+text-align:left;vertical-align:top}th{background:#f4f6f8}
+td.error{min-width:220px;max-width:360px;overflow-wrap:anywhere}
+tr.failed td,tr.blocked td{color:#b03030}tr.partial td{color:#a06000}
 .empty{color:#888}.why{color:#b03030;font-weight:600}.smalls{display:flex;flex-wrap:wrap;gap:8px}
 figure.small{margin:0;border:1px solid #e3e6ea;border-radius:6px;padding:4px;background:#fafbfc}
 figcaption{font-size:12px;color:#444}details.run{border:1px solid #e3e6ea;border-radius:6px;margin:6px 0;

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -247,6 +248,36 @@ def prune(ctx: click.Context, job: str | None, days: int | None) -> None:
                 f"job {each.name}: removed {plural(removed, 'update row')} older than "
                 f"{plural(days or each.audit_retention_days, 'day')}"
             )
+
+
+@click.command()
+@click.argument("job")
+@click.option("--runs", "with_runs", is_flag=True, help="Also remove its runs and their audit rows.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def forget(ctx: click.Context, job: str, with_runs: bool, yes: bool) -> None:
+    """Forget a job removed from jobs.yaml: its acknowledged state, fingerprints, tracked keys, failed updates,
+    ChartMogul record ids, schedule and alert state (asks first). Its runs and audit rows stay unless --runs."""
+    config = outline_of(ctx)
+    configured = any(each.name == job for each in config.jobs)
+    with open_store(config.state_url) as store:
+        known_job(store, job)
+        lease = store.lease(job)
+        if lease is not None and lease.expires_at >= utc_now():
+            fail(f"job {job!r} is running now ({lease.owner}); stop it first", EXIT_USAGE)
+        what = "its state" + (", its runs and their audit rows" if with_runs else " (its runs stay)")
+        warning = (
+            f"job {job!r} is still in {ctx.obj or 'jobs.yaml'}: its next run will be an initial sync of every member. "
+            if configured
+            else ""
+        )
+        if not yes:
+            if not sys.stdin.isatty():
+                fail("forget asks for confirmation: run it on a terminal, or add --yes", EXIT_USAGE)
+            click.confirm(f"{warning}Forget {what} of job {job!r}?", abort=True, err=True)
+        removed = store.forget_job(job, runs=with_runs)
+    counted = ", ".join(f"{table} {count}" for table, count in removed.items() if count) or "nothing"
+    click.echo(f"job {job} forgotten: rows removed: {counted}")
 
 
 @click.command()

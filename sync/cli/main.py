@@ -25,6 +25,7 @@ COMMANDS = {
     "resume": "sync.cli.daemon", "skip": "sync.cli.daemon",
     "runs": "sync.cli.audit", "diff": "sync.cli.audit", "history": "sync.cli.audit", "audiences": "sync.cli.audit",
     "messages": "sync.cli.audit", "failed": "sync.cli.audit", "report": "sync.cli.audit", "prune": "sync.cli.audit",
+    "forget": "sync.cli.audit",
     "warehouse": "sync.cli.warehouse",
 }  # fmt: skip
 

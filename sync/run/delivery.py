@@ -31,6 +31,7 @@ from sync.model import Update
 from sync.plan.updates import tally
 from sync.scheduler.metrics import Metrics
 from sync.store import Store
+from sync.text import plural
 
 if TYPE_CHECKING:
     from sync.run.report import RunReport
@@ -229,18 +230,21 @@ class _Refusals:
 
     def __init__(self) -> None:
         self.abort: str | None = None
-        self._count = 0
+        self._requests: set[tuple[object, object]] = set()  # refused requests, by their two moments
+        self._updates = 0
         self._delivered = 0
 
     def watch(self, result: DeliveryResult) -> None:
+        """Counts requests, not updates: one refused batch carries many updates."""
         self._delivered += result.delivered
         if result.http_status in WEBHOOK_REFUSED and not self._delivered:
-            self._count += 1
-            if self._count >= REFUSALS_TO_STOP and self.abort is None:
+            self._updates += 1
+            self._requests.add((result.sent_at, result.finished_at))  # what a request's answers share
+            if len(self._requests) >= REFUSALS_TO_STOP and self.abort is None:
                 self.abort = (
-                    f"the destination refused the first {self._count} updates with HTTP "
-                    f"{result.http_status}; its URL or key may be revoked or wrong. Nothing else was "
-                    "sent; the updates stay pending for the next run"
+                    f"the destination refused the first {plural(len(self._requests), 'request')} "
+                    f"({plural(self._updates, 'update')}) with HTTP {result.http_status}; its URL or key may be "
+                    "revoked or wrong. Nothing else was sent; the updates stay pending for the next run"
                 )
 
 

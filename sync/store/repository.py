@@ -7,10 +7,14 @@ row of the update the destination acknowledged.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from sqlalchemy import (
+    CursorResult,
     Engine,
     create_engine,
     delete,
+    select,
 )
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
@@ -23,8 +27,18 @@ from sync.store.common import store_reason
 from sync.store.control import ControlStore
 from sync.store.models import (
     AckState,
+    FailedUpdate,
     FingerprintIndex,
+    FullResync,
+    JobAlert,
     JobKey,
+    JobLease,
+    JobSchedule,
+    RemoteAttribute,
+    RemoteId,
+    Run,
+    RunKey,
+    RunUpdate,
 )
 from sync.store.runs import RunStore
 from sync.store.schema import ensure_schema
@@ -59,9 +73,24 @@ class Store(RunStore, StateStore, AuditStore, ControlStore):
     def label(self) -> str:
         return redact_url(self.engine.url.render_as_string(hide_password=False))
 
-    def delete_job(self, job: str) -> None:
-        """Forget a job's acknowledged state and tracked keys (runs stay for the audit trail)."""
+    def forget_job(self, job: str, runs: bool = False) -> dict[str, int]:
+        """Forget a job, in one transaction: its acknowledged state, fingerprints, tracked keys, failed updates,
+        destination record ids and attributes, schedule, alert state and unfinished full resync; with
+        ``runs``, its runs and their audit rows too (otherwise they stay for the audit trail). Rows removed,
+        per table."""
+        tables: list[Any] = [
+            AckState, FingerprintIndex, JobKey, FailedUpdate, RemoteId, RemoteAttribute, JobSchedule, JobAlert,
+            FullResync, JobLease,
+        ]  # fmt: skip
+        removed: dict[str, int] = {}
         with Session(self.engine) as session, session.begin():
-            session.execute(delete(AckState).where(AckState.job == job))
-            session.execute(delete(FingerprintIndex).where(FingerprintIndex.job == job))
-            session.execute(delete(JobKey).where(JobKey.job == job))
+            if runs:
+                ids = select(Run.id).where(Run.job == job).scalar_subquery()
+                for model in (RunUpdate, RunKey):
+                    gone = session.execute(delete(model).where(model.run_id.in_(ids)))
+                    removed[model.__tablename__] = cast(CursorResult[Any], gone).rowcount
+                tables.append(Run)
+            for model in tables:
+                gone = session.execute(delete(model).where(model.job == job))
+                removed[model.__tablename__] = cast(CursorResult[Any], gone).rowcount
+        return removed
