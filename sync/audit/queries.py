@@ -36,6 +36,7 @@ CHANGE_FIELDS = (
     "change",
     "finished_at",
 )
+# The fields of a `history` timeline entry (`--json` adds ``change``: entered, exited, trait or profile).
 HISTORY_FIELDS = (
     "run_id",
     "run_kind",
@@ -221,10 +222,19 @@ def _record(row: AuditRow, key: str, kind: str, old: Any, new: Any) -> dict[str,
     }
 
 
+# `history --json`: one object with these fields; ``timeline`` is a list of HISTORY_FIELDS records.
+HISTORY_JSON_FIELDS = ("job", "user_id", "acknowledged", "version", "timeline")
+# `runs show --json`: one object with these fields (``run`` is a RUN_FIELDS record).
+RUN_DETAIL_FIELDS = ("run", "phases", "guard", "alerts", "failures", "failure_reasons", "definition")
+
+
 def history(store: Store, job: str, user_id: str) -> dict[str, Any]:
     """A user's timeline: every run that changed them, and what the destination acknowledged last."""
     acknowledged = store.acknowledged(job, user_id)
-    timeline = list(change_records(store, AuditFilter(job=job, user_id=user_id)))
+    timeline = [
+        {f: record[f] for f in (*HISTORY_FIELDS, "change")}
+        for record in change_records(store, AuditFilter(job=job, user_id=user_id))
+    ]
     return {
         "job": job,
         "user_id": user_id,

@@ -14,6 +14,26 @@ from sync.run.alerts import FAILING_AFTER
 from sync.store import Store
 from sync.text import plural
 
+# `status --json`: one object per job with these fields (README: JSON output).
+STATUS_JSON_FIELDS = (
+    "job",
+    "enabled",
+    "paused",
+    "skip_next",
+    "last_run",
+    "next_run_at",
+    "scheduler",
+    "acknowledged_users",
+    "pending",
+    "waiting_for_retry",
+    "dead",
+    "records",
+    "full_resync",
+    "consecutive_failures",
+    "consecutive_blocked",
+    "failing",
+    "lease",
+)
 # The columns of the table people read; `--json` has every field.
 STATUS_FIELDS = (
     "job",

@@ -131,10 +131,15 @@ def _show_run(ctx: click.Context, run_id: int, as_json: bool) -> None:
     help="Only updates with this delivery status (dead: parked after repeated rejections; unmatched: the "
     "destination has no record for the subject).",
 )
-@click.option("--change", type=click.Choice(CHANGES), help="Only entries, exits or trait changes.")
+@click.option(
+    "--change",
+    type=click.Choice(CHANGES),
+    help="Only entries, exits, trait changes or profile changes (send_profile_changes).",
+)
 @click.option("--since", help="Runs started at or after this time (2026-11-15, 2026-11-15T08:00) or age (7d, 12h).")
 @click.option("--until", help="Runs started before this time or age.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="JSON lines: the same as --format jsonl.")
 @click.option("--output", type=click.Path(path_type=Path), help="Write to this file (needed for parquet).")
 @click.pass_context
 def diff(
@@ -148,6 +153,7 @@ def diff(
     since: str | None,
     until: str | None,
     fmt: str,
+    as_json: bool,
     output: Path | None,
 ) -> None:
     """What runs changed, one row per (user, key), with each update's delivery outcome.
@@ -157,6 +163,7 @@ def diff(
     """
     if run_id is None and job is None:
         raise click.UsageError("give a RUN_ID, or --job JOB")
+    fmt = "jsonl" if as_json else fmt
     if fmt == "parquet" and output is None:
         raise click.UsageError("--format parquet needs --output FILE")
     if fmt == "table" and output is not None:
@@ -284,8 +291,9 @@ def forget(ctx: click.Context, job: str, with_runs: bool, yes: bool) -> None:
 @click.argument("run_id", type=int)
 @click.option("--user", "user_id", help="Only what was sent for this subject.")
 @click.option("--calls", is_flag=True, help="The Segment-spec calls (identify, track, group) the requests came from.")
+@click.option("--json", "as_json", is_flag=True, hidden=True, help="JSON lines (what messages always prints).")
 @click.pass_context
-def messages(ctx: click.Context, run_id: int, user_id: str | None, calls: bool) -> None:
+def messages(ctx: click.Context, run_id: int, user_id: str | None, calls: bool, as_json: bool) -> None:
     """What RUN_ID sent, as the destination received it, as JSON lines: the ChartMogul webhook's Send Contact
     and Send Customer bodies; the requests made to ChartMogul's API (method, path, body; never the key); the
     calls inside Segment's batches. --calls: the Segment-spec calls they were rendered from."""
