@@ -61,7 +61,7 @@ def test_cron_fires_at_its_next_slot_after_the_last_end_in_its_time_zone() -> No
         ({"timezone": "Mars/Olympus"}, "schedule.timezone: unknown time zone 'Mars/Olympus'"),
         ({"every": "0s"}, "schedule.every: must be longer than zero"),
         ({"every": "often"}, "schedule.every: expected a duration"),
-        ({"enabled": "perhaps"}, "schedule.enabled: Input should be a valid boolean"),
+        ({"enabled": "perhaps"}, "schedule.enabled: must be a valid boolean, not 'perhaps'"),
     ],
 )
 def test_schedules_are_validated(tmp_path: Path, schedule: dict[str, str], problem: str) -> None:

@@ -305,3 +305,23 @@ def test_forget_removes_a_removed_jobs_state_after_asking_and_its_runs_only_when
         store.close()
     unknown = audience_sync("--config", str(config), "forget", "segment", "--yes", env=env)
     assert unknown.returncode == 2 and "no job named 'segment' in the state store" in unknown.stderr
+
+
+def test_diff_of_a_run_that_failed_before_planning_says_why_it_has_no_changes(
+    tmp_path: Path,
+    seeded: Warehouse,  # noqa: F811
+) -> None:
+    job = {
+        "name": "broken",
+        "source": {"url": seeded.url},
+        "audiences": [{"name": "VIP", "query": "SELECT user_id FROM no_such_table"}],
+        "destination": {"webhook_url": "http://127.0.0.1:9/hook"},
+    }
+    path = tmp_path / "jobs.yaml"
+    path.write_text(yaml.safe_dump({"state_url": f"sqlite:///{tmp_path / 'state.db'}", "jobs": [job]}))
+    assert audience_sync("--config", str(path), "run", "broken", env={}).returncode == 1
+    shown = audience_sync("--config", str(path), "diff", "1", env={})
+    assert shown.returncode == 0
+    said = "run 1 failed before recording changes: job 'broken': the audience 'vip' query failed"
+    assert shown.stdout.startswith(said)
+    assert "no such table: no_such_table" in shown.stdout and "`audience-sync runs show 1`" in shown.stdout

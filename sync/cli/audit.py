@@ -36,7 +36,7 @@ from sync.clock import iso, utc_now
 from sync.errors import ConfigError, SyncError
 from sync.run.report import EXIT_USAGE
 from sync.store import AuditFilter, Store
-from sync.store.models import FailedUpdate, RunUpdate
+from sync.store.models import FailedUpdate, Run, RunUpdate
 from sync.text import plural
 
 
@@ -178,14 +178,24 @@ def diff(
         until=_moment("--until", until, now),
     )
     with open_store(state_url_of(ctx)) as store:
-        if run_id is not None and store.run(run_id) is None:
+        run = store.run(run_id) if run_id is not None else None
+        if run_id is not None and run is None:
             fail(f"no run with id {run_id} in the state store", EXIT_USAGE)
         if job is not None:
             known_job(store, job)
         rows = change_records(store, filters, ChangeFilter(key, change))
-        written = print_rows(stdout_console(), rows, CHANGE_FIELDS, fmt, output)
+        empty = "no changes match" if run is None else _no_changes(run)
+        written = print_rows(stdout_console(), rows, CHANGE_FIELDS, fmt, output, empty=empty)
     if output is not None:
         click.echo(f"{written} rows written to {output}", err=True)
+
+
+def _no_changes(run: Run) -> str:
+    """Why a run lists no changes: it changed nothing, or it ended before it planned any."""
+    if not run.error:
+        return f"run {run.id} ({run.status}) has no changes" + (" that match" if run.updates else "")
+    first = run.error.strip().splitlines()[0]
+    return f"run {run.id} {run.status} before recording changes: {first} (`audience-sync runs show {run.id}`)"
 
 
 @click.command()

@@ -24,7 +24,7 @@ from sync.config import JobConfig
 from sync.destinations.base import DeliveryResult, Destination, Outgoing, SendWindow
 from sync.destinations.breaker import Breaker
 from sync.destinations.factory import build_destination
-from sync.destinations.outcomes import WEBHOOK_REFUSED
+from sync.destinations.outcomes import WEBHOOK_REFUSED, is_rejection
 from sync.destinations.transport import AiohttpTransport
 from sync.errors import SyncError
 from sync.model import Update
@@ -328,6 +328,7 @@ class _Recorder:
             self.report.unmatched += result.unmatched
             if not result.delivered and not result.unmatched:
                 self.report.failed += 1
+                self.report.rejected += is_rejection(result)
                 self.report.reasons[_reason_of(result)] += 1
         if self.pace.progress:
             self.pace.progress.update(self.report.answered, self.total or len(self.by_user))

@@ -47,6 +47,7 @@ class RunReport:
     key_counts: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
     destination: str | None = None  # the destination's label (no secrets), once the run has sent
     reasons: Counter[str] = field(default_factory=Counter)  # why updates were not delivered, by reason
+    rejected: int = 0  # of the failed: refused for the record itself (400, 404, 422…), the destination alive
     guard: list[str] | None = None  # what the mass-change guard found, once the run has planned
     full_left: int | None = None  # an unfinished full resync: the subjects it has yet to deliver
 

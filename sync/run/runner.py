@@ -399,7 +399,8 @@ class Runner:
         self.planner.settle(job, report.run_id, complete=not report.failed and not self.stop.is_set())
         if self.stop.is_set():
             report.status = "interrupted"
-        elif report.failed and not report.delivered and not report.unmatched:
+        elif report.failed > report.rejected and not report.delivered and not report.unmatched:
+            # nothing delivered, and not only records refused: the destination itself is in trouble
             report.status, report.error = "failed", nothing_delivered(report)
         else:
             report.status = "partial" if report.failed else "succeeded"
