@@ -305,7 +305,8 @@ def test_a_wrong_write_key_stops_the_run_and_never_shows_the_key(
         raw = job_dict(warehouse, echoing.url, audiences=[warehouse.audience("VIP", "vip")])
         raw["destination"] = {"type": "segment", "write_key": WRITE_KEY, "endpoint": echoing.url, "max_connections": 1}
         report = Runner(store, sleep=sleep).run(make_config("sqlite://", [raw]).jobs[0])
-    assert report.status == "failed" and "refused the first 3 requests (" in (report.error or "")
+    assert report.status == "failed"
+    assert f"refused the first 3 requests ({report.failed} updates)" in (report.error or "")  # batches, not 3
     assert len(echoing.records) == 3  # stopped after three refusals, not one per batch
     rows = list(store.updates_of(report.run_id))
     texts = [report.error or "", caplog.text, *(r.error or "" for r in rows)]

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sync.errors import SyncError
+from sync.model import RUN_COUNTS
 
 FORMATS = ("table", "csv", "jsonl", "parquet")
 # Integer columns keep their type in Parquet; every other column is text (values as JSON where needed).
@@ -195,7 +196,7 @@ def print_run_detail(console: Console, detail: Mapping[str, Any]) -> None:
         say(f"  {name:<14} {cell(run[name])}", markup=False, highlight=False)
     say(f"  {'duration':<14} {_seconds(run['duration_s'])}", markup=False, highlight=False)
     say("counts", style="bold")
-    for name in RUN_DETAIL_COUNTS:
+    for name in RUN_COUNTS:
         say(f"  {name:<14} {cell(run[name])}", markup=False, highlight=False)
     if run["match_rate"] is not None:
         say(f"  {'match_rate':<14} {run['match_rate']:.0%}", markup=False, highlight=False)
@@ -230,21 +231,6 @@ def print_run_detail(console: Console, detail: Mapping[str, Any]) -> None:
     if detail["definition"] is not None:
         say("job definition in effect (secrets left out)", style="bold")
         say(json.dumps(detail["definition"], indent=2, ensure_ascii=False), markup=False, highlight=False)
-
-
-RUN_DETAIL_COUNTS = (
-    "users",
-    "entered",
-    "exited",
-    "traits_changed",
-    "updates",
-    "delivered",
-    "failed",
-    "unmatched",
-    "skipped_rows",
-    "parked",
-    "throttled",
-)
 
 
 def _seconds(value: float | None) -> str:

@@ -229,23 +229,30 @@ class _Refusals:
     webhook, a wrong write key): stop instead of failing every update."""
 
     def __init__(self) -> None:
-        self.abort: str | None = None
-        self._requests: set[tuple[object, object]] = set()  # refused requests, by their two moments
+        self._requests: set[tuple[object, object]] = set()  # refused requests, by the two moments they share
         self._updates = 0
         self._delivered = 0
+        self._status: int | None = None
 
     def watch(self, result: DeliveryResult) -> None:
-        """Counts requests, not updates: one refused batch carries many updates."""
         self._delivered += result.delivered
         if result.http_status in WEBHOOK_REFUSED and not self._delivered:
             self._updates += 1
-            self._requests.add((result.sent_at, result.finished_at))  # what a request's answers share
-            if len(self._requests) >= REFUSALS_TO_STOP and self.abort is None:
-                self.abort = (
-                    f"the destination refused the first {plural(len(self._requests), 'request')} "
-                    f"({plural(self._updates, 'update')}) with HTTP {result.http_status}; its URL or key may be "
-                    "revoked or wrong. Nothing else was sent; the updates stay pending for the next run"
-                )
+            self._status = result.http_status
+            self._requests.add((result.sent_at, result.finished_at))
+
+    @property
+    def abort(self) -> str | None:
+        """Why the run stops, once three updates were refused before any was delivered; it counts the refused
+        requests too, since one batch carries many updates."""
+        if self._updates < REFUSALS_TO_STOP:
+            return None
+        requests = len(self._requests)
+        what = "request" if requests == 1 else f"{requests} requests"
+        return (
+            f"the destination refused the first {what} ({plural(self._updates, 'update')}) with HTTP {self._status}; "
+            "its URL or key may be revoked or wrong. Nothing else was sent; the updates stay pending for the next run"
+        )
 
 
 class _Recorder:
