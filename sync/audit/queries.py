@@ -5,8 +5,9 @@ Everything here streams: a ten-million-row initial sync is read and exported row
 
 from __future__ import annotations
 
+import base64
 import json
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,7 +21,7 @@ from sync.destinations.factory import spec_before_specs
 from sync.errors import PermanentDeliveryError, SyncError
 from sync.model import KEY_COUNTS, PROFILE_KIND, RUN_COUNTS, RUN_SUMMARY_COUNTS, KeyChange, Update, change_kind
 from sync.store import AuditFilter, AuditRow, Store
-from sync.store.models import Run, RunKey, RunUpdate
+from sync.store.models import FailedUpdate, Run, RunKey, RunUpdate
 
 # The columns of `diff`: one row per (user, key) of an update, with the update's delivery outcome.
 CHANGE_FIELDS = (
@@ -72,6 +73,59 @@ RUN_FIELDS = (
 )
 # How much of a run's error a table shows; `runs show` has all of it.
 _ERROR_CELL = 80
+
+
+FAILED_FIELDS = (
+    "user_id",
+    "state",
+    "message_id",
+    "failed_runs",
+    "http_status",
+    "error",
+    "first_failed_at",
+    "last_failed_at",
+    "last_run_id",
+)
+
+
+def failure_records(store: Store, job: str, every: bool = False) -> list[dict[str, Any]]:
+    """``failed JOB --json``: the job's dead updates; with ``every``, also the rejected ones sent again each
+    run and those of the last run still being retried or not sent yet."""
+    rejected = store.failed_updates(job, dead_only=not every)
+    rows = [_failed_row(row) for row in rejected]
+    if every:
+        listed = {row.user_id for row in rejected}
+        rows += [_retrying_row(row) for row in store.undelivered(job) if row.user_id not in listed]
+    return rows
+
+
+def _failed_row(row: FailedUpdate) -> dict[str, Any]:
+    return {
+        "user_id": row.user_id,
+        "state": "dead" if row.dead else "rejected",
+        "message_id": row.message_id,
+        "failed_runs": row.failed_runs,
+        "http_status": row.http_status,
+        "error": row.error,
+        "first_failed_at": iso(row.first_failed_at),
+        "last_failed_at": iso(row.last_failed_at),
+        "last_run_id": row.last_run_id,
+    }
+
+
+def _retrying_row(row: RunUpdate) -> dict[str, Any]:
+    """An update of the last run that was not delivered and not rejected: the next run sends it again."""
+    return {
+        "user_id": row.user_id,
+        "state": "retrying" if row.status == "failed" else "pending",
+        "message_id": row.message_id,
+        "failed_runs": 0,
+        "http_status": row.http_status,
+        "error": row.error or ("not sent yet" if row.status == "pending" else None),
+        "first_failed_at": iso(row.finished_at) if row.finished_at else None,
+        "last_failed_at": iso(row.finished_at) if row.finished_at else None,
+        "last_run_id": row.run_id,
+    }
 
 
 def run_or_fail(store: Store, run_id: int) -> Run:
@@ -228,6 +282,91 @@ HISTORY_JSON_FIELDS = ("job", "user_id", "acknowledged", "version", "timeline")
 RUN_DETAIL_FIELDS = ("run", "phases", "guard", "alerts", "failures", "failure_reasons", "definition")
 
 
+# Pages: at most this many rows, and this many when none is asked for.
+MAX_PAGE = 1000
+DEFAULT_PAGE = 100
+
+
+def encode_cursor(*parts: int) -> str:
+    """An opaque cursor: where the next page starts."""
+    return base64.urlsafe_b64encode(".".join(map(str, parts)).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None, size: int) -> tuple[int, ...] | None:
+    """The parts of a cursor made by ``encode_cursor``; SyncError for one that is not."""
+    if not cursor:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        parts = tuple(int(part) for part in text.split("."))
+    except (ValueError, UnicodeDecodeError):
+        raise SyncError(f"malformed cursor {cursor[:40]!r}") from None
+    if len(parts) != size or any(part < 0 for part in parts):
+        raise SyncError(f"malformed cursor {cursor[:40]!r}")
+    return parts
+
+
+def change_page(
+    store: Store, filters: AuditFilter, keep: ChangeFilter, cursor: str | None = None, limit: int = DEFAULT_PAGE
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of changes (``diff --json`` records) in the trail's order, and the cursor of the next page
+    (None after the last). Read through the update ids, so every row comes exactly once however many pages."""
+    start = decode_cursor(cursor, 2) or (0, 0)
+    at, skip = start
+    records: list[dict[str, Any]] = []
+    fetch = max(limit, 200)
+    while True:
+        rows = store.audit_page(filters, at - 1, fetch, keep.key)
+        for update_id, row in rows:
+            changes = json.loads(row.changes)
+            for index in range(skip if update_id == at else 0, len(changes)):
+                key, kind, old, new = changes[index]
+                if not keep.keeps(key, kind, new):
+                    continue
+                if len(records) == limit:
+                    return records, encode_cursor(update_id, index)
+                records.append(_record(row, key, kind, old, new))
+        if len(rows) < fetch:
+            return records, None
+        at, skip = rows[-1][0] + 1, 0
+
+
+def run_page(
+    store: Store,
+    job: str | None,
+    statuses: tuple[str, ...] = (),
+    trigger: str | None = None,
+    cursor: str | None = None,
+    limit: int = DEFAULT_PAGE,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of runs (``runs --json`` records), newest first, and the next page's cursor."""
+    before = decode_cursor(cursor, 1)
+    found = store.runs(job, limit + 1, statuses=statuses, trigger=trigger, before=before[0] if before else None)
+    more = len(found) > limit
+    found = found[:limit]
+    return [run_record(run) for run in found], encode_cursor(found[-1].id) if more else None
+
+
+def search_subject(store: Store, subject_id: str) -> list[dict[str, Any]]:
+    """Every job that knows ``subject_id``: what it acknowledged and its last run that changed it."""
+    found = []
+    for job in store.job_names():
+        acknowledged = store.acknowledged(job, subject_id)
+        last = next(iter(store.updates_for(job, subject_id, 1)), None)
+        if acknowledged is None and last is None:
+            continue
+        found.append(
+            {
+                "job": job,
+                "user_id": subject_id,
+                "acknowledged": acknowledged[0] if acknowledged else {},
+                "version": acknowledged[1] if acknowledged else 0,
+                "last_run_id": last.run_id if last else None,
+            }
+        )
+    return found
+
+
 def history(store: Store, job: str, user_id: str) -> dict[str, Any]:
     """A user's timeline: every run that changed them, and what the destination acknowledged last."""
     acknowledged = store.acknowledged(job, user_id)
@@ -304,7 +443,7 @@ def run_calls(
 
 def run_messages(
     store: Store, run_id: int, user_id: str | None = None, calls: bool = False
-) -> Iterator[dict[str, Any]]:
+) -> Generator[dict[str, Any]]:
     """What the destination received in a run, as it received it (a dry run: what it would have received).
 
     - the ChartMogul webhook: each Send Contact or Send Customer body, after the job's mappings;

@@ -7,7 +7,6 @@ import json
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -15,12 +14,14 @@ from sync.audit.display import FORMATS, print_rows, print_run_detail
 from sync.audit.queries import (
     CHANGE_FIELDS,
     CHANGES,
+    FAILED_FIELDS,
     HISTORY_FIELDS,
     RUN_FIELDS,
     RUN_TABLE_FIELDS,
     ChangeFilter,
     audience_table_row,
     change_records,
+    failure_records,
     moment,
     prune_job,
     run_detail,
@@ -32,11 +33,11 @@ from sync.audit.queries import audiences as audience_series
 from sync.audit.queries import history as user_history
 from sync.audit.report import render_report
 from sync.cli.common import fail, open_store, outline_of, state_url_of, stdout_console
-from sync.clock import iso, utc_now
+from sync.clock import utc_now
 from sync.errors import ConfigError, SyncError
 from sync.run.report import EXIT_USAGE
 from sync.store import AuditFilter, Store
-from sync.store.models import FailedUpdate, Run, RunUpdate
+from sync.store.models import Run
 from sync.text import plural
 
 
@@ -55,19 +56,6 @@ def _moment(option: str, text: str | None, now: datetime) -> datetime | None:
         return moment(text, now)
     except SyncError as exc:
         raise click.BadParameter(str(exc), param_hint=option) from None
-
-
-FAILED_FIELDS = (
-    "user_id",
-    "state",
-    "message_id",
-    "failed_runs",
-    "http_status",
-    "error",
-    "first_failed_at",
-    "last_failed_at",
-    "last_run_id",
-)
 
 
 @click.command()
@@ -329,40 +317,6 @@ def failed(ctx: click.Context, job: str, every: bool, as_json: bool) -> None:
     rejected ones sent again each run, and those of the last run still being retried (5xx, 429, timeouts,
     connection errors) or never sent."""
     with open_store(state_url_of(ctx)) as store:
-        name = known_job(store, job)
-        rejected = store.failed_updates(name, dead_only=not every)
-        rows = [_failed_row(row) for row in rejected]
-        if every:
-            listed = {row.user_id for row in rejected}
-            rows += [_retrying_row(row) for row in store.undelivered(name) if row.user_id not in listed]
+        rows = failure_records(store, known_job(store, job), every)
     empty = "no updates waiting to be delivered" if every else "no dead updates"
     print_rows(stdout_console(), rows, FAILED_FIELDS, "jsonl" if as_json else "table", empty=empty)
-
-
-def _failed_row(row: FailedUpdate) -> dict[str, Any]:
-    return {
-        "user_id": row.user_id,
-        "state": "dead" if row.dead else "rejected",
-        "message_id": row.message_id,
-        "failed_runs": row.failed_runs,
-        "http_status": row.http_status,
-        "error": row.error,
-        "first_failed_at": iso(row.first_failed_at),
-        "last_failed_at": iso(row.last_failed_at),
-        "last_run_id": row.last_run_id,
-    }
-
-
-def _retrying_row(row: RunUpdate) -> dict[str, Any]:
-    """An update of the last run that was not delivered and not rejected: the next run sends it again."""
-    return {
-        "user_id": row.user_id,
-        "state": "retrying" if row.status == "failed" else "pending",
-        "message_id": row.message_id,
-        "failed_runs": 0,
-        "http_status": row.http_status,
-        "error": row.error or ("not sent yet" if row.status == "pending" else None),
-        "first_failed_at": iso(row.finished_at) if row.finished_at else None,
-        "last_failed_at": iso(row.finished_at) if row.finished_at else None,
-        "last_run_id": row.run_id,
-    }

@@ -162,10 +162,18 @@ class RunStore:
             return session.get(Run, run_id)
 
     def runs(
-        self, job: str | None = None, limit: int = 50, statuses: Sequence[str] = (), trigger: str | None = None
+        self,
+        job: str | None = None,
+        limit: int = 50,
+        statuses: Sequence[str] = (),
+        trigger: str | None = None,
+        before: int | None = None,
     ) -> list[Run]:
-        """Runs newest first, of one job or all, with one of ``statuses`` and started by ``trigger`` if given."""
+        """Runs newest first, of one job or all, with one of ``statuses``, started by ``trigger`` and older than
+        run ``before`` if given."""
         query = select(Run).order_by(Run.id.desc()).limit(limit)
+        if before is not None:
+            query = query.where(Run.id < before)
         if job:
             query = query.where(Run.job == job)
         if statuses:

@@ -1,0 +1,51 @@
+"""``audience-sync console``: the web console over the state store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import click
+
+from sync.cli.common import fail, open_store, outline_of
+from sync.errors import ConfigError
+from sync.run.report import EXIT_USAGE
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="The address to listen on.")
+@click.option("--port", default=8400, show_default=True, type=click.IntRange(0, 65535), help="The port.")
+@click.option(
+    "--token-env",
+    metavar="VAR",
+    help="Require the token in this environment variable on every request (needed off loopback).",
+)
+@click.pass_context
+def console(ctx: click.Context, host: str, port: int, token_env: str | None) -> None:
+    """Serve the web console: every job, run, change and subject, as pages and as JSON under /api/v1/."""
+    from sync.console.app import Settings
+    from sync.console.server import ConsoleServer
+
+    token = None
+    if token_env is not None:
+        token = os.environ.get(token_env)
+        if not token:
+            fail(f"--token-env: environment variable {token_env} is not set", EXIT_USAGE)
+    config = outline_of(ctx)
+    with open_store(config.state_url) as store:
+        try:
+            server = ConsoleServer(Settings(config, token), store, host, port)
+        except ConfigError as exc:
+            fail("; ".join(exc.problems), EXIT_USAGE)
+        try:
+            server.start()
+        except OSError as exc:
+            fail(f"cannot serve the console on {host}:{port}: {exc}", EXIT_USAGE)
+        click.echo(f"console on {server.url}" + (" (token required)" if token else ""), err=True)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        while not stop.wait(0.5):
+            pass
+        server.stop()

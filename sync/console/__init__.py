@@ -1,0 +1,1 @@
+"""The web console (``audience-sync console``): pages and a JSON API over the state store."""

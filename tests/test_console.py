@@ -1,0 +1,171 @@
+"""The web console against a real store made by real runs, served by uvicorn on 127.0.0.1 and read with httpx:
+its pages, its JSON (the CLI's shapes), cursors that return every row once, errors as answers, the token."""
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from sync.audit.queries import CHANGE_FIELDS, RUN_FIELDS, ChangeFilter, change_records
+from sync.config import JobOutline, Outline
+from sync.console.app import Settings
+from sync.console.server import ConsoleServer
+from sync.dev.receiver import Receiver
+from sync.errors import ConfigError
+from sync.run.runner import Runner
+from sync.store import AuditFilter, Store
+from tests.conftest import RecordingSleep, Warehouse, make_job
+
+USERS = [f"u{i:03d}" for i in range(120)]
+SECRET = "/hook/s3cret-token-42"
+
+
+@pytest.fixture
+def synced(store: Store, warehouse: Warehouse, sleep: RecordingSleep) -> Iterator[Store]:
+    """Two runs of one job: an initial sync of 120 users, then 30 exits and a subject id holding markup."""
+    odd = "<script>alert(1)</script>"
+    warehouse.set_members("vip", USERS)
+    warehouse.set_members("beta", USERS[::2])
+    with Receiver() as receiver:
+        job = make_job(
+            warehouse,
+            receiver.url.replace("/webhook", SECRET),
+            audiences=[warehouse.audience("VIP", "vip"), warehouse.audience("Beta", "beta")],
+        )
+        runner = Runner(store, sleep=sleep)
+        assert runner.run(job).status == "succeeded"
+        warehouse.set_members("vip", [*USERS[30:], odd])
+        receiver.faults.respond = lambda body: 422 if body["user_id"] == "u010" else None
+        assert runner.run(job).status == "partial"
+    yield store
+
+
+@pytest.fixture
+def console(synced: Store) -> Iterator[str]:
+    outline = Outline(state_url="unused://", jobs=(JobOutline(name="contacts"),))
+    with ConsoleServer(Settings(outline), synced) as server:
+        yield server.url
+
+
+def get(url: str, **params: Any) -> httpx.Response:
+    return httpx.get(url, params=params or None, timeout=30)
+
+
+def test_every_page_answers_and_holds_no_secret(console: str) -> None:
+    pages = ["/", "/jobs/contacts", "/runs/2", "/runs/2/messages", "/jobs/contacts/subjects/u010",
+             "/jobs/contacts/failures", "/search?q=u010", "/runs/2?change=exited&key=vip"]  # fmt: skip
+    for page in pages:
+        answer = get(console + page)
+        assert answer.status_code == 200, page
+        assert "text/html" in answer.headers["content-type"]
+        assert "s3cret" not in answer.text and "default-src 'none'" in answer.headers["content-security-policy"]
+    assert "<script>alert(1)</script>" not in get(console + "/runs/2").text  # markup in data is text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in get(console + "/runs/2").text
+
+
+def test_the_api_gives_the_clis_shapes(console: str) -> None:
+    (job,) = get(console + "/api/v1/jobs").json()
+    assert job["job"] == "contacts" and job["last_run"]["run_id"] == 2
+    runs = get(console + "/api/v1/jobs/contacts/runs").json()
+    assert [tuple(r) for r in runs["items"]] == [RUN_FIELDS, RUN_FIELDS] and runs["next"] is None
+    detail = get(console + "/api/v1/runs/2").json()
+    assert detail["run"]["exited"] == 30 and detail["failure_reasons"][0]["http_status"] == 422
+    assert "s3cret" not in json.dumps(detail)
+    subject = get(console + "/api/v1/jobs/contacts/subjects/u010").json()
+    assert subject["timeline"][-1]["status"] == "failed"
+    failures = get(console + "/api/v1/jobs/contacts/failures").json()
+    assert [(f["user_id"], f["state"]) for f in failures["items"]] == [("u010", "rejected")]
+    found = get(console + "/api/v1/search", q="u010").json()
+    assert [(f["job"], f["last_run_id"]) for f in found["items"]] == [("contacts", 2)]
+
+
+def test_paging_a_runs_changes_returns_every_row_exactly_once_with_any_filter(console: str, synced: Store) -> None:
+    for filters in ({}, {"change": "exited"}, {"key": "beta"}, {"status": "failed"}, {"subject": "u001"}):
+        rows: list[dict[str, Any]] = []
+        cursor = None
+        for _ in range(100):  # bounded: 240 changes at most, 7 a page
+            page = get(console + "/api/v1/runs/1/changes", limit=7, cursor=cursor or "", **filters).json()
+            assert all(tuple(row) == CHANGE_FIELDS for row in page["items"])
+            rows += page["items"]
+            cursor = page["next"]
+            if cursor is None:
+                break
+        keep = ChangeFilter(filters.get("key"), filters.get("change"))
+        audit = AuditFilter(run_id=1, status=filters.get("status"), user_id=filters.get("subject"))
+        expected = [{f: r[f] for f in CHANGE_FIELDS} for r in change_records(synced, audit, keep)]
+        assert rows == expected, filters
+
+
+def test_messages_page_through_what_was_sent(console: str) -> None:
+    first = get(console + "/api/v1/runs/2/messages", limit=10).json()
+    rest = get(console + "/api/v1/runs/2/messages", limit=1000, cursor=first["next"]).json()
+    bodies = first["items"] + rest["items"]
+    assert len(bodies) == 31 and all(body["type"] == "Send Contact" for body in bodies)  # 30 exits and the odd id
+    assert rest["next"] is None
+
+
+@pytest.mark.parametrize(
+    "path,status,said",
+    [
+        ("/api/v1/runs/999", 404, "no run with id 999"),
+        ("/api/v1/jobs/nope/runs", 404, "no job named 'nope'"),
+        ("/api/v1/jobs/contacts/subjects/nobody", 404, "has no subject 'nobody'"),
+        ("/api/v1/runs/2/changes?cursor=bm90LWEtY3Vyc29y", 400, "malformed cursor"),
+        ("/api/v1/runs/2/changes?change=sideways", 400, "change must be one of"),
+        ("/api/v1/runs/2/changes?limit=0", 400, "limit must be a whole number from 1 to 1000"),
+        ("/api/v1/nothing-here", 404, "no such page"),
+    ],
+)
+def test_bad_input_gets_a_clear_answer(console: str, path: str, status: int, said: str) -> None:
+    answer = get(console + path)
+    assert answer.status_code == status and said in answer.json()["error"]
+
+
+def test_a_state_store_that_went_away_is_a_503_that_says_so(synced: Store, tmp_path: Path) -> None:
+    outline = Outline(state_url="unused://", jobs=(JobOutline(name="contacts"),))
+    gone = Store.open(f"sqlite:///{tmp_path / 'gone.db'}")
+    (tmp_path / "gone.db").unlink()
+    (tmp_path / "gone.db").mkdir()  # the file is now a folder: every query fails
+    gone.engine.dispose()
+    with ConsoleServer(Settings(outline), gone) as server:
+        answer = get(server.url + "/api/v1/runs/1")
+        page = get(server.url + "/runs/1")
+    assert answer.status_code == 503 and "the state store is not answering" in answer.json()["error"]
+    assert page.status_code == 503 and "the state store is not answering" in page.text
+
+
+def test_a_token_guards_every_page_and_answer(synced: Store) -> None:
+    outline = Outline(state_url="unused://", jobs=(JobOutline(name="contacts"),))
+    with pytest.raises(ConfigError, match="give it a token"):
+        ConsoleServer(Settings(outline), synced, host="0.0.0.0")
+    with ConsoleServer(Settings(outline, token="t0ken"), synced) as server:
+        assert get(server.url + "/api/v1/jobs").status_code == 401
+        wrong = httpx.get(server.url + "/api/v1/jobs", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        right = httpx.get(server.url + "/api/v1/jobs", headers={"Authorization": "Bearer t0ken"})
+        assert right.status_code == 200
+        page = httpx.get(server.url + "/jobs/contacts", follow_redirects=False)
+        assert page.status_code == 303 and page.headers["location"] == "/login"
+        with httpx.Client(base_url=server.url) as browser:
+            assert browser.post("/login", data={"token": "nope"}).status_code == 401
+            signed = browser.post("/login", data={"token": "t0ken"}, follow_redirects=False)
+            assert signed.status_code == 303 and "httponly" in signed.headers["set-cookie"].lower()
+            assert "samesite=strict" in signed.headers["set-cookie"].lower()
+            assert browser.get("/jobs/contacts").status_code == 200
+
+
+@pytest.mark.parametrize("page", ["/", "/jobs/contacts", "/runs/2", "/jobs/contacts/subjects/u010"])
+def test_pages_render_in_chromium_at_1280_px(console: str, tmp_path: Path, page: str) -> None:
+    from PIL import Image
+
+    from tests.test_report import chromium
+
+    shot = tmp_path / "page.png"
+    chromium("--window-size=1280,900", f"--screenshot={shot}", console + page)
+    image = Image.open(shot).convert("L")
+    assert image.size == (1280, 900)
+    dark = sum(image.histogram()[:128])
+    assert dark > 2000, f"{page} rendered nearly blank"  # text and tables drawn, not an error page
