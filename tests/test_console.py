@@ -169,3 +169,79 @@ def test_pages_render_in_chromium_at_1280_px(console: str, tmp_path: Path, page:
     assert image.size == (1280, 900)
     dark = sum(image.histogram()[:128])
     assert dark > 2000, f"{page} rendered nearly blank"  # text and tables drawn, not an error page
+
+
+def test_a_running_run_shows_its_progress_and_its_page_follows_it(
+    store: Store, warehouse: Warehouse, sleep: RecordingSleep
+) -> None:
+    import threading
+
+    from tests.conftest import Gate
+
+    warehouse.set_members("vip", USERS[:10])
+    gate = Gate(after=4)
+    outline = Outline(state_url="unused://", jobs=(JobOutline(name="contacts"),))
+    with Receiver() as receiver, ConsoleServer(Settings(outline), store) as server:
+        receiver.faults.respond = gate
+        job = make_job(warehouse, receiver.url, audiences=[warehouse.audience("VIP", "vip")], max_connections=1)
+        thread = threading.Thread(target=lambda: Runner(store, sleep=sleep).run(job))
+        thread.start()
+        try:
+            assert gate.arrived.wait(20)
+            detail = get(server.url + "/api/v1/runs/1").json()
+            page = get(server.url + "/runs/1").text
+        finally:
+            gate.open()
+            thread.join(30)
+        done = get(server.url + "/api/v1/runs/1").json()
+    assert detail["run"]["status"] == "running"
+    assert detail["progress"]["delivered"] == 4 and detail["progress"]["pending"] >= 1
+    assert '<meta http-equiv="refresh" content="2">' in page and "4 delivered" in page
+    assert done["run"]["status"] == "succeeded" and done["progress"] == {"delivered": 10}
+
+
+def test_the_scheduler_serves_the_console_beside_it(tmp_path: Path, warehouse: Warehouse) -> None:
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from tests.conftest import job_dict
+
+    warehouse.set_members("vip", USERS[:3])
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with Receiver() as receiver:
+        job = job_dict(warehouse, receiver.url, audiences=[warehouse.audience("VIP", "vip")])
+        job["schedule"] = {"every": "1h", "jitter": "0s"}
+        config = tmp_path / "jobs.yaml"
+        config.write_text(yaml.safe_dump({"state_url": f"sqlite:///{tmp_path / 'state.db'}", "jobs": [job]}))
+        env = {k: v for k, v in os.environ.items() if k != "AUDIENCE_SYNC_STATE_URL"}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sync", "--config", str(config), "schedule", "--console-port", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        try:
+            jobs: list[dict[str, Any]] = []
+            for _ in range(300):  # bounded: the initial sync of three users takes about a second
+                try:
+                    jobs = get(f"http://127.0.0.1:{port}/api/v1/jobs").json()
+                except httpx.HTTPError:
+                    jobs = []
+                if jobs and jobs[0]["last_run"] and jobs[0]["last_run"]["status"] == "succeeded":
+                    break
+                time.sleep(0.1)
+            process.send_signal(signal.SIGTERM)
+            _, err = process.communicate(timeout=30)
+        finally:
+            process.kill()
+    assert jobs and jobs[0]["last_run"]["delivered"] == 3 and jobs[0]["scheduler"]["alive"] is True
+    assert process.returncode == 0, err

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sync.audit.queries import RUN_FIELDS, run_detail, run_record
+from sync.audit.queries import RUN_DETAIL_FIELDS, RUN_FIELDS, run_detail, run_record
 from sync.dev.receiver import Faults, Receiver
 from sync.run.alerts import Alerts
 from sync.run.report import RunOptions
@@ -138,7 +138,7 @@ def test_runs_lists_status_trigger_duration_and_the_errors_first_line_and_runs_s
         assert part in shown.stdout
     assert "s3cret" not in shown.stdout
     as_json = json.loads(cli(config, "runs", "show", str(listed[1]["run_id"]), "--json").stdout)
-    assert set(as_json) == {"run", "phases", "guard", "alerts", "failures", "failure_reasons", "definition"}
+    assert tuple(as_json) == RUN_DETAIL_FIELDS and as_json["progress"] == {"failed": 4}
     missing = cli(config, "runs", "show", "999")
     assert missing.returncode == 2 and "no run with id 999" in missing.stderr
 

@@ -200,6 +200,8 @@ def run_detail(store: Store, run_id: int) -> dict[str, Any]:
             for reason, status, count in store.run_failure_reasons(run_id)
         ],
         "definition": json.loads(run.definition) if run.definition else None,
+        # the run's updates by status as recorded so far: what a run still going has answered
+        "progress": store.update_counts(run_id),
     }
 
 
@@ -279,7 +281,7 @@ def _record(row: AuditRow, key: str, kind: str, old: Any, new: Any) -> dict[str,
 # `history --json`: one object with these fields; ``timeline`` is a list of HISTORY_FIELDS records.
 HISTORY_JSON_FIELDS = ("job", "user_id", "acknowledged", "version", "timeline")
 # `runs show --json`: one object with these fields (``run`` is a RUN_FIELDS record).
-RUN_DETAIL_FIELDS = ("run", "phases", "guard", "alerts", "failures", "failure_reasons", "definition")
+RUN_DETAIL_FIELDS = ("run", "phases", "guard", "alerts", "failures", "failure_reasons", "definition", "progress")
 
 
 # Pages: at most this many rows, and this many when none is asked for.

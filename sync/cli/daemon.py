@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import click
 
@@ -16,20 +20,33 @@ from sync.run.report import EXIT_USAGE
 from sync.scheduler.daemon import Daemon
 from sync.scheduler.metrics import Metrics
 
+if TYPE_CHECKING:
+    from sync.store import Store
+
 log = logging.getLogger("sync.cli")
 
 
 @click.command()
 @click.option("--metrics-port", type=click.IntRange(1, 65535), help="Serve Prometheus metrics on this port (/metrics).")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="The address the metrics listen on.")
+@click.option("--console-port", type=click.IntRange(1, 65535), help="Serve the web console on this port too.")
+@click.option("--console-host", default="127.0.0.1", show_default=True, help="The address the console listens on.")
+@click.option("--console-token-env", metavar="VAR", help="The console's token, from this environment variable.")
 @click.pass_context
-def schedule(ctx: click.Context, metrics_port: int | None, metrics_host: str) -> None:
+def schedule(
+    ctx: click.Context,
+    metrics_port: int | None,
+    metrics_host: str,
+    console_port: int | None,
+    console_host: str,
+    console_token_env: str | None,
+) -> None:
     """Run every enabled job on its schedule until SIGTERM or SIGINT (the initial sync first)."""
     config = job_config(ctx)
     if not any(job.schedule.enabled for job in config.jobs):
         fail("no job has its schedule enabled", EXIT_USAGE)
     stop = stop_on_signals()
-    with open_store(config.state_url) as store:
+    with open_store(config.state_url) as store, _console(ctx, store, console_port, console_host, console_token_env):
         metrics = Metrics(store, [job.name for job in config.jobs]) if metrics_port else None
         server = None
         if metrics is not None and metrics_port is not None:
@@ -98,3 +115,28 @@ def _control(ctx: click.Context, name: str, said: str, **values: bool) -> None:
     with open_store(config.state_url) as store:
         store.update_schedule(job.name, utc_now(), **values)
     click.echo(f"job {job.name} {said}")
+
+
+@contextmanager
+def _console(ctx: click.Context, store: Store, port: int | None, host: str, token_env: str | None) -> Iterator[None]:
+    """The web console beside the scheduler, on the same state store, when a port is given."""
+    if port is None:
+        yield
+        return
+    from sync.console.app import Settings
+    from sync.console.server import ConsoleServer
+
+    token = os.environ.get(token_env) if token_env else None
+    if token_env and not token:
+        fail(f"--console-token-env: environment variable {token_env} is not set", EXIT_USAGE)
+    try:
+        server = ConsoleServer(Settings(outline_of(ctx), token), store, host, port).start()
+    except ConfigError as exc:
+        fail("; ".join(exc.problems), EXIT_USAGE)
+    except OSError as exc:
+        fail(f"cannot serve the console on {host}:{port}: {exc}", EXIT_USAGE)
+    log.info("serving the console", extra={"address": server.url})
+    try:
+        yield
+    finally:
+        server.stop()

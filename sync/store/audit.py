@@ -107,6 +107,12 @@ class AuditStore:
             finally:  # a reader that stops early (a page is full) ends the server-side cursor now
                 rows.close()
 
+    def update_counts(self, run_id: int) -> dict[str, int]:
+        """A run's updates by status, as recorded so far (a run still sending records them as answers come)."""
+        query = select(RunUpdate.status, func.count()).where(RunUpdate.run_id == run_id).group_by(RunUpdate.status)
+        with self.engine.connect() as connection:
+            return {status: int(count) for status, count in connection.execute(query)}
+
     def updates_for(self, job: str, user_id: str, limit: int) -> list[RunUpdate]:
         """A subject's newest updates in a job, newest first."""
         query = (
