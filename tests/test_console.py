@@ -245,3 +245,66 @@ def test_the_scheduler_serves_the_console_beside_it(tmp_path: Path, warehouse: W
             process.kill()
     assert jobs and jobs[0]["last_run"]["delivered"] == 3 and jobs[0]["scheduler"]["alive"] is True
     assert process.returncode == 0, err
+
+
+def _acting_console(store: Store, warehouse: Warehouse, receiver: Receiver, allow: bool) -> ConsoleServer:
+    from sync.config import Config
+    from sync.console.actions import Actions
+    from tests.conftest import job_dict, make_config
+
+    raw = job_dict(warehouse, receiver.url, audiences=[warehouse.audience("VIP", "vip")])
+
+    def load(job: str) -> Config:
+        return make_config("sqlite://", [raw])
+
+    outline = Outline(state_url="unused://", jobs=(JobOutline(name="contacts"),))
+    return ConsoleServer(Settings(outline, actions=Actions(store, load) if allow else None), store)
+
+
+def test_actions_run_the_clis_code_paths_and_answer_409_while_a_run_goes(
+    store: Store, warehouse: Warehouse, receiver: Receiver
+) -> None:
+    import time
+
+    from tests.conftest import Gate
+
+    warehouse.set_members("vip", USERS[:5])
+    with _acting_console(store, warehouse, receiver, allow=True) as server:
+        gate = Gate(after=2)
+        receiver.faults.respond = gate
+        started = httpx.post(server.url + "/api/v1/jobs/contacts/runs", json={"full": False})
+        assert started.status_code == 202
+        run_id = started.json()["run_id"]
+        assert gate.arrived.wait(20)
+        busy = httpx.post(server.url + "/api/v1/jobs/contacts/runs", json={})
+        assert busy.status_code == 409 and "is running now" in busy.json()["error"]
+        gate.open()
+        for _ in range(200):  # bounded: five updates
+            if get(server.url + f"/api/v1/runs/{run_id}").json()["run"]["status"] != "running":
+                break
+            time.sleep(0.05)
+        run = get(server.url + f"/api/v1/runs/{run_id}").json()["run"]
+        assert (run["status"], run["trigger"], run["delivered"]) == ("succeeded", "console", 5)
+        paused = httpx.post(server.url + "/api/v1/jobs/contacts/pause", json={})
+        assert paused.status_code == 200 and store.schedule("contacts").paused  # type: ignore[union-attr]
+        wrong_type = httpx.post(server.url + "/api/v1/jobs/contacts/runs", data={"full": "true"})
+        assert wrong_type.status_code == 415  # a cross-site form cannot send JSON
+        foreign = httpx.post(
+            server.url + "/api/v1/jobs/contacts/runs", json={}, headers={"Origin": "https://evil.example"}
+        )
+        assert foreign.status_code == 403
+        page = get(server.url + "/jobs/contacts").text
+        csrf = page.split('name="csrf" value="')[1].split('"')[0]
+        no_csrf = httpx.post(server.url + "/jobs/contacts/actions", data={"action": "plan"})
+        assert no_csrf.status_code == 403
+        planned = httpx.post(server.url + "/jobs/contacts/actions", data={"action": "plan", "csrf": csrf})
+        assert planned.status_code == 303 and planned.headers["location"].startswith("/runs/")
+
+
+def test_without_allow_actions_every_action_is_403(store: Store, warehouse: Warehouse, receiver: Receiver) -> None:
+    with _acting_console(store, warehouse, receiver, allow=False) as server:
+        for path in ("/api/v1/jobs/contacts/runs", "/api/v1/jobs/contacts/pause", "/api/v1/jobs/contacts/retry"):
+            answer = httpx.post(server.url + path, json={})
+            assert answer.status_code == 403 and "--allow-actions" in answer.json()["error"]
+        assert "Run now" not in get(server.url + "/jobs/contacts").text
+    assert store.runs("contacts") == [] and store.schedule("contacts") is None

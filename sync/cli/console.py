@@ -21,9 +21,16 @@ from sync.run.report import EXIT_USAGE
     metavar="VAR",
     help="Require the token in this environment variable on every request (needed off loopback).",
 )
+@click.option(
+    "--allow-actions",
+    is_flag=True,
+    help="Let the console run jobs (now, dry, full), retry, pause, resume and skip them; off: they answer 403.",
+)
 @click.pass_context
-def console(ctx: click.Context, host: str, port: int, token_env: str | None) -> None:
+def console(ctx: click.Context, host: str, port: int, token_env: str | None, allow_actions: bool) -> None:
     """Serve the web console: every job, run, change and subject, as pages and as JSON under /api/v1/."""
+    from sync.config import load_config
+    from sync.console.actions import Actions
     from sync.console.app import Settings
     from sync.console.server import ConsoleServer
 
@@ -35,7 +42,8 @@ def console(ctx: click.Context, host: str, port: int, token_env: str | None) -> 
     config = outline_of(ctx)
     with open_store(config.state_url) as store:
         try:
-            server = ConsoleServer(Settings(config, token), store, host, port)
+            actions = Actions(store, lambda job: load_config(ctx.obj, only=[job])) if allow_actions else None
+            server = ConsoleServer(Settings(config, token, actions), store, host, port)
         except ConfigError as exc:
             fail("; ".join(exc.problems), EXIT_USAGE)
         try:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING
 
 import click
@@ -32,6 +32,7 @@ log = logging.getLogger("sync.cli")
 @click.option("--console-port", type=click.IntRange(1, 65535), help="Serve the web console on this port too.")
 @click.option("--console-host", default="127.0.0.1", show_default=True, help="The address the console listens on.")
 @click.option("--console-token-env", metavar="VAR", help="The console's token, from this environment variable.")
+@click.option("--console-allow-actions", is_flag=True, help="Let the console run, retry, pause, resume and skip jobs.")
 @click.pass_context
 def schedule(
     ctx: click.Context,
@@ -40,13 +41,15 @@ def schedule(
     console_port: int | None,
     console_host: str,
     console_token_env: str | None,
+    console_allow_actions: bool,
 ) -> None:
     """Run every enabled job on its schedule until SIGTERM or SIGINT (the initial sync first)."""
     config = job_config(ctx)
     if not any(job.schedule.enabled for job in config.jobs):
         fail("no job has its schedule enabled", EXIT_USAGE)
     stop = stop_on_signals()
-    with open_store(config.state_url) as store, _console(ctx, store, console_port, console_host, console_token_env):
+    console = _console(ctx, console_port, console_host, console_token_env, console_allow_actions)
+    with open_store(config.state_url) as store, console(store):
         metrics = Metrics(store, [job.name for job in config.jobs]) if metrics_port else None
         server = None
         if metrics is not None and metrics_port is not None:
@@ -117,26 +120,35 @@ def _control(ctx: click.Context, name: str, said: str, **values: bool) -> None:
     click.echo(f"job {job.name} {said}")
 
 
-@contextmanager
-def _console(ctx: click.Context, store: Store, port: int | None, host: str, token_env: str | None) -> Iterator[None]:
+def _console(
+    ctx: click.Context, port: int | None, host: str, token_env: str | None, allow_actions: bool
+) -> Callable[[Store], AbstractContextManager[None]]:
     """The web console beside the scheduler, on the same state store, when a port is given."""
-    if port is None:
-        yield
-        return
-    from sync.console.app import Settings
-    from sync.console.server import ConsoleServer
 
-    token = os.environ.get(token_env) if token_env else None
-    if token_env and not token:
-        fail(f"--console-token-env: environment variable {token_env} is not set", EXIT_USAGE)
-    try:
-        server = ConsoleServer(Settings(outline_of(ctx), token), store, host, port).start()
-    except ConfigError as exc:
-        fail("; ".join(exc.problems), EXIT_USAGE)
-    except OSError as exc:
-        fail(f"cannot serve the console on {host}:{port}: {exc}", EXIT_USAGE)
-    log.info("serving the console", extra={"address": server.url})
-    try:
-        yield
-    finally:
-        server.stop()
+    @contextmanager
+    def serving(store: Store) -> Iterator[None]:
+        if port is None:
+            yield
+            return
+        from sync.config import load_config
+        from sync.console.actions import Actions
+        from sync.console.app import Settings
+        from sync.console.server import ConsoleServer
+
+        token = os.environ.get(token_env) if token_env else None
+        if token_env and not token:
+            fail(f"--console-token-env: environment variable {token_env} is not set", EXIT_USAGE)
+        actions = Actions(store, lambda job: load_config(ctx.obj, only=[job])) if allow_actions else None
+        try:
+            server = ConsoleServer(Settings(outline_of(ctx), token, actions), store, host, port).start()
+        except ConfigError as exc:
+            fail("; ".join(exc.problems), EXIT_USAGE)
+        except OSError as exc:
+            fail(f"cannot serve the console on {host}:{port}: {exc}", EXIT_USAGE)
+        log.info("serving the console", extra={"address": server.url})
+        try:
+            yield
+        finally:
+            server.stop()
+
+    return serving

@@ -8,15 +8,19 @@ strict Content-Security-Policy, and a bearer token required when one is configur
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import html
+import json
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 from contextlib import closing
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote, urlsplit
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy.exc import SQLAlchemyError
@@ -49,7 +53,8 @@ from sync.audit.queries import (
 from sync.audit.status import scheduler_line, scheduler_records, status_rows
 from sync.clock import utc_now
 from sync.config import Outline
-from sync.errors import SyncError
+from sync.console.actions import CONTROLS, Actions, Busy
+from sync.errors import ConfigError, SyncError
 from sync.store import AuditFilter, Store, store_reason
 
 log = logging.getLogger(__name__)
@@ -78,6 +83,7 @@ class Settings:
 
     outline: Outline
     token: str | None = None
+    actions: Actions | None = None  # None: every action answers 403 (started without --allow-actions)
 
 
 def make_app(settings: Settings, store: Store) -> Starlette:
@@ -105,6 +111,9 @@ def make_app(settings: Settings, store: Store) -> Starlette:
         Route("/api/v1/runs/{run_id:int}/changes", views.api_changes),
         Route("/api/v1/runs/{run_id:int}/messages", views.api_messages),
         Route("/api/v1/search", views.api_search),
+        Route("/api/v1/jobs/{job}/runs", views.api_start, methods=["POST"]),
+        Route("/api/v1/jobs/{job}/{action}", views.api_control, methods=["POST"]),
+        Route("/jobs/{job}/actions", views.form_action, methods=["POST"]),
         Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
     ]
     middleware = [Middleware(BaseHTTPMiddleware, dispatch=_guard(settings))]
@@ -129,6 +138,13 @@ def _guard(settings: Settings) -> Callable[[Request, Any], Awaitable[Response]]:
         return response
 
     return dispatch
+
+
+def _same_origin(request: Request) -> bool:
+    """A browser says where a request comes from; one from another site is refused (no Origin: not a browser's
+    cross-site request, or an old one that sends none)."""
+    origin = request.headers.get("origin")
+    return origin is None or urlsplit(origin).netloc == request.headers.get("host", "")
 
 
 def _authorised(request: Request, settings: Settings) -> bool:
@@ -159,13 +175,7 @@ def _error(request: Request, status: int, message: str) -> Response:
 
 
 def _escape(text: str) -> str:
-    return (
-        text.replace("&", "&amp;")
-        .replace("<", "&lt;")
-        .replace(">", "&gt;")
-        .replace("'", "&#x27;")
-        .replace('"', "&quot;")
-    )
+    return html.escape(text, quote=True)
 
 
 class _Views:
@@ -173,6 +183,74 @@ class _Views:
 
     def __init__(self, settings: Settings, store: Store, templates: Environment) -> None:
         self.settings, self.store, self.templates = settings, store, templates
+        # A form's CSRF token: the same for every form of this process, unknown to any other site.
+        self.csrf = hmac.new(secrets.token_bytes(32), b"console forms", hashlib.sha256).hexdigest()
+        templates.globals["csrf"] = self.csrf
+        templates.globals["actions"] = settings.actions is not None
+
+    # -- acting, when allowed -------------------------------------------------------------------------------
+
+    async def _act(self, request: Request, act: Callable[[Actions], Any], status: int = 200) -> Response:
+        actions = self.settings.actions
+        if actions is None:
+            return _error(request, 403, "actions are off: start the console with --allow-actions")
+        if not _same_origin(request):
+            return _error(request, 403, "refused: the request comes from another site")
+        try:
+            self._job(request.path_params["job"])
+            done = await _in_thread(lambda: act(actions))
+        except NotFound as exc:
+            return _error(request, 404, str(exc))
+        except Busy as exc:
+            return _error(request, 409, str(exc))
+        except ConfigError as exc:
+            return _error(request, 400, "; ".join(exc.problems))
+        except SyncError as exc:
+            return _error(request, 400, str(exc))
+        return JSONResponse(done, status_code=status)
+
+    async def api_start(self, request: Request) -> Response:
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            return _error(request, 415, 'send {"full": false, "dry_run": false} as application/json')
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except ValueError:
+            return _error(request, 400, "the body is not JSON")
+        if (
+            not isinstance(body, dict)
+            or set(body) - {"full", "dry_run"}
+            or not all(isinstance(v, bool) for v in body.values())
+        ):
+            return _error(request, 400, 'the body takes only {"full": bool, "dry_run": bool}')
+        job = request.path_params["job"]
+        full, dry_run = body.get("full", False), body.get("dry_run", False)
+        return await self._act(request, lambda actions: {"run_id": actions.start_run(job, full, dry_run)}, 202)
+
+    async def api_control(self, request: Request) -> Response:
+        action, job = request.path_params["action"], request.path_params["job"]
+        if action not in CONTROLS:
+            return _error(request, 404, "no such page")
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            return _error(request, 415, "send the request as application/json")
+        return await self._act(request, lambda actions: {"job": job, "done": actions.control(job, action, utc_now())})
+
+    async def form_action(self, request: Request) -> Response:
+        form = parse_qs((await request.body()).decode("utf-8", "replace"))
+        if not hmac.compare_digest((form.get("csrf") or [""])[0].encode(), self.csrf.encode()):
+            return _error(request, 403, "refused: the form's CSRF token is missing or stale; reload the page")
+        job, action = request.path_params["job"], (form.get("action") or [""])[0]
+        runs = {"run": {}, "plan": {"dry_run": True}, "full": {"full": True}}
+        if action in runs:
+            answer = await self._act(request, lambda actions: {"run_id": actions.start_run(job, **runs[action])})
+        elif action in CONTROLS:
+            answer = await self._act(request, lambda actions: {"done": actions.control(job, action, utc_now())})
+        else:
+            return _error(request, 400, f"unknown action {action!r}")
+        if answer.status_code != 200:
+            return answer
+        done = json.loads(bytes(answer.body))
+        target = f"/runs/{done['run_id']}" if "run_id" in done else f"/jobs/{quote(job, safe='')}"
+        return RedirectResponse(target, status_code=303)
 
     # -- reading, with the product's errors as answers -------------------------------------------------------
 
