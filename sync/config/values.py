@@ -129,7 +129,7 @@ def check_webhook_url(url: str, what: str = "the webhook URL") -> None:
         raise ValueError(f"{what} is malformed") from None
     if parts.scheme not in ("http", "https") or not host:
         raise ValueError(f"{what} must be an absolute https:// URL")
-    if parts.scheme == "http" and not _is_loopback(host):
+    if parts.scheme == "http" and not is_loopback(host):
         raise ValueError(f"{what} must use https:// (plain http is allowed only to loopback addresses)")
 
 
@@ -167,7 +167,8 @@ def driver_problem(url: str) -> str | None:
     return None
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address."""
     if host == "localhost":
         return True
     try:

@@ -3,7 +3,6 @@ the scheduler beside its metrics)."""
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import threading
 import time
@@ -11,20 +10,12 @@ from types import TracebackType
 
 import uvicorn
 
+from sync.config.values import is_loopback
 from sync.console.app import Settings, make_app
 from sync.errors import ConfigError
 from sync.store import Store
 
 log = logging.getLogger(__name__)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_exposure(host: str, token: str | None) -> None:
