@@ -69,6 +69,10 @@ def test_every_page_answers_and_holds_no_secret(console: str) -> None:
 def test_the_api_gives_the_clis_shapes(console: str) -> None:
     (job,) = get(console + "/api/v1/jobs").json()
     assert job["job"] == "contacts" and job["last_run"]["run_id"] == 2
+    keys = {key["key"]: key for key in get(console + "/api/v1/jobs/contacts").json()["audiences"]}
+    # vip: 120, less 29 exits acknowledged (u010 was refused), plus the odd id
+    assert (keys["vip"]["size"], keys["beta"]["size"]) == (92, 60) and len(keys["vip"]["runs"]) == 2
+    assert '<svg class="spark"' in get(console + "/jobs/contacts").text
     runs = get(console + "/api/v1/jobs/contacts/runs").json()
     assert [tuple(r) for r in runs["items"]] == [RUN_FIELDS, RUN_FIELDS] and runs["next"] is None
     detail = get(console + "/api/v1/runs/2").json()

@@ -50,7 +50,8 @@ def render_report(store: Store, job: str, now: datetime) -> str:
         [
             f"<h1>audience-sync · {_e(job)}</h1>",
             f"<p class=meta>Generated {_e(iso(now))} · {store.state_size(job):,} users acknowledged · "
-            f"{len(audience_series)} audiences · {len(series) - len(audience_series)} traits</p>",
+            f"{len(audience_series)} audiences · {len(series) - len(audience_series)} traits · a snapshot to keep "
+            "or send; `audience-sync console` serves every run, change and subject of this store live</p>",
             "<h2>Audience sizes over time</h2>",
             _sizes_chart(audience_series, times),
             "<h2>Each audience on its own scale</h2>",

@@ -39,6 +39,7 @@ from sync.audit.queries import (
     DEFAULT_PAGE,
     MAX_PAGE,
     ChangeFilter,
+    audiences,
     change_page,
     decode_cursor,
     duration_text,
@@ -71,6 +72,31 @@ _SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",  # a same-origin form post then carries its Origin (no-referrer sends "null")
     "X-Frame-Options": "DENY",
 }
+
+
+# How many recent runs a key's sparkline shows.
+SPARK_RUNS = 30
+
+
+def sparkline(runs: list[dict[str, Any]], width: int = 150, height: int = 28) -> str:
+    """Entries (up, green) and exits (down, red) of each run as a small inline SVG, drawn on the server: no
+    script. Its text is built from numbers only."""
+    if not runs:
+        return ""
+    top = max([max(r["delivered_entered"], r["delivered_exited"], r["delivered_changed"]) for r in runs] + [1])
+    band = width / len(runs)
+    half = height / 2
+    bars = []
+    for index, run in enumerate(runs):
+        x, bar = index * band + band * 0.15, band * 0.7
+        up = half * (run["delivered_entered"] or run["delivered_changed"]) / top
+        down = half * run["delivered_exited"] / top
+        bars.append(f'<rect x="{x:.1f}" y="{half - up:.1f}" width="{bar:.1f}" height="{up:.1f}" fill="#2f9e44"/>')
+        bars.append(f'<rect x="{x:.1f}" y="{half:.1f}" width="{bar:.1f}" height="{down:.1f}" fill="#e03131"/>')
+    return (
+        f'<svg class="spark" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
+        f'aria-label="entries and exits of the last {len(runs)} runs">{"".join(bars)}</svg>'
+    )
 
 
 class NotFound(SyncError):
@@ -302,6 +328,9 @@ class _Views:
             "runs": runs,
             "next": cursor,
             "definition": detail["definition"] if detail else None,
+            "keys": [
+                {**entry, "spark": sparkline(entry["runs"][-SPARK_RUNS:])} for entry in audiences(self.store, job)
+            ],
         }
 
     def _changes(self, request: Request, run_id: int) -> dict[str, Any]:
@@ -363,7 +392,8 @@ class _Views:
     async def api_job(self, request: Request) -> Response:
         def read() -> dict[str, Any]:
             data = self._job_data(request, request.path_params["job"])
-            return {"status": data["status"], "definition": data["definition"]}
+            audiences = [{k: v for k, v in key.items() if k != "spark"} for key in data["keys"]]  # `audiences --json`
+            return {"status": data["status"], "definition": data["definition"], "audiences": audiences}
 
         return await self._answer(request, read)
 
