@@ -28,6 +28,8 @@ def upgrade() -> None:
         batch.add_column(sa.Column("definition", sa.Text(), nullable=True))
     with op.batch_alter_table("run_updates") as batch:
         batch.add_column(sa.Column("requests", sa.Text(), nullable=True))
+    # A run's updates in id order: the console's pages of a run's changes read from a cursor onwards.
+    op.create_index("ix_run_updates_run_id_id", "run_updates", ["run_id", "id"])
     op.create_table(
         "full_resyncs",
         sa.Column("job", sa.String(length=100), nullable=False),
@@ -51,6 +53,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("schedulers")
     op.drop_table("full_resyncs")
+    op.drop_index("ix_run_updates_run_id_id", table_name="run_updates")
     with op.batch_alter_table("run_updates") as batch:
         batch.drop_column("requests")
     with op.batch_alter_table("runs") as batch:

@@ -316,7 +316,7 @@ def change_page(
     start = decode_cursor(cursor, 2) or (0, 0)
     at, skip = start
     records: list[dict[str, Any]] = []
-    fetch = max(limit, 200)
+    fetch = max(50, limit // 2)  # updates carry a few changes each; a filtered page reads further, doubling
     while True:
         rows = store.audit_page(filters, at - 1, fetch, keep.key)
         for update_id, row in rows:
@@ -331,6 +331,7 @@ def change_page(
         if len(rows) < fetch:
             return records, None
         at, skip = rows[-1][0] + 1, 0
+        fetch = min(fetch * 2, 10_000)
 
 
 def run_page(

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
+import orjson
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
@@ -97,6 +98,13 @@ def sparkline(runs: list[dict[str, Any]], width: int = 150, height: int = 28) ->
         f'<svg class="spark" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
         f'aria-label="entries and exits of the last {len(runs)} runs">{"".join(bars)}</svg>'
     )
+
+
+class _JSON(JSONResponse):
+    """JSON through orjson: a page of a thousand changes encodes several times faster than with json."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, default=str)
 
 
 class NotFound(SyncError):
@@ -290,7 +298,7 @@ class _Views:
         except SQLAlchemyError as exc:
             return _error(request, 503, f"the state store is not answering: {store_reason(exc)}")
         if page is None:
-            return JSONResponse(data)
+            return _JSON(data)
         html = self.templates.get_template(page).render(data=data, request=request, now=utc_now())
         return HTMLResponse(html)
 

@@ -95,6 +95,7 @@ class RunUpdate(Base):
     __table_args__ = (
         Index("ix_run_updates_run_id_user_id", "run_id", "user_id", unique=True),
         Index("ix_run_updates_user_id_run_id", "user_id", "run_id"),  # one user's history
+        Index("ix_run_updates_run_id_id", "run_id", "id"),  # a run's updates from a cursor on (the console)
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
