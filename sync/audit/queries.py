@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
+
 from sync.calls import CallSpec, render
 from sync.clock import iso
 from sync.config import JobConfig, JobOutline, parse_duration
@@ -320,7 +322,7 @@ def change_page(
     while True:
         rows = store.audit_page(filters, at - 1, fetch, keep.key)
         for update_id, row in rows:
-            changes = json.loads(row.changes)
+            changes = _loads(row.changes)
             for index in range(skip if update_id == at else 0, len(changes)):
                 key, kind, old, new = changes[index]
                 if not keep.keeps(key, kind, new):
@@ -331,7 +333,18 @@ def change_page(
         if len(rows) < fetch:
             return records, None
         at, skip = rows[-1][0] + 1, 0
+        if len(records) == limit:  # full, with more updates after: the next page starts at the next one
+            return records, encode_cursor(at, 0)
         fetch = min(fetch * 2, 10_000)
+
+
+def _loads(text: str) -> Any:
+    """JSON of the audit trail: orjson, several times faster; json for what it does not read (integers
+    beyond 64 bits)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
 
 
 def run_page(
