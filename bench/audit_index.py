@@ -66,10 +66,15 @@ def record(store: Store, batch: list[Update]) -> float:
     return time.perf_counter() - started
 
 
-def drop_user_index(path: Path) -> None:
+def drop_index(path: Path, name: str) -> None:
+    """The store at ``path`` without the index ``name``."""
     connection = sqlite3.connect(path)
-    connection.execute("DROP INDEX ix_run_updates_user_id_run_id")
+    connection.execute(f"DROP INDEX {name}")
     connection.close()
+
+
+def drop_user_index(path: Path) -> None:
+    drop_index(path, "ix_run_updates_user_id_run_id")
 
 
 if __name__ == "__main__":

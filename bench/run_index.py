@@ -8,20 +8,17 @@ of R. Prints one JSON object as its last line.
 
 from __future__ import annotations
 
-import sqlite3
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import paired  # noqa: E402
-from bench.audit_index import record, seed, updates  # noqa: E402
+from bench.audit_index import drop_index, record, seed, updates  # noqa: E402
 
 
 def drop_run_index(path: Path) -> None:
-    connection = sqlite3.connect(path)
-    connection.execute("DROP INDEX ix_run_updates_run_id_id")
-    connection.close()
+    drop_index(path, "ix_run_updates_run_id_id")
 
 
 if __name__ == "__main__":
