@@ -312,3 +312,20 @@ def test_without_allow_actions_every_action_is_403(store: Store, warehouse: Ware
             assert answer.status_code == 403 and "--allow-actions" in answer.json()["error"]
         assert "Run now" not in get(server.url + "/jobs/contacts").text
     assert store.runs("contacts") == [] and store.schedule("contacts") is None
+
+
+def test_the_console_command_refuses_an_unset_token_and_an_open_address_without_one(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    config = tmp_path / "jobs.yaml"
+    config.write_text(f"state_url: sqlite:///{tmp_path / 'state.db'}\njobs: []\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("AUDIENCE_SYNC_STATE_URL", "UNSET_TOKEN")}
+    for args, said in (
+        (["--token-env", "UNSET_TOKEN"], "--token-env: environment variable UNSET_TOKEN is not set"),
+        (["--host", "0.0.0.0", "--port", "0"], "the console binds to 0.0.0.0, beyond this machine: give it a token"),
+    ):
+        command = [sys.executable, "-m", "sync", "--config", str(config), "console", *args]
+        refused = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60, check=False)
+        assert refused.returncode == 2 and said in refused.stderr

@@ -35,6 +35,17 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     sys.exit(code)
 
 
+def secret_from_env(variable: str | None, option: str) -> str | None:
+    """The secret in environment variable ``variable`` (None when no variable is named); a usage error
+    naming ``option`` when it is not set."""
+    if variable is None:
+        return None
+    value = os.environ.get(variable)
+    if not value:
+        fail(f"{option}: environment variable {variable} is not set", EXIT_USAGE)
+    return value
+
+
 def job_config(ctx: click.Context, *jobs: str) -> Config:
     """The configuration; with ``jobs``, only those jobs are read, so that only their secrets must be set."""
     try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING
@@ -13,7 +12,15 @@ import click
 
 from sync.audit.display import print_rows
 from sync.audit.status import STATUS_FIELDS, scheduler_line, scheduler_records, status_rows, table_row
-from sync.cli.common import fail, job_config, open_store, outline_of, stdout_console, stop_on_signals
+from sync.cli.common import (
+    fail,
+    job_config,
+    open_store,
+    outline_of,
+    secret_from_env,
+    stdout_console,
+    stop_on_signals,
+)
 from sync.clock import utc_now
 from sync.errors import ConfigError
 from sync.run.report import EXIT_USAGE
@@ -130,21 +137,10 @@ def _console(
         if port is None:
             yield
             return
-        from sync.config import load_config
-        from sync.console.actions import Actions
-        from sync.console.app import Settings
-        from sync.console.server import ConsoleServer
+        from sync.cli.console import start_console
 
-        token = os.environ.get(token_env) if token_env else None
-        if token_env and not token:
-            fail(f"--console-token-env: environment variable {token_env} is not set", EXIT_USAGE)
-        actions = Actions(store, lambda job: load_config(ctx.obj, only=[job])) if allow_actions else None
-        try:
-            server = ConsoleServer(Settings(outline_of(ctx), token, actions), store, host, port).start()
-        except ConfigError as exc:
-            fail("; ".join(exc.problems), EXIT_USAGE)
-        except OSError as exc:
-            fail(f"cannot serve the console on {host}:{port}: {exc}", EXIT_USAGE)
+        token = secret_from_env(token_env, "--console-token-env")
+        server = start_console(ctx, store, host, port, token, allow_actions)
         log.info("serving the console", extra={"address": server.url})
         try:
             yield

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import sys
 from collections.abc import Iterator, Mapping
@@ -19,7 +18,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from sync import logs
 from sync.audit.display import print_rows
 from sync.audit.queries import CHANGE_FIELDS, change_records
-from sync.cli.common import fail, job_config, open_store, state_url_of, stdout_console, stop_on_signals
+from sync.cli.common import (
+    fail,
+    job_config,
+    open_store,
+    secret_from_env,
+    state_url_of,
+    stdout_console,
+    stop_on_signals,
+)
 from sync.dev.chartmogul_account import Account, load_account
 from sync.dev.chartmogul_api import REQUESTS_PER_SECOND, ChartMogulApiReceiver
 from sync.dev.receiver import Faults, Receiver
@@ -224,8 +231,8 @@ def receiver(
     customers: Path | None,
 ) -> None:
     """A ChartMogul- or Segment-compatible capture server on 127.0.0.1, to try a configuration safely."""
-    write_key = _secret_from(write_key_env, "--write-key-env")
-    api_key = _secret_from(api_key_env, "--api-key-env")
+    write_key = secret_from_env(write_key_env, "--write-key-env")
+    api_key = secret_from_env(api_key_env, "--api-key-env")
     if (api_key_env or customers) and mode != "chartmogul_api":
         fail("--api-key-env and --customers are for --mode chartmogul_api", EXIT_USAGE)
     faults = Faults(
@@ -262,15 +269,6 @@ def receiver(
         pass
     finally:
         server.stop()
-
-
-def _secret_from(variable: str | None, option: str) -> str | None:
-    if variable is None:
-        return None
-    value = os.environ.get(variable)
-    if not value:
-        fail(f"{option}: environment variable {variable} is not set", EXIT_USAGE)
-    return value
 
 
 @click.command()

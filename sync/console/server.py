@@ -29,6 +29,7 @@ class ConsoleServer:
 
     def __init__(self, settings: Settings, store: Store, host: str = "127.0.0.1", port: int = 0) -> None:
         check_exposure(host, settings.token)
+        self.settings = settings
         config = uvicorn.Config(make_app(settings, store), host=host, port=port, log_level="warning", lifespan="off")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="console", daemon=True)
