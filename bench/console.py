@@ -1,4 +1,4 @@
-"""How fast the web console answers on a big store: `python bench/console.py [--changes N] [--trail T] [--jobs J]`.
+"""How fast the web console answers on a big store: `python bench/console.py [--changes N] [--jobs J] …`.
 
 Builds a SQLite state store holding J jobs with a run each, one of them a run of N changed users (each with an
 audience exit and a trait change, one in a hundred failed) on top of a trail of T rows of earlier runs, then
@@ -7,7 +7,9 @@ server's time plus one local HTTP exchange):
 
 - a page of the big run's changes (100 rows) with no filter and with each filter (key, change, status,
   subject), at random places in the run: median and p95 over R requests each;
-- a subject's timeline, and the overview with J jobs: median and p95;
+- a subject's timeline, and the overview with J jobs (each with H earlier runs of five audiences and a trait):
+  median and p95, and the overview's first answer (nothing kept from an earlier request); a job's page with its
+  charts over those H runs: median and p95;
 - paging through every change of the big run with the API, 1,000 rows a page: rows/s, and that every row came
   exactly once;
 - the console process's peak RSS (VmHWM).
@@ -28,12 +30,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import yaml
+from sqlalchemy import func, insert, select
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -41,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 from bench.run import print_figures  # noqa: E402
 from sync.model import KeyChange, Update  # noqa: E402
 from sync.store import Store  # noqa: E402
+from sync.store.models import Run, RunKey  # noqa: E402
 
 
 def updates(count: int, start: int = 0) -> Iterator[Update]:
@@ -52,11 +56,37 @@ def updates(count: int, start: int = 0) -> Iterator[Update]:
         yield Update(f"u{number:08d}", f"as-{number:040x}", changes, {"email": f"u{number}@example.com"}, {})
 
 
-def build(path: Path, changes: int, trail: int, jobs: int) -> int:
+def history_of(store: Store, names: list[str], runs: int, now: datetime) -> None:
+    """``runs`` earlier runs of each job, two hours apart, with per-key counts for five audiences and a trait
+    (their updates pruned, as `prune` leaves them): what the overview's sizes and sparklines read."""
+    keys = [*((f"audience_{n}", "audience") for n in range(5)), ("ltv", "trait")]
+    rng = random.Random(7)
+    with store.engine.begin() as connection:
+        for name in names:
+            first = connection.execute(select(func.coalesce(func.max(Run.id), 0))).scalar_one() + 1
+            rows = [
+                {"id": first + n, "job": name, "kind": "incremental", "dry_run": False, "status": "succeeded",
+                 "started_at": (at := now - timedelta(hours=2 * (runs - n))), "finished_at": at, "trigger": "scheduled"}
+                for n in range(runs)
+            ]  # fmt: skip
+            connection.execute(insert(Run), rows) if rows else None
+            counts = [
+                {"run_id": first + n, "key": key, "kind": kind, "entered": (e := rng.randrange(50)),
+                 "exited": (x := rng.randrange(40)), "changed": (c := rng.randrange(30) if kind == "trait" else 0),
+                 "delivered_entered": e * (kind == "audience"), "delivered_exited": x * (kind == "audience"),
+                 "delivered_changed": c}
+                for n in range(runs) for key, kind in keys
+            ]  # fmt: skip
+            connection.execute(insert(RunKey), counts) if counts else None
+
+
+def build(path: Path, changes: int, trail: int, jobs: int, history: int) -> int:
     """The store; returns the big run's id."""
     store = Store.open(f"sqlite:///{path}")
     now = datetime.now(UTC)
+    names = ["big", *(f"job-{number:02d}" for number in range(jobs - 1))]
     try:
+        history_of(store, names, history, now)
         done = 0
         while done < trail:  # earlier runs, a million rows each
             size = min(1_000_000, trail - done)
@@ -73,8 +103,8 @@ def build(path: Path, changes: int, trail: int, jobs: int) -> int:
                 (big,),
             )
         store.finish_run(big, "partial", {"updates": changes, "delivered": changes - changes // 100}, now)
-        for number in range(jobs - 1):
-            other = store.start_run(f"job-{number:02d}", "incremental", False, now)
+        for name in names[1:]:
+            other = store.start_run(name, "incremental", False, now)
             store.record_plan(other, updates(100), "delivered")
             store.finish_run(other, "succeeded", {"updates": 100, "delivered": 100}, now)
         return big
@@ -119,11 +149,12 @@ def main() -> None:
     parser.add_argument("--changes", type=int, default=1_000_000)
     parser.add_argument("--trail", type=int, default=0, help="rows of earlier runs under the big one")
     parser.add_argument("--jobs", type=int, default=20)
+    parser.add_argument("--history", type=int, default=4380, help="earlier runs of each job (a year, every 2 h)")
     parser.add_argument("--repeat", type=int, default=40, help="requests per figure")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-console-"))
     started = time.perf_counter()
-    big = build(workdir / "state.db", args.changes, args.trail, args.jobs)
+    big = build(workdir / "state.db", args.changes, args.trail, args.jobs, args.history)
     built_s = time.perf_counter() - started
     config = workdir / "jobs.yaml"
     names = ["big", *(f"job-{n:02d}" for n in range(args.jobs - 1))]
@@ -140,6 +171,7 @@ def main() -> None:
         "changes": args.changes,
         "trail": args.trail,
         "jobs": args.jobs,
+        "history": args.history,
         "store_built_s": round(built_s, 1),
     }
     try:
@@ -182,6 +214,11 @@ def main() -> None:
                 lambda v: round(v, 1), timed(subject, args.repeat)
             )
             overview = lambda: client.get("/")  # noqa: E731
+            figures["overview_first_ms"] = round(timed(overview, 1)[0], 1)  # before anything is kept
+            job_page = lambda: client.get("/jobs/job-00")  # noqa: E731
+            figures["job_page_median_ms"], figures["job_page_p95_ms"] = map(
+                lambda v: round(v, 1), timed(job_page, args.repeat)
+            )
             figures["overview_median_ms"], figures["overview_p95_ms"] = map(
                 lambda v: round(v, 1), timed(overview, args.repeat)
             )

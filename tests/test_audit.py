@@ -195,6 +195,14 @@ def test_audience_sizes_over_time_match_the_acknowledged_state(story: Story) -> 
     assert by_key["vip"]["last_change"] is not None
 
 
+def test_recent_audience_sizes_are_the_tail_of_the_whole_history(story: Story) -> None:
+    whole = audiences(story.store, "contacts")
+    for recent in (1, 2, 3):
+        tail = audiences(story.store, "contacts", recent=recent)
+        assert [e["size"] for e in tail] == [e["size"] for e in whole]  # the size counts every run
+        assert [e["runs"] for e in tail] == [e["runs"][-recent:] for e in whole]
+
+
 def test_pruning_keeps_summaries_state_and_sizes(story: Story) -> None:
     store = story.store
     with store.engine.begin() as connection:  # the first two runs are old

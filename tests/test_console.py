@@ -2,6 +2,7 @@
 its pages, its JSON (the CLI's shapes), cursors that return every row once, errors as answers, the token."""
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -69,10 +70,15 @@ def test_every_page_answers_and_holds_no_secret(console: str) -> None:
 def test_the_api_gives_the_clis_shapes(console: str) -> None:
     (job,) = get(console + "/api/v1/jobs").json()
     assert job["job"] == "contacts" and job["last_run"]["run_id"] == 2
+    recent = {key["key"]: (key["size"], [r["delivered_exited"] for r in key["runs"]]) for key in job["audiences"]}
+    assert recent["vip"] == (92, [0, 29]) and recent["beta"][0] == 60  # members now, exits per recent run
     keys = {key["key"]: key for key in get(console + "/api/v1/jobs/contacts").json()["audiences"]}
     # vip: 120, less 29 exits acknowledged (u010 was refused), plus the odd id
     assert (keys["vip"]["size"], keys["beta"]["size"]) == (92, 60) and len(keys["vip"]["runs"]) == 2
-    assert '<svg class="spark"' in get(console + "/jobs/contacts").text
+    page = get(console + "/jobs/contacts").text
+    assert '<svg class="spark"' in page and "vip: 92 (max 120)" in page  # entries and exits; sizes over time
+    overview = get(console + "/").text
+    assert re.search(r'<span class="name">vip</span> <span class="num">92</span> <svg class="spark"', overview)
     runs = get(console + "/api/v1/jobs/contacts/runs").json()
     assert [tuple(r) for r in runs["items"]] == [RUN_FIELDS, RUN_FIELDS] and runs["next"] is None
     detail = get(console + "/api/v1/runs/2").json()
@@ -329,3 +335,32 @@ def test_the_console_command_refuses_an_unset_token_and_an_open_address_without_
         command = [sys.executable, "-m", "sync", "--config", str(config), "console", *args]
         refused = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60, check=False)
         assert refused.returncode == 2 and said in refused.stderr
+
+
+def test_the_overviews_kept_sizes_follow_new_and_forgotten_runs(
+    synced: Store, warehouse: Warehouse, sleep: RecordingSleep, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sync.console.app.SPARK_RUNS", 1)  # the runs before the last one are kept between requests
+    outline = Outline(state_url="unused://", jobs=(JobOutline(name="contacts"),))
+
+    def vip(answer: httpx.Response) -> int:
+        (job,) = answer.json()
+        return next(key["size"] for key in job["audiences"] if key["key"] == "vip")
+
+    with ConsoleServer(Settings(outline), synced) as server:
+        assert vip(get(server.url + "/api/v1/jobs")) == 92
+        with Receiver() as receiver:  # a third run: 20 more exits, acknowledged
+            warehouse.set_members("vip", USERS[50:])
+            job = make_job(warehouse, receiver.url, audiences=[warehouse.audience("VIP", "vip")])
+            assert Runner(synced, sleep=sleep).run(job).status == "succeeded"
+        assert vip(get(server.url + "/api/v1/jobs")) == 70
+        synced.forget_job("contacts", runs=True)
+        assert get(server.url + "/api/v1/jobs").json()[0]["audiences"] == []
+        with Receiver() as receiver:  # run ids used again (SQLite), other sizes
+            for members in (USERS[:10], USERS[:7], USERS[:8]):
+                warehouse.set_members("vip", members)
+                job = make_job(warehouse, receiver.url, audiences=[warehouse.audience("VIP", "vip")])
+                assert Runner(synced, sleep=sleep).run(job).status == "succeeded"
+        if synced.engine.dialect.name == "sqlite":
+            assert [r.id for r in synced.runs("contacts")] == [3, 2, 1]
+        assert vip(get(server.url + "/api/v1/jobs")) == 8

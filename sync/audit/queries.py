@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -399,27 +399,42 @@ def history(store: Store, job: str, user_id: str) -> dict[str, Any]:
     }
 
 
-def audiences(store: Store, job: str) -> list[dict[str, Any]]:
-    """Per key: acknowledged size now, entries and exits in every real run (zeros included), last change."""
+# Per key of a job, kind and acknowledged size over the real runs before a run id.
+SizesBefore = Callable[[str, int], Mapping[str, tuple[str, int]]]
+
+
+def audiences(
+    store: Store, job: str, recent: int | None = None, sizes_before: SizesBefore | None = None
+) -> list[dict[str, Any]]:
+    """Per key: acknowledged size now, entries and exits in every real run (zeros included), last change.
+
+    ``recent``: only the newest that many runs in each key's ``runs`` (and ``last_change`` among them), the
+    size still over every run: bounded reading for a page showing many jobs. ``sizes_before`` reads what the
+    runs before those left (``store.key_sizes`` unless given: a caller may keep it, as that past is done)."""
+    runs = sorted(store.runs(job, limit=recent or 1_000_000_000, real=True), key=lambda r: r.id)
+    since = runs[0].id if recent and runs else None
     counts: dict[int, dict[str, RunKey]] = {}
     kinds: dict[str, str] = {}
-    for run, row in store.run_keys(job):
-        counts.setdefault(run.id, {})[row.key] = row
+    for row in store.run_keys(job, since=since):
+        counts.setdefault(row.run_id, {})[row.key] = row
         kinds[row.key] = row.kind
-    runs = sorted(
-        (r for r in store.runs(job, limit=1_000_000) if not r.dry_run and r.status != "skipped"), key=lambda r: r.id
-    )
-    entries: dict[str, dict[str, Any]] = {
-        key: {"key": key, "kind": kind, "size": 0, "last_change": None, "runs": []} for key, kind in kinds.items()
-    }
-    for run in runs:
-        for key, entry in entries.items():
+    before: Mapping[str, tuple[str, int]] = {}
+    if since is not None:
+        before = (sizes_before or (lambda name, first: store.key_sizes(name, before=first)))(job, since)
+    kinds.update({key: kind for key, (kind, _) in before.items() if key not in kinds})
+    entries: dict[str, dict[str, Any]] = {}
+    for key, kind in kinds.items():
+        size = before[key][1] if key in before else 0
+        entry: dict[str, Any] = {"key": key, "kind": kind, "size": size, "last_change": None, "runs": []}
+        for run in runs:
             found = counts.get(run.id, {}).get(key)
             values: dict[str, int] = {f: getattr(found, f) if found else 0 for f in KEY_COUNTS}
-            entry["size"] += values["delivered_entered"] - values["delivered_exited"]
+            size += values["delivered_entered"] - values["delivered_exited"]
             if values["delivered_entered"] + values["delivered_exited"] + values["delivered_changed"]:
                 entry["last_change"] = iso(run.finished_at or run.started_at)
-            entry["runs"].append({"run_id": run.id, "started_at": iso(run.started_at), **values, "size": entry["size"]})
+            entry["runs"].append({"run_id": run.id, "started_at": iso(run.started_at), **values, "size": size})
+        entry["size"] = size
+        entries[key] = entry
     return sorted(entries.values(), key=lambda entry: (entry["kind"], entry["key"]))
 
 

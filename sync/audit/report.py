@@ -55,7 +55,7 @@ def render_report(store: Store, job: str, now: datetime) -> str:
             "<h2>Audience sizes over time</h2>",
             _sizes_chart(audience_series, times),
             "<h2>Each audience on its own scale</h2>",
-            _small_multiples(audience_series, times),
+            small_multiples(audience_series, times),
             "<h2>Entries and exits per run</h2>",
             _flows_chart(audience_series),
             "<h2>Recent runs</h2>",
@@ -130,22 +130,24 @@ def _sizes_chart(series: Sequence[dict[str, Any]], times: Mapping[int, datetime]
     return _svg("sizes", marks, top, (_when(first), _when(last))) + f"<div class=legend>{''.join(legend)}</div>"
 
 
-def _small_multiples(series: Sequence[dict[str, Any]], times: Mapping[int, datetime]) -> str:
-    """One small chart per audience, each on its own scale: a 40-member audience is as visible as a million."""
+def small_multiples(series: Sequence[dict[str, Any]], times: Mapping[int, datetime], value: str = "size") -> str:
+    """One small chart per key, each on its own scale: a 40-member audience is as visible as a million.
+    ``value``: what each run's point shows (an audience's ``size``, a trait's ``delivered_changed``)."""
     charts = []
     for index, entry in enumerate(series):
-        points = [(times[r["run_id"]], r["size"]) for r in entry["runs"] if r["run_id"] in times]
+        points = [(times[r["run_id"]], r[value]) for r in entry["runs"] if r["run_id"] in times]
         if not points:
             continue
         x = _time_scale([t for t, _ in points], SMALL_WIDTH, SMALL_PAD)
         top = max([size for _, size in points] + [1])
         path = " ".join(f"{x(t):.1f},{_y(size, top, SMALL_HEIGHT, SMALL_PAD):.1f}" for t, size in points)
         color = PALETTE[index % len(PALETTE)]
+        now = f"{entry['size']:,} (max {top:,})" if value == "size" else f"{points[-1][1]:,} last run (max {top:,})"
         charts.append(
             f'<figure class=small><svg class=spark viewBox="0 0 {SMALL_WIDTH} {SMALL_HEIGHT}" width="{SMALL_WIDTH}" '
-            f'height="{SMALL_HEIGHT}" role=img aria-label="{_e(entry["key"])} size">'
+            f'height="{SMALL_HEIGHT}" role=img aria-label="{_e(entry["key"])} {_e(value)}">'
             f'<polyline class=line fill=none stroke="{color}" stroke-width=2 points="{path}"/></svg>'
-            f"<figcaption>{_e(entry['key'])}: {entry['size']:,} (max {top:,})</figcaption></figure>"
+            f"<figcaption>{_e(entry['key'])}: {now}</figcaption></figure>"
         )
     return f"<div class=smalls>{''.join(charts)}</div>" if charts else "<p class=empty>No runs yet.</p>"
 

@@ -14,9 +14,10 @@ import html
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import closing
 from dataclasses import dataclass
+from datetime import datetime
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,8 @@ from sync.audit.queries import (
     run_page,
     search_subject,
 )
-from sync.audit.status import scheduler_line, scheduler_records, status_rows
+from sync.audit.report import small_multiples
+from sync.audit.status import job_status, scheduler_line, scheduler_records, status_rows
 from sync.clock import utc_now
 from sync.config import Outline
 from sync.console.actions import CONTROLS, Actions, Busy
@@ -77,6 +79,9 @@ _SECURITY_HEADERS = {
 
 # How many recent runs a key's sparkline shows.
 SPARK_RUNS = 30
+# How many recent runs a job's charts and its JSON's per-key ``runs`` hold: six weeks at every 2 h (the whole
+# history is `audience-sync audiences --json`'s; a chart 230 px wide shows no more).
+CHART_RUNS = 500
 
 
 def sparkline(runs: list[dict[str, Any]], width: int = 150, height: int = 28) -> str:
@@ -107,6 +112,35 @@ class _JSON(JSONResponse):
         return orjson.dumps(content, default=str)
 
 
+class _SizesBefore:
+    """Per job, the audience sizes its runs before the recent ones left, kept between requests: those runs
+    are finished, so their counts change only when runs are deleted (``forget --runs``), which changes how
+    many there are or when the first recent run started, both read (from indexes) on every request. A few kept per job: the overview
+    and a job's page look back over different spans."""
+
+    KEEP_PER_JOB = 4
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.kept: dict[tuple[str, int], tuple[tuple[int, datetime | None], Mapping[str, tuple[str, int]]]] = {}
+
+    def __call__(self, job: str, before: int) -> Mapping[str, tuple[str, int]]:
+        first = self.store.run(before)
+        # Runs deleted change the count; runs deleted and made again (a run id used twice) change when the run
+        # `before` started, as it was made after them.
+        seen = (self.store.runs_before(job, before), first.started_at if first else None)
+        kept = self.kept.get((job, before))
+        if kept is not None and kept[0] == seen:
+            return kept[1]
+        sizes = self.store.key_sizes(job, before=before)
+        mine = [key for key in self.kept if key[0] == job and key[1] != before]
+        for stale in mine[: max(0, len(mine) - self.KEEP_PER_JOB + 1)]:  # the oldest first
+            self.kept.pop(stale, None)
+        self.kept.pop((job, before), None)
+        self.kept[(job, before)] = (seen, sizes)
+        return sizes
+
+
 class NotFound(SyncError):
     """A job, run or subject the state store does not hold."""
 
@@ -126,6 +160,7 @@ def make_app(settings: Settings, store: Store) -> Starlette:
         loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True), auto_reload=False
     )
     templates.filters["duration"] = duration_text
+    templates.filters["spark"] = lambda runs: sparkline(runs[-SPARK_RUNS:], width=110, height=22)  # numbers only
     views = _Views(settings, store, templates)
     routes = [
         Route("/", views.overview),
@@ -217,6 +252,7 @@ class _Views:
 
     def __init__(self, settings: Settings, store: Store, templates: Environment) -> None:
         self.settings, self.store, self.templates = settings, store, templates
+        self.sizes_before = _SizesBefore(store)
         # A form's CSRF token: the same for every form of this process, unknown to any other site.
         self.csrf = hmac.new(secrets.token_bytes(32), b"console forms", hashlib.sha256).hexdigest()
         templates.globals["csrf"] = self.csrf
@@ -314,12 +350,15 @@ class _Views:
     # -- what each page shows -----------------------------------------------------------------------------
 
     def _jobs(self) -> dict[str, Any]:
+        """Every job's status (the shape of ``status --json``) with its keys over its recent runs (the shape of
+        ``audiences --json``, the last ``SPARK_RUNS`` runs in each key's ``runs``)."""
         now = utc_now()
         schedulers = scheduler_records(self.store, now)
-        return {
-            "jobs": status_rows(self.store, self.settings.outline, now),
-            "scheduler": scheduler_line(schedulers, now),
-        }
+        jobs = [
+            {**row, "audiences": audiences(self.store, row["job"], SPARK_RUNS, self.sizes_before)}
+            for row in status_rows(self.store, self.settings.outline, now)
+        ]
+        return {"jobs": jobs, "scheduler": scheduler_line(schedulers, now)}
 
     def _job_data(self, request: Request, name: str) -> dict[str, Any]:
         job = self._job(name)
@@ -327,18 +366,30 @@ class _Views:
         query = request.query_params
         trigger = query.get("trigger") or None
         runs, cursor = run_page(self.store, job, statuses, trigger, query.get("cursor"), _limit(request))
-        status = next((row for row in self._jobs()["jobs"] if row["job"] == job), None)
+        configured = next((j for j in self.settings.outline.jobs if j.name == job), None)
+        status = job_status(self.store, configured, utc_now()) if configured else None
         last = self.store.last_run(job)
         detail = run_detail(self.store, last.id) if last else None
+        keys = audiences(self.store, job, CHART_RUNS, self.sizes_before)
         return {
             "job": job,
             "status": status,
             "runs": runs,
             "next": cursor,
             "definition": detail["definition"] if detail else None,
-            "keys": [
-                {**entry, "spark": sparkline(entry["runs"][-SPARK_RUNS:])} for entry in audiences(self.store, job)
-            ],
+            "keys": keys,
+        }
+
+    def _job_page(self, request: Request, name: str) -> dict[str, Any]:
+        """The job's data with its charts, drawn on the server (no script)."""
+        data = self._job_data(request, name)
+        times = {run.id: run.started_at for run in self.store.runs(name, limit=CHART_RUNS, real=True)}
+        keys = data["keys"]
+        return {
+            **data,
+            "keys": [{**key, "spark": sparkline(key["runs"][-SPARK_RUNS:])} for key in keys],
+            "sizes": small_multiples([k for k in keys if k["kind"] == "audience"], times),
+            "trait_changes": small_multiples([k for k in keys if k["kind"] == "trait"], times, "delivered_changed"),
         }
 
     def _changes(self, request: Request, run_id: int) -> dict[str, Any]:
@@ -395,13 +446,12 @@ class _Views:
         return await self._answer(request, lambda: self._jobs()["jobs"])
 
     async def job(self, request: Request) -> Response:
-        return await self._answer(request, lambda: self._job_data(request, request.path_params["job"]), "job.html")
+        return await self._answer(request, lambda: self._job_page(request, request.path_params["job"]), "job.html")
 
     async def api_job(self, request: Request) -> Response:
         def read() -> dict[str, Any]:
             data = self._job_data(request, request.path_params["job"])
-            audiences = [{k: v for k, v in key.items() if k != "spark"} for key in data["keys"]]  # `audiences --json`
-            return {"status": data["status"], "definition": data["definition"], "audiences": audiences}
+            return {"status": data["status"], "definition": data["definition"], "audiences": data["keys"]}
 
         return await self._answer(request, read)
 

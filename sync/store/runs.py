@@ -138,16 +138,39 @@ class RunStore:
                 for (key, kind), values in counts.items()
             )
 
-    def run_keys(self, job: str) -> list[tuple[Run, RunKey]]:
-        """Every real run of a job with its per-key counts, oldest first."""
+    def run_keys(self, job: str, since: int | None = None) -> list[RunKey]:
+        """The per-key counts of every real run of a job (from run ``since`` on, if given), oldest first."""
         query = (
-            select(Run, RunKey)
-            .join(RunKey, RunKey.run_id == Run.id)
+            select(RunKey)
+            .join(Run, RunKey.run_id == Run.id)
             .where(Run.job == job, Run.dry_run.is_(False))
-            .order_by(Run.id, RunKey.key)
+            .order_by(RunKey.run_id, RunKey.key)
         )
+        if since is not None:
+            query = query.where(RunKey.run_id >= since)  # a range of the key table's primary key
         with Session(self.engine, expire_on_commit=False) as session:
-            return [(run, key) for run, key in session.execute(query)]
+            return list(session.scalars(query))
+
+    def key_sizes(self, job: str, before: int | None = None) -> dict[str, tuple[str, int]]:
+        """Per key of a job: its kind and its acknowledged size (entries less exits) over every real run, or
+        over those before run ``before``."""
+        net = func.sum(RunKey.delivered_entered - RunKey.delivered_exited)
+        query = (
+            select(RunKey.key, func.max(RunKey.kind), net)
+            .join(Run, RunKey.run_id == Run.id)
+            .where(Run.job == job, Run.dry_run.is_(False))
+            .group_by(RunKey.key)
+        )
+        if before is not None:
+            query = query.where(RunKey.run_id < before)
+        with Session(self.engine) as session:
+            return {key: (kind, int(size or 0)) for key, kind, size in session.execute(query)}
+
+    def runs_before(self, job: str, before: int) -> int:
+        """How many runs of a job are older than run ``before``: a cheap fingerprint of the finished past."""
+        query = select(func.count()).select_from(Run).where(Run.job == job, Run.id < before)
+        with Session(self.engine) as session:
+            return int(session.scalar(query) or 0)
 
     def installation_id(self) -> str:
         """This installation's id, made with the store (migration 0008)."""
@@ -168,10 +191,13 @@ class RunStore:
         statuses: Sequence[str] = (),
         trigger: str | None = None,
         before: int | None = None,
+        real: bool = False,
     ) -> list[Run]:
         """Runs newest first, of one job or all, with one of ``statuses``, started by ``trigger`` and older than
-        run ``before`` if given."""
+        run ``before`` if given; ``real``: only runs that could send (not dry, not skipped)."""
         query = select(Run).order_by(Run.id.desc()).limit(limit)
+        if real:
+            query = query.where(Run.dry_run.is_(False), Run.status != "skipped")
         if before is not None:
             query = query.where(Run.id < before)
         if job:
