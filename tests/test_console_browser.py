@@ -152,8 +152,52 @@ def test_without_the_token_the_browser_is_sent_to_sign_in(browser: Any, store: S
     outline = Outline(state_url="unused://", jobs=(JobOutline(name="contacts"),))
     with ConsoleServer(Settings(outline, token="t0ken"), store) as server:
         browser.delete_all_cookies()
+        assert said(browser, server.url + "/api/v1/jobs") == '{"error":"a valid token is required"}'  # the 401
         browser.get(server.url + "/jobs/contacts")
         assert browser.current_url.endswith("/login")
+        browser.find_element(By.NAME, "token").send_keys("wrong")
+        browser.find_element(By.TAG_NAME, "form").submit()
+        assert "That token is not the console's." in browser.find_element(By.CSS_SELECTOR, "p.failed").text
+        assert said(browser, server.url + "/api/v1/jobs") == '{"error":"a valid token is required"}'  # no cookie
+        browser.get(server.url + "/login")
         browser.find_element(By.NAME, "token").send_keys("t0ken")
         browser.find_element(By.TAG_NAME, "form").submit()
         assert heading(browser, "Jobs") == "Jobs"
+        assert said(browser, server.url + "/api/v1/jobs").startswith('[{"job":"contacts"')
+
+
+def said(browser: Any, url: str) -> str:
+    """The text the browser shows for ``url``."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(url)
+    return str(browser.find_element(By.TAG_NAME, "body").text)
+
+
+def test_without_allow_actions_the_console_shows_no_buttons_and_refuses_actions(
+    browser: Any, store: Store, warehouse: Warehouse, sleep: RecordingSleep, receiver: Receiver
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    warehouse.set_members("vip", USERS)
+    raw = job_dict(warehouse, receiver.url, audiences=[warehouse.audience("VIP", "vip")])
+    job = make_config("sqlite://", [raw]).jobs[0]
+    assert Runner(store, sleep=sleep).run(job).status == "succeeded"
+    outline = Outline(state_url="unused://", jobs=(JobOutline(name="contacts"),))
+    with ConsoleServer(Settings(outline), store) as server:
+        browser.delete_all_cookies()
+        browser.get(server.url + "/jobs/contacts")
+        assert heading(browser, "Job ") == "Job contacts"
+        assert browser.find_elements(By.XPATH, "//button[text()='Run now']") == []
+        # The form a console with actions would show, posted from the console's own page: refused all the same.
+        post = (
+            "const f = document.createElement('form'); f.method = 'post'; f.action = '/jobs/contacts/actions';"
+            "for (const [k, v] of [['action', 'run'], ['csrf', 'x']]) { const i = document.createElement('input');"
+            "i.type = 'hidden'; i.name = k; i.value = v; f.appendChild(i); } document.body.appendChild(f); f.submit();"
+        )
+        browser.execute_script(post)
+        body = browser.find_element(By.TAG_NAME, "body")
+        assert "actions are off: start the console with --allow-actions" in body.text
+    assert [run.trigger for run in store.runs("contacts")] == ["manual"]  # nothing ran
+    control = store.schedule("contacts")
+    assert control is None or not control.paused

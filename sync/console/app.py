@@ -115,8 +115,8 @@ class _JSON(JSONResponse):
 class _SizesBefore:
     """Per job, the audience sizes its runs before the recent ones left, kept between requests: those runs
     are finished, so their counts change only when runs are deleted (``forget --runs``), which changes how
-    many there are or when the first recent run started, both read (from indexes) on every request. A few kept per job: the overview
-    and a job's page look back over different spans."""
+    many there are or when the first recent run started, both read (from indexes) on every request. A few are
+    kept per job: the overview and a job's page look back over different spans."""
 
     KEEP_PER_JOB = 4
 
@@ -306,6 +306,8 @@ class _Views:
 
     async def form_action(self, request: Request) -> Response:
         form = parse_qs((await request.body()).decode("utf-8", "replace"))
+        if self.settings.actions is None:  # said first: no token would help
+            return _error(request, 403, "actions are off: start the console with --allow-actions")
         if not hmac.compare_digest((form.get("csrf") or [""])[0].encode(), self.csrf.encode()):
             return _error(request, 403, "refused: the form's CSRF token is missing or stale; reload the page")
         job, action = request.path_params["job"], (form.get("action") or [""])[0]
