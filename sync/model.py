@@ -117,6 +117,7 @@ class Update:
     profile: Mapping[str, str]
     state: Mapping[str, Any]
     fingerprint: int | None = None  # of ``state``, stored with it once acknowledged
+    reason: str | None = None  # why it was sent when the snapshot did not change: "reconcile" (a repair)
 
 
 def change_kind(kind: str, new: Any) -> str:

@@ -48,6 +48,11 @@ def api() -> Iterator[ChartMogulApiReceiver]:
 
 
 def api_job(warehouse: Warehouse, api: ChartMogulApiReceiver, **destination: Any) -> JobConfig:
+    return make_config("sqlite://", [api_raw(warehouse, api, **destination)]).jobs[0]
+
+
+def api_raw(warehouse: Warehouse, api: ChartMogulApiReceiver, **destination: Any) -> dict[str, Any]:
+    """The job's settings as jobs.yaml holds them."""
     raw = job_dict(
         warehouse,
         "http://127.0.0.1:1/unused",
@@ -64,7 +69,7 @@ def api_job(warehouse: Warehouse, api: ChartMogulApiReceiver, **destination: Any
         "requests_per_second": 2000,
         **destination,
     }
-    return make_config("sqlite://", [raw]).jobs[0]
+    return raw
 
 
 def seed(warehouse: Warehouse, users: list[str] = USERS) -> None:

@@ -204,6 +204,7 @@ def run_detail(store: Store, run_id: int) -> dict[str, Any]:
         "definition": json.loads(run.definition) if run.definition else None,
         # the run's updates by status as recorded so far: what a run still going has answered
         "progress": store.update_counts(run_id),
+        "reconcile": json.loads(run.reconcile) if run.reconcile else None,
     }
 
 
@@ -283,7 +284,9 @@ def _record(row: AuditRow, key: str, kind: str, old: Any, new: Any) -> dict[str,
 # `history --json`: one object with these fields; ``timeline`` is a list of HISTORY_FIELDS records.
 HISTORY_JSON_FIELDS = ("job", "user_id", "acknowledged", "version", "timeline")
 # `runs show --json`: one object with these fields (``run`` is a RUN_FIELDS record).
-RUN_DETAIL_FIELDS = ("run", "phases", "guard", "alerts", "failures", "failure_reasons", "definition", "progress")
+RUN_DETAIL_FIELDS = (
+    "run", "phases", "guard", "alerts", "failures", "failure_reasons", "definition", "progress", "reconcile",
+)  # fmt: skip
 
 
 # Pages: at most this many rows, and this many when none is asked for.

@@ -35,6 +35,7 @@ from sync.audit.report import render_report
 from sync.cli.common import fail, open_store, outline_of, state_url_of, stdout_console
 from sync.clock import utc_now
 from sync.errors import ConfigError, SyncError
+from sync.reconcile.compare import DRIFT_FIELDS, RECONCILE
 from sync.run.report import EXIT_USAGE
 from sync.store import AuditFilter, Store
 from sync.store.models import Run
@@ -171,9 +172,14 @@ def diff(
             fail(f"no run with id {run_id} in the state store", EXIT_USAGE)
         if job is not None:
             known_job(store, job)
-        rows = change_records(store, filters, ChangeFilter(key, change))
-        empty = "no changes match" if run is None else _no_changes(run)
-        written = print_rows(stdout_console(), rows, CHANGE_FIELDS, fmt, output, empty=empty)
+        if run is not None and run.kind == RECONCILE:  # what a reconciliation found drifted, filtered alike
+            drifts = store.drifts_of(run.id, user_id, key)
+            empty = f"reconciliation {run.id} found no drift" + (" that matches" if user_id or key else "")
+            written = print_rows(stdout_console(), drifts, DRIFT_FIELDS, fmt, output, empty=empty)
+        else:
+            rows = change_records(store, filters, ChangeFilter(key, change))
+            empty = "no changes match" if run is None else _no_changes(run)
+            written = print_rows(stdout_console(), rows, CHANGE_FIELDS, fmt, output, empty=empty)
     if output is not None:
         click.echo(f"{written} rows written to {output}", err=True)
 

@@ -26,7 +26,7 @@ COMMANDS = {
     "runs": "sync.cli.audit", "diff": "sync.cli.audit", "history": "sync.cli.audit", "audiences": "sync.cli.audit",
     "messages": "sync.cli.audit", "failed": "sync.cli.audit", "report": "sync.cli.audit", "prune": "sync.cli.audit",
     "forget": "sync.cli.audit",
-    "warehouse": "sync.cli.warehouse", "console": "sync.cli.console",
+    "warehouse": "sync.cli.warehouse", "console": "sync.cli.console", "reconcile": "sync.cli.reconcile",
 }  # fmt: skip
 
 

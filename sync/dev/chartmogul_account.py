@@ -22,13 +22,15 @@ class Account:
     customers: dict[str, dict[str, Any]] = field(default_factory=dict)
     contacts: dict[str, dict[str, Any]] = field(default_factory=dict)
     customer_attributes: dict[str, str] = field(default_factory=dict)  # key → type
+    _made: int = field(default=0, repr=False)  # records made so far: the next one's id
     _index: dict[tuple[str, str, Any], dict[str, None]] = field(default_factory=dict, repr=False)
 
     def add_customer(self, external_id: str, email: str | None = None, name: str | None = None, **extra: Any) -> str:
         uuid_ = extra.pop("uuid", None) or f"cus_{uuid.uuid4()}"
+        self._made += 1
         self.customers[uuid_] = {
             "uuid": uuid_,
-            "id": len(self.customers) + 1,
+            "id": self._made,
             "external_id": external_id,
             "external_ids": [external_id],
             "email": email or "",
@@ -64,6 +66,18 @@ class Account:
         if contact is not None:
             self._indexed("contact", contact, add=False)
 
+    def merge_customers(self, from_uuid: str, into_uuid: str) -> None:
+        """``from_uuid`` is merged into ``into_uuid``: gone, its external ids (and contacts) now the other's."""
+        merged, into = self.customers[from_uuid], self.customers[into_uuid]
+        for contact in self.find("contact", customer_uuid=from_uuid):
+            self._indexed("contact", contact, add=False)
+            contact.update(customer_uuid=into_uuid, customer_external_id=into["external_id"])
+            self._indexed("contact", contact, add=True)
+        self.delete_customer(from_uuid)
+        into["external_ids"] = [*into["external_ids"], *merged["external_ids"]]
+        for external_id in merged["external_ids"]:
+            self._index.setdefault(("customer", "external_id", external_id), {})[into_uuid] = None
+
     def set_contact_field(self, contact: dict[str, Any], name: str, value: Any) -> None:
         self._indexed("contact", contact, add=False)
         contact[name] = value
@@ -75,10 +89,10 @@ class Account:
         indexed = [(name, value) for name, value in filters.items() if name in _INDEXED[kind]]
         if indexed:
             name, value = indexed[0]
-            candidates = [records[u] for u in self._index.get((kind, name, value), {})]
+            candidates = [records[u] for u in self._index.get((kind, name, value), {}) if u in records]
         else:
             candidates = list(records.values())
-        return [r for r in candidates if all(r.get(n) == v for n, v in filters.items())]
+        return [r for r in candidates if all(_holds(r, n, v) for n, v in filters.items())]
 
     def customer_by_external_id(self, external_id: str) -> str | None:
         found = self.find("customer", external_id=external_id)
@@ -91,6 +105,13 @@ class Account:
                 self._index.setdefault(key, {})[record["uuid"]] = None
             else:
                 self._index.get(key, {}).pop(record["uuid"], None)
+
+
+def _holds(record: Mapping[str, Any], name: str, value: Any) -> bool:
+    """Whether a record has ``value`` for ``name``: a merged customer has each of its ``external_ids``."""
+    if name == "external_id" and "external_ids" in record:
+        return bool(value in record["external_ids"])
+    return bool(record.get(name) == value)
 
 
 def load_account(path: Path) -> Account:

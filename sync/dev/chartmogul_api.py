@@ -22,12 +22,13 @@ import random
 import re
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler
+from itertools import islice
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 from urllib.parse import parse_qs, urlsplit
 
 from sync.dev.chartmogul_account import Account
@@ -147,6 +148,47 @@ class ChartMogulApiReceiver(LoopbackServer):
         with self._lock:
             return [c for c in self.calls if c.method == "GET"]
 
+    # -- drift: what someone else does to the account, for reconciliation to find ----------------------------
+
+    def edit(self, uuid: str, key: str, value: Any) -> None:
+        """Set a custom attribute on a customer or contact by hand, as someone in ChartMogul's app would."""
+        with self._lock:
+            self._custom(uuid)[key] = value
+
+    def remove(self, uuid: str, key: str) -> None:
+        """Take a custom attribute off a customer or contact."""
+        with self._lock:
+            self._custom(uuid).pop(key, None)
+
+    def delete(self, uuid: str) -> None:
+        """Delete a customer (with its contacts) or a contact."""
+        with self._lock:
+            if uuid in self.account.customers:
+                self.account.delete_customer(uuid)
+            else:
+                self.account.delete_contact(uuid)
+
+    def merge(self, from_uuid: str, into_uuid: str) -> None:
+        """Merge one customer into another (``POST /v1/customers/merges``): the first is gone, its external
+        ids find the second."""
+        with self._lock:
+            self.account.merge_customers(from_uuid, into_uuid)
+
+    def retype(self, key: str, kind: str) -> None:
+        """Make a customer attribute another type (as if deleted and created again by another integration),
+        each value turned into that type's form of it."""
+        with self._lock:
+            self.account.customer_attributes[key] = kind
+            for customer in self.account.customers.values():
+                custom = customer["attributes"]["custom"]
+                if key in custom and kind == "String":
+                    custom[key] = json.dumps(custom[key]) if not isinstance(custom[key], str) else custom[key]
+
+    def _custom(self, uuid: str) -> dict[str, Any]:
+        record = self.account.customers[uuid]["attributes"] if uuid in self.account.customers else None
+        custom = record["custom"] if record is not None else self.account.contacts[uuid]["custom"]
+        return cast(dict[str, Any], custom)
+
     # -- the API --------------------------------------------------------------------------------------------
 
     def answer(self, method: str, path: str, query: Mapping[str, str], body: Any) -> tuple[int, Any]:
@@ -164,8 +206,9 @@ class ChartMogulApiReceiver(LoopbackServer):
             case "GET", ["ping"]:
                 return 200, {"data": "pong!"}
             case "GET", ["customers"]:
-                entries = account.find("customer", **_filters(query, ("external_id", "email")))
-                return 200, _page(entries, query, legacy=True)
+                filters = _filters(query, ("external_id", "email"))
+                every = account.customers.values()  # a view: a page of a big account is not a copy of it
+                return 200, _page(account.find("customer", **filters) if filters else every, query, legacy=True)
             case "GET", ["customers", "search"]:
                 email = query.get("email")
                 if not email:
@@ -174,6 +217,8 @@ class ChartMogulApiReceiver(LoopbackServer):
                 if not entries:
                     raise ApiError(404, "Customer not found")
                 return 200, _page(entries, query, legacy=True)
+            case "POST", ["customers", "merges"]:
+                return 200, self._merge(body)
             case "GET", ["customers", customer]:
                 return 200, self._customer(customer)
             case "DELETE", ["customers", customer]:
@@ -191,7 +236,7 @@ class ChartMogulApiReceiver(LoopbackServer):
                 return 200, {"custom": self._update_attributes(self._customer(customer), body)}
             case "GET", ["contacts"]:
                 filters = _filters(query, ("email", "customer_external_id", "data_source_uuid"))
-                return 200, _page(account.find("contact", **filters), query)
+                return 200, _page(account.find("contact", **filters) if filters else account.contacts.values(), query)
             case "GET", ["contacts", contact]:
                 return 200, self._contact(contact)
             case "PATCH", ["contacts", contact]:
@@ -201,6 +246,18 @@ class ChartMogulApiReceiver(LoopbackServer):
                 account.delete_contact(contact)
                 return 204, None
         raise ApiError(404, "Not found")
+
+    def _merge(self, body: Any) -> dict[str, Any]:
+        def uuid_of(side: str) -> str:
+            part = body.get(side) if isinstance(body, dict) else None
+            found = part.get("customer_uuid") if isinstance(part, dict) else None
+            if not isinstance(found, str):
+                raise ApiError(400, f"{side}.customer_uuid is required", side)
+            self._customer(found)
+            return found
+
+        self.account.merge_customers(uuid_of("from"), uuid_of("into"))
+        return {}
 
     def _customer(self, customer: str) -> dict[str, Any]:
         if customer not in self.account.customers:
@@ -390,11 +447,17 @@ def _filters(query: Mapping[str, str], names: Iterable[str]) -> dict[str, str]:
     return {name: query[name] for name in names if name in query}
 
 
-def _page(entries: list[dict[str, Any]], query: Mapping[str, str], *, legacy: bool = False) -> dict[str, Any]:
-    """One cursor page: ``cursor`` is the offset of the next page, opaque to clients."""
-    size = min(int(query.get("per_page") or PAGE_SIZE), PAGE_SIZE)
-    start = int(base64.b64decode(query["cursor"]).decode()) if query.get("cursor") else 0
-    page = entries[start : start + size]
+def _page(entries: Collection[dict[str, Any]], query: Mapping[str, str], *, legacy: bool = False) -> dict[str, Any]:
+    """One cursor page: ``cursor`` is the offset of the next page, opaque to clients. ``per_page`` at most 200,
+    as ChartMogul's; a list of customers also carries the older paging fields (``total_pages``…)."""
+    try:
+        size = min(int(query.get("per_page") or PAGE_SIZE), PAGE_SIZE)
+        start = int(base64.b64decode(query["cursor"]).decode()) if query.get("cursor") else 0
+    except ValueError:
+        raise ApiError(400, "per_page or cursor is not valid", "cursor") from None
+    if size < 1:
+        raise ApiError(400, "per_page must be at least 1", "per_page")
+    page = list(islice(entries, start, start + size))
     more = start + size < len(entries)
     answer: dict[str, Any] = {
         "entries": page,
@@ -402,5 +465,7 @@ def _page(entries: list[dict[str, Any]], query: Mapping[str, str], *, legacy: bo
         "cursor": base64.b64encode(str(start + size).encode()).decode() if more else None,
     }
     if legacy:
-        answer.update({"per_page": size, "page": 1, "current_page": 1, "total_pages": 1})
+        pages = max(1, -(-len(entries) // size))
+        answer.update({"per_page": size, "page": start // size + 1, "current_page": start // size + 1,
+                       "total_pages": pages})  # fmt: skip
     return answer

@@ -6,16 +6,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Mapping, Set
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import chain, islice
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import pandas as pd
 
 from sync.config import JobConfig
 from sync.errors import SourceError
-from sync.model import Computation, Update
-from sync.plan.diff import diff_states
+from sync.model import PROFILE_KIND, Computation, Update
+from sync.plan.diff import CHANGE_COLUMNS, diff_states
 from sync.plan.guard import guard_problems, moves
 from sync.plan.updates import plan_updates, tally
 from sync.snapshot import warehouse
@@ -118,7 +118,9 @@ class Planner:
         comps = computations(job)
         new_keys = {c.key for c in comps if c.key not in tracked}
         prior = prior or Prior()
-        force = Forced({c.key for c in comps} if full else new_keys, new_keys, prior.resent if full else frozenset())
+        force = Forced(
+            {c.key for c in comps} if full else new_keys, new_keys, prior.resent if full else frozenset(), prior.repair
+        )
         snapshot, selection = self._examined(job, comps, force.keys)
         if phases:
             phases.enter("planning")
@@ -207,6 +209,8 @@ class Planner:
             signed = dict(zip(examined, batch.fingerprints, strict=True))
             profiles = _profiles(batch, baseline, changes)
             planned = plan_updates(job.name, changes, comps, batch.state, profiles, baseline.versions, signed)
+            if force.repair:
+                planned = (replace(u, reason="reconcile") if u.user_id in force.repair else u for u in planned)
             updates = [u for u in planned if dead.get(u.user_id) != u.message_id]
             refresh = [(u, signed[u]) for u in examined if u not in changed and u in baseline.versions]
             yield changes, updates, refresh
@@ -215,11 +219,14 @@ class Planner:
 @dataclass(frozen=True)
 class Prior:
     """What earlier runs settled about some subjects: those a full resync being resumed has ``resent``
-    already (a full plan sends them only what really changed), and those ``waiting`` for a record at the
-    destination until they are looked up again (no plan has them: their changes are not this run's)."""
+    already (a full plan sends them only what really changed), those ``waiting`` for a record at the
+    destination until they are looked up again (no plan has them: their changes are not this run's), and
+    those to ``repair``: a reconciliation found the destination holding other values for these keys, which
+    are sent again whether or not they changed (with the reason ``reconcile``)."""
 
     resent: Set[str] = frozenset()
     waiting: Set[str] = frozenset()
+    repair: Mapping[str, Set[str]] = field(default_factory=dict)  # subject → keys a reconciliation found drifted
 
 
 @dataclass(frozen=True)
@@ -231,8 +238,15 @@ class Forced:
     keys: set[str]
     new_keys: set[str]
     resent: Set[str] = frozenset()
+    repair: Mapping[str, Set[str]] = field(default_factory=dict)
 
     def changes(self, old: pd.DataFrame, new: pd.DataFrame, comps: tuple[Computation, ...]) -> pd.DataFrame:
+        changes = self._changes(old, new, comps)
+        if not self.repair:
+            return changes
+        return _with_repairs(changes, old, new, comps, self.repair)
+
+    def _changes(self, old: pd.DataFrame, new: pd.DataFrame, comps: tuple[Computation, ...]) -> pd.DataFrame:
         changes = diff_states(old, new, comps, self.keys)
         if not self.resent or self.keys == self.new_keys:
             return changes
@@ -245,6 +259,38 @@ class Forced:
         pairs = zip(changes["user_id"].tolist(), changes["key"].tolist(), strict=True)
         keep = [not was_done or pair in wanted for was_done, pair in zip(done.tolist(), pairs, strict=True)]
         return changes[keep].reset_index(drop=True)
+
+
+def _with_repairs(
+    changes: pd.DataFrame,
+    old: pd.DataFrame,
+    new: pd.DataFrame,
+    comps: tuple[Computation, ...],
+    repair: Mapping[str, Set[str]],
+) -> pd.DataFrame:
+    """``changes`` and, for each subject to repair in this batch, its drifted keys with their values now (an
+    audience's ``false`` too: the destination holds something else), each (subject, key) once."""
+    kinds = {c.key: c.kind for c in comps if c.kind != PROFILE_KIND}
+    planned = set(zip(changes["user_id"].tolist(), changes["key"].tolist(), strict=True))
+    rows: list[tuple[str, str, Any, Any, str]] = []
+    for user in [u for u in (*new.index.tolist(), *old.index.tolist()) if u in repair]:
+        for key in sorted(repair[user]):
+            if key not in kinds or (user, key) in planned:
+                continue
+            planned.add((user, key))
+            was: Any = old.at[user, key] if user in old.index and key in old.columns else None
+            now: Any = new.at[user, key] if user in new.index and key in new.columns else None
+            if isinstance(now, float) and now != now:  # NaN: null
+                now = None
+            if kinds[key] == "audience":
+                member = bool(now)
+                rows.append((user, key, None if was is None else bool(was), member, "entered" if member else "exited"))
+            else:
+                rows.append((user, key, was, now, "trait"))
+    if not rows:
+        return changes
+    extra = pd.DataFrame(rows, columns=CHANGE_COLUMNS)
+    return pd.concat([changes, extra], ignore_index=True)
 
 
 def _profiles(batch: Examined, baseline: Baseline, changes: pd.DataFrame) -> dict[str, Mapping[str, str]]:

@@ -9,6 +9,7 @@ from typing import Any
 from sync.model import RUN_COUNTS, RUN_SUMMARY_COUNTS
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_BUSY, EXIT_BLOCKED = 0, 1, 2, 3, 4, 5
+EXIT_DRIFT = 6  # `reconcile` found the destination holding something else than it acknowledged
 
 # What `run --json` prints, in this order.
 SUMMARY_FIELDS = ("run_id", "job", "kind", "status", *RUN_SUMMARY_COUNTS)

@@ -256,7 +256,14 @@ class Runner:
         phases = _Phases(job.name, report.run_id, self.progress)
         halt = _Halt(lost or threading.Event(), self.breaker(), phases, spec)
         try:
-            prior = Prior(resent, self._waiting(job, now))
+            repair = self.store.repairs(job.name)
+            if repair:
+                log.info(
+                    "resending %s subjects a reconciliation found drifted at the destination",
+                    len(repair),
+                    extra={"job": job.name, "run_id": report.run_id},
+                )
+            prior = Prior(resent, self._waiting(job, now), repair)
             self._execute(job, options, tracked, report, now, halt, prior)
         except Stopped:
             report.status = "interrupted"
@@ -273,6 +280,8 @@ class Runner:
             halt.close()
         if options.full and not options.dry_run:
             self._settle_resync(report)
+        if not options.dry_run:
+            self._settle_repairs(report)
         phases.enter("recording")
         self._finish(report, phases)
         phases.close()
@@ -293,6 +302,15 @@ class Runner:
         if remote is None:
             return frozenset()
         return self.store.awaiting_records(job.name, remote.scope, now - remote.rematch_after)
+
+    def _settle_repairs(self, report: RunReport) -> None:
+        """Repairs this run delivered are done; the others wait for the next run."""
+        try:
+            self.store.settle_repairs(report.job, report.run_id)
+        except SQLAlchemyError as exc:  # the next run sends them again: harmless, and said
+            log.warning(
+                "could not record the repairs this run delivered: %s", store_reason(exc), extra={"job": report.job}
+            )
 
     def _settle_resync(self, report: RunReport) -> None:
         """A full resync ends with a run that succeeded; otherwise the next run goes on with it, and what its

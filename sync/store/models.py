@@ -86,6 +86,7 @@ class Run(Base):
     guard: Mapped[str | None] = mapped_column(Text)  # JSON list: what the mass-change guard found (empty: nothing)
     alerts: Mapped[str | None] = mapped_column(Text)  # JSON list of the alert texts this run sent
     definition: Mapped[str | None] = mapped_column(Text)  # JSON: the job's definition in effect, secrets left out
+    reconcile: Mapped[str | None] = mapped_column(Text)  # JSON: what a reconciliation read and found
 
 
 class RunUpdate(Base):
@@ -113,6 +114,7 @@ class RunUpdate(Base):
     # The requests made, where they depend on what the destination held (ChartMogul's API: lookups, POST or
     # PUT): JSON [[method, path, body or null], ...]. NULL where the calls alone say what was sent.
     requests: Mapped[str | None] = mapped_column(Text)
+    reason: Mapped[str | None] = mapped_column(String(20))  # why it was sent when nothing changed: "reconcile"
 
 
 class AckState(Base):
@@ -230,6 +232,36 @@ class FullResync(Base):
     run_id: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime())
     remaining: Mapped[int] = mapped_column(Integer)  # subjects its last run planned and did not deliver
+
+
+class Drift(Base):
+    """What a reconciliation (a run of the kind ``reconcile``) found the destination holding other than the
+    acknowledged state: one row per subject and key (``key`` null for a whole record ``gone`` or ``found``)."""
+
+    __tablename__ = "drifts"
+    __table_args__ = (Index("ix_drifts_run_id_id", "run_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    user_id: Mapped[str] = mapped_column(Text)
+    key: Mapped[str | None] = mapped_column(String(200))
+    drift: Mapped[str] = mapped_column(String(20))  # missing, differs, type, gone, found
+    expected: Mapped[str | None] = mapped_column(Text)  # JSON: the acknowledged value (or type)
+    found: Mapped[str | None] = mapped_column(Text)  # JSON: what the destination holds
+    remote_id: Mapped[str | None] = mapped_column(String(200))
+
+
+class Repair(Base):
+    """A subject a reconciliation asked the next run of its job to resend (``keys``: JSON list, the drifted
+    ones), removed once an update to it is acknowledged."""
+
+    __tablename__ = "repairs"
+
+    job: Mapped[str] = mapped_column(String(100), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    keys: Mapped[str] = mapped_column(Text)
+    run_id: Mapped[int] = mapped_column(Integer)
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class SchedulerBeat(Base):

@@ -25,8 +25,10 @@ from sync.store import dialect
 from sync.store.audit import AuditStore
 from sync.store.common import store_reason
 from sync.store.control import ControlStore
+from sync.store.drift import DriftStore
 from sync.store.models import (
     AckState,
+    Drift,
     FailedUpdate,
     FingerprintIndex,
     FullResync,
@@ -36,6 +38,7 @@ from sync.store.models import (
     JobSchedule,
     RemoteAttribute,
     RemoteId,
+    Repair,
     Run,
     RunKey,
     RunUpdate,
@@ -45,7 +48,7 @@ from sync.store.schema import ensure_schema
 from sync.store.state import StateStore
 
 
-class Store(RunStore, StateStore, AuditStore, ControlStore):
+class Store(RunStore, StateStore, AuditStore, ControlStore, DriftStore):
     """The state store (APScheduler's job stores are the size of interface each part aims for)."""
 
     def __init__(self, engine: Engine) -> None:
@@ -75,18 +78,18 @@ class Store(RunStore, StateStore, AuditStore, ControlStore):
 
     def forget_job(self, job: str, runs: bool = False) -> dict[str, int]:
         """Forget a job, in one transaction: its acknowledged state, fingerprints, tracked keys, failed updates,
-        destination record ids and attributes, schedule, alert state and unfinished full resync; with
-        ``runs``, its runs and their audit rows too (otherwise they stay for the audit trail). Rows removed,
+        destination record ids and attributes, schedule, alert state, unfinished full resync and repairs; with
+        ``runs``, its runs and their audit and drift rows too (otherwise they stay for the audit trail). Rows removed,
         per table."""
         tables: list[Any] = [
             AckState, FingerprintIndex, JobKey, FailedUpdate, RemoteId, RemoteAttribute, JobSchedule, JobAlert,
-            FullResync, JobLease,
+            FullResync, JobLease, Repair,
         ]  # fmt: skip
         removed: dict[str, int] = {}
         with Session(self.engine) as session, session.begin():
             if runs:
                 ids = select(Run.id).where(Run.job == job).scalar_subquery()
-                for model in (RunUpdate, RunKey):
+                for model in (RunUpdate, RunKey, Drift):
                     gone = session.execute(delete(model).where(model.run_id.in_(ids)))
                     removed[model.__tablename__] = cast(CursorResult[Any], gone).rowcount
                 tables.append(Run)

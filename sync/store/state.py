@@ -310,6 +310,7 @@ class StateStore(RemoteStore, RejectionStore):
                             "changes": dumps([[c.key, c.kind, c.old, c.new] for c in u.changes]),
                             "profile": dumps(u.profile),
                             "attempts": 0,
+                            "reason": u.reason,
                         }
                         for u in chunk
                     ],
@@ -414,7 +415,7 @@ class StateStore(RemoteStore, RejectionStore):
 
     @cached_property
     def _bulk_plan(self) -> dialect.Bulk:
-        keys = ("run_id", "user_id", "message_id", "status", "changes", "profile", "attempts")
+        keys = ("run_id", "user_id", "message_id", "status", "changes", "profile", "attempts", "reason")
         return dialect.Bulk(self.engine, _outcomes.insert(), keys)
 
     @cached_property

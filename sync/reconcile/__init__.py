@@ -1,0 +1,1 @@
+"""Reading the destination back: what ChartMogul holds now, compared with what it acknowledged."""

@@ -1,0 +1,165 @@
+"""What drifted: the acknowledged state of each subject against the record ChartMogul holds now. Pure: no I/O.
+
+A subject drifts, per key the job wrote (other integrations' keys are not looked at):
+
+- ``missing``: the attribute is absent on the record;
+- ``differs``: it holds another value (a Boolean as a Boolean, a number as a number, a timestamp as a time);
+- ``type``: it holds a value of another type than the attribute was created with;
+
+and as a whole:
+
+- ``gone``: the record it was matched to no longer exists (deleted or merged);
+- ``found``: it had no record, and now one has its external id or email.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Iterator, Mapping, Set
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+DRIFTS = ("missing", "differs", "type", "gone", "found")
+RECONCILE = "reconcile"  # the kind of a reconciliation's run
+DRIFT_FIELDS = ("user_id", "key", "drift", "expected", "found", "remote_id", "run_id")
+_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?$")
+
+
+@dataclass(frozen=True)
+class Subject:
+    """A subject the job tracks: its acknowledged state and the record it was matched to (``""``: found to
+    have none; ``None``: never looked up), and what it is found by."""
+
+    user_id: str
+    state: Mapping[str, Any]
+    remote_id: str | None
+    match_value: str | None = None
+
+
+@dataclass(frozen=True)
+class Record:
+    """A ChartMogul customer or contact as read: its uuid, what it is found by, its custom attributes."""
+
+    uuid: str
+    external_id: str | None
+    email: str | None
+    custom: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Drift:
+    user_id: str
+    key: str | None
+    drift: str
+    expected: Any
+    found: Any
+    remote_id: str | None
+
+
+def compare(
+    subjects: Iterable[Subject],
+    records: Mapping[str, Record],
+    kinds: Mapping[str, str],
+    types: Mapping[str, str],
+    *,
+    match: str,
+    complete: bool,
+    absent: Set[str] = frozenset(),
+) -> Iterator[Drift]:
+    """The drift of each subject. ``records``: those read, by uuid; ``kinds``: the keys the job writes (key →
+    ``audience`` or ``trait``); ``types``: the attributes the job created (key → type; empty for contacts,
+    whose attributes have none); ``match``: ``external_id`` or ``email``; ``complete``: every record that
+    exists was read, so a record not among them is ``gone`` (otherwise only those in ``absent``, proven gone
+    one by one, are)."""
+    by_match: dict[str, str] = {}
+    for record in records.values():
+        value = record.external_id if match == "external_id" else record.email
+        if value:
+            by_match.setdefault(value, record.uuid)
+    for subject in subjects:
+        if not subject.remote_id:
+            found = by_match.get(subject.match_value or "") if subject.remote_id == "" else None
+            if found is not None:
+                yield Drift(subject.user_id, None, "found", None, found, found)
+            continue
+        held = records.get(subject.remote_id)
+        if held is None:
+            if complete or subject.remote_id in absent:
+                yield Drift(subject.user_id, None, "gone", None, None, subject.remote_id)
+            continue
+        yield from _keys(subject, held, kinds, types)
+
+
+def expected_values(state: Mapping[str, Any], kinds: Mapping[str, str]) -> dict[str, Any]:
+    """What ChartMogul should hold for each key the job writes: the state store keeps members only (an
+    audience's ``false`` is its absence) and non-null trait values."""
+    return {key: (state.get(key) is True) if kind == "audience" else state.get(key) for key, kind in kinds.items()}
+
+
+def _keys(subject: Subject, record: Record, kinds: Mapping[str, str], types: Mapping[str, str]) -> Iterator[Drift]:
+    for key, expected in sorted(expected_values(subject.state, kinds).items()):
+        if key not in record.custom:
+            if expected is not None and expected is not False:  # a non-member never written holds nothing
+                yield Drift(subject.user_id, key, "missing", expected, None, record.uuid)
+            continue
+        found = record.custom[key]
+        kind = types.get(key)
+        if kind is not None and found is not None and not holds(kind, found):
+            yield Drift(subject.user_id, key, "type", kind, type_of(found), record.uuid)
+        elif not same(expected, found):
+            yield Drift(subject.user_id, key, "differs", expected, found, record.uuid)
+
+
+def type_of(value: Any) -> str:
+    """ChartMogul's type for a value as its API returns it."""
+    if isinstance(value, bool):
+        return "Boolean"
+    if isinstance(value, int):
+        return "Integer"
+    if isinstance(value, float):
+        return "Decimal"
+    if isinstance(value, str):
+        return "Timestamp" if _TIMESTAMP.match(value) else "String"
+    return type(value).__name__
+
+
+def holds(kind: str, value: Any) -> bool:
+    """Whether an attribute of type ``kind`` can hold ``value`` as the API returns it."""
+    found = type_of(value)
+    if kind == "Decimal":
+        return found in ("Integer", "Decimal")
+    if kind == "Integer":
+        return found == "Integer" or (found == "Decimal" and float(value).is_integer())
+    if kind == "String":
+        return found in ("String", "Timestamp")
+    return found == kind
+
+
+def same(expected: Any, found: Any) -> bool:
+    """Equal as ChartMogul means them: Booleans as Booleans, numbers as numbers, timestamps as moments."""
+    if isinstance(expected, bool) or isinstance(found, bool):
+        return isinstance(expected, bool) and isinstance(found, bool) and expected is found
+    if _number(expected) and _number(found):
+        return math.isclose(float(expected), float(found), rel_tol=1e-12, abs_tol=0.0)
+    if isinstance(expected, str) and isinstance(found, str):
+        if expected == found:
+            return True
+        moments = _moment(expected), _moment(found)
+        return None not in moments and moments[0] == moments[1]
+    return bool(expected == found)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _moment(text: str) -> datetime | None:
+    if not _TIMESTAMP.match(text):
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
