@@ -3,27 +3,25 @@ repaired by the next run, and a second reconciliation clean; a refused key, a li
 of the wrong shape; bounded checks; the CLI, its output and its records."""
 
 import json
-import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 from click.testing import CliRunner
+from pydantic import SecretStr
 
 from sync.cli.main import cli
 from sync.clock import utc_now
 from sync.config import JobConfig
-from sync.dev.chartmogul_account import Account
 from sync.dev.chartmogul_api import ChartMogulApiReceiver
 from sync.reconcile.compare import Drift, holds, same
 from sync.reconcile.reconcile import Options, reconcile
-from sync.run.runner import Runner, RunOptions
+from sync.run.runner import Runner
 from sync.store import Store
-from tests.conftest import RecordingSleep, Warehouse, job_dict, make_config
+from tests.conftest import RecordingSleep, Warehouse, job_dict
 from tests.test_chartmogul_api import API_KEY, KNOWN, USERS, account, api_job, api_raw, customer_of, seed
 
 
@@ -172,7 +170,7 @@ def test_a_listing_cut_short_judges_only_what_it_read(
     api.delete(uuid_of(api, "u002"))  # gone, but the listing never ends: not claimed
     pages = Counter[str]()
 
-    def failing_after_the_first_page(request: dict[str, Any]) -> int | None:
+    def failing_after_the_first_page(request: Mapping[str, Any]) -> int | None:
         if request["method"] == "GET" and request["path"] == "/v1/customers":
             pages["seen"] += 1
             return 500 if pages["seen"] > 1 else None
