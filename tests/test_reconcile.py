@@ -21,8 +21,9 @@ from sync.reconcile.compare import Drift, holds, same
 from sync.reconcile.reconcile import Options, reconcile
 from sync.run.runner import Runner
 from sync.store import Store
-from tests.conftest import RecordingSleep, Warehouse, job_dict
+from tests.conftest import RecordingSleep, Warehouse, job_dict, make_config
 from tests.test_chartmogul_api import API_KEY, KNOWN, USERS, account, api_job, api_raw, customer_of, seed
+from tests.warehouses import duckdb_warehouse
 
 
 @pytest.fixture
@@ -248,3 +249,37 @@ def test_values_compare_as_chartmogul_means_them() -> None:
     assert same("2026-01-02T03:04:05Z", "2026-01-02T03:04:05.000+00:00") and not same("a", "b")
     assert holds("Decimal", 3) and holds("Integer", 3.0) and not holds("Integer", 3.5)
     assert holds("String", "2026-01-02") and not holds("Boolean", "true") and holds("Timestamp", "2026-01-02")
+
+
+def test_a_repair_is_resent_by_the_warehouse_engine_too(
+    store: Store, sleep: RecordingSleep, api: ChartMogulApiReceiver, tmp_path: Path
+) -> None:
+    """The engine that diffs inside the warehouse keeps a copy of the acknowledged fingerprints there: a
+    repair reaches it through that copy, and the repaired subjects are looked at again."""
+    wh = duckdb_warehouse(tmp_path / "warehouse.duckdb")
+    wh.set_profiles([{"user_id": u, "email": f"{u}@example.com"} for u in KNOWN])
+    wh.set_members("vip", KNOWN[:4])
+    wh.set_trait("seats", {u: i for i, u in enumerate(KNOWN)}, "INTEGER")
+    raw = {
+        "name": "contacts",
+        "space_id": "spa_test",
+        "source": wh.source(),
+        "audiences": [wh.audience("VIP", "vip")],
+        "traits": [wh.trait("Seats", "seats")],
+        "destination": {"type": "chartmogul_api", "api_key": API_KEY, "base_url": api.url, "target": "customer",
+                        "backoff_initial": "10ms", "backoff_max": "50ms", "timeout": "2s",
+                        "requests_per_second": 2000},
+    }  # fmt: skip
+    job = make_config("sqlite://", [raw]).jobs[0]
+    runner = Runner(store, sleep=sleep)
+    assert runner.run(job).delivered == len(KNOWN)
+    assert runner.run(job).updates == 0
+    api.remove(uuid_of(api, "u001"), "vip")
+    api.edit(uuid_of(api, "u005"), "seats", 50)
+    result = reconcile(store, job, Options(repair=True))
+    assert found(result.drifts) == {("u001", "vip", "missing"), ("u005", "seats", "differs")}
+    report = runner.run(job)
+    assert (report.updates, report.delivered) == (2, 2), report.error
+    assert customer_of(api, "u001")["attributes"]["custom"]["vip"] is True
+    assert customer_of(api, "u005")["attributes"]["custom"]["seats"] == 5
+    assert reconcile(store, job, Options()).drifts == [] and runner.run(job).updates == 0
