@@ -1,7 +1,9 @@
 """A new user's first hour: each command needs only the secrets of the jobs it acts on, problems are told in
 the product's words, options go on either side of the command, and the demo runs from any folder."""
 
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -325,3 +327,16 @@ def test_diff_of_a_run_that_failed_before_planning_says_why_it_has_no_changes(
     said = "run 1 failed before recording changes: job 'broken': the audience 'vip' query failed"
     assert shown.stdout.startswith(said)
     assert "no such table: no_such_table" in shown.stdout and "`audience-sync runs show 1`" in shown.stdout
+
+
+def test_the_api_demo_ends_by_finding_and_repairing_a_drift(tmp_path: Path) -> None:
+    demo = audience_sync("demo", "--destination", "chartmogul_api", "--dir", "d", env={}, cwd=tmp_path)
+    assert demo.returncode == 0, demo.stderr
+    out = demo.stdout
+    assert "8. Is ChartMogul right?" in out
+    assert re.search(r"differs +u\d+ \w+: expected True, found False", out), out
+    assert re.search(r"missing +u\d+ \w+: expected .+, found None", out), out
+    assert re.search(r"run \d+ resent 2; reconciliation \d+: 0 drifted", out), out
+    runs = audience_sync("runs", "--json", "--config", "d/jobs.yaml", env={}, cwd=tmp_path)
+    kinds = [json.loads(line)["kind"] for line in runs.stdout.splitlines()]
+    assert kinds.count("reconcile") == 2

@@ -24,6 +24,7 @@ from sync.dev.chartmogul_account import Account
 from sync.dev.chartmogul_api import ChartMogulApiReceiver
 from sync.dev.receiver import Receiver
 from sync.errors import ConfigError, SyncError
+from sync.reconcile.reconcile import Options, reconcile
 from sync.run.report import EXIT_FAILED, EXIT_USAGE, RunOptions, RunReport
 from sync.run.runner import Runner
 from sync.store import AuditFilter, Store
@@ -218,6 +219,7 @@ def run_demo(workdir: Path, console: Console, config_path: Path | None = None, d
             if isinstance(receiver, ChartMogulApiReceiver):
                 _explain(console, command, store, second, len(receiver.writes()))
                 _show_customer(console, receiver, store, second)
+                _reconcile(console, receiver, store, job, command)
             else:
                 _explain(console, command, store, second, len(receiver.accepted()))
         except SyncError as exc:
@@ -270,6 +272,39 @@ def _show_customer(console: Console, api: ChartMogulApiReceiver, store: Store, r
     if written is not None:
         uuid = written.path.split("/")[3]
         console.print(f"   customer {uuid}: {api.account.customers[uuid]['attributes']['custom']}")
+
+
+def _reconcile(console: Console, api: ChartMogulApiReceiver, store: Store, job: JobConfig, command: str) -> None:
+    """Someone edits ChartMogul by hand; reconciliation finds it, the next run repairs it, and a second
+    reconciliation finds nothing."""
+    customers = api.account.customers
+    written = {c.path.split("/")[3] for c in api.writes() if c.path.startswith("/v1/customers/")}
+    users = sorted((customers[u]["external_id"], u) for u in written if u in customers)
+    (_, edited), (_, deleted) = [pair for pair in users if pair[0].startswith("u")][:2]  # the users' job's own
+    custom = api.account.customers[edited]["attributes"]["custom"]
+    key = next(k for k, v in sorted(custom.items()) if isinstance(v, bool))
+    api.edit(edited, key, not custom[key])
+    api.remove(deleted, next(iter(sorted(api.account.customers[deleted]["attributes"]["custom"]))))
+    console.print(
+        f"[bold]8. Is ChartMogul right?[/bold] Someone flips {key} on customer {edited} by hand and removes an "
+        f"attribute from {deleted}; reconciliation reads ChartMogul back:"
+    )
+    found = reconcile(store, job, Options(repair=True))
+    for drift in found.drifts:
+        console.print(
+            f"   {drift.drift:<8} {drift.user_id} {drift.key or '(record)'}: "
+            f"expected {drift.expected!r}, found {drift.found!r}"
+        )
+    console.print(
+        f"   reconciliation {found.run_id}: {found.checked} subjects checked in {found.requests} requests "
+        f"({found.how}); --repair asked the next run to resend {found.repaired}"
+    )
+    repaired = Runner(store).run(job, RunOptions(trigger="reconcile"))
+    again = reconcile(store, job, Options())
+    console.print(
+        f"   run {repaired.run_id} resent {repaired.delivered}; reconciliation {again.run_id}: "
+        f"{len(again.drifts)} drifted. Try: {command} runs show {found.run_id}, and {command} diff {found.run_id}"
+    )
 
 
 def _demo_env(workdir: Path, webhook_url: str) -> dict[str, str]:
