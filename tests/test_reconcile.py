@@ -9,13 +9,16 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner
 from pydantic import SecretStr
 
 from sync.cli.main import cli
 from sync.clock import utc_now
-from sync.config import JobConfig
+from sync.config import JobConfig, JobOutline, Outline
+from sync.console.app import Settings
+from sync.console.server import ConsoleServer
 from sync.dev.chartmogul_api import ChartMogulApiReceiver
 from sync.reconcile.compare import Drift, holds, same
 from sync.reconcile.reconcile import Options, reconcile
@@ -230,6 +233,12 @@ def test_the_cli_reports_records_and_repairs_now(
         cli_runner.invoke(cli, ["--config", str(config), "runs", "show", str(rows[0]["run_id"]), "--json"]).output
     )
     assert detail["reconcile"]["drift"]["differs"] == 1 and detail["reconcile"]["requests"] >= 1
+    text = cli_runner.invoke(cli, ["--config", str(config), "runs", "show", str(rows[0]["run_id"])]).output
+    assert "reconciliation" in text and "1 differs" in text and "1 resent by the next run" in text
+    outline = Outline(state_url="unused://", jobs=(JobOutline(name=job.name),))
+    with ConsoleServer(Settings(outline), store) as server:  # the console shows it like any run
+        page = httpx.get(f"{server.url}/runs/{rows[0]['run_id']}")
+        assert page.status_code == 200 and "Reconciliation" in page.text and "<td>differs</td>" in page.text
 
 
 def test_only_a_destination_that_can_be_read_back_is_reconciled(

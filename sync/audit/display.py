@@ -200,6 +200,9 @@ def print_run_detail(console: Console, detail: Mapping[str, Any]) -> None:
         say(f"  {name:<14} {cell(run[name])}", markup=False, highlight=False)
     if run["match_rate"] is not None:
         say(f"  {'match_rate':<14} {run['match_rate']:.0%}", markup=False, highlight=False)
+    summary = detail.get("reconcile")
+    if summary is not None:
+        _print_reconciliation(console, run["run_id"], summary)
     if detail["phases"]:
         say("phases", style="bold")
         for phase in detail["phases"]:
@@ -235,3 +238,24 @@ def print_run_detail(console: Console, detail: Mapping[str, Any]) -> None:
 
 def _seconds(value: float | None) -> str:
     return "still running" if value is None else f"{value:.1f}s"
+
+
+def _print_reconciliation(console: Console, run_id: int, summary: Mapping[str, Any]) -> None:
+    """What a reconciliation read and found (``runs show`` of a run of the kind ``reconcile``)."""
+    lines = [
+        ("read", "every record, page by page" if summary["read"] == "list" else "the job's records, one by one"),
+        ("requests", f"{summary['requests']} ({summary['pages']} pages)"),
+        ("complete", "yes" if summary["complete"] else f"no ({summary['cut_short'] or 'failed'}): only what was read"),
+        ("drift", ", ".join(f"{n} {name}" for name, n in summary["drift"].items() if n) or "none"),
+        (
+            "subjects",
+            f"{summary['checked']} checked, {summary['drifted_subjects']} drifted (`diff {run_id}` lists them)",
+        ),
+    ]
+    if summary["repaired"] or summary["looked_up_again"]:
+        lines.append(
+            ("repair", f"{summary['repaired']} resent by the next run, {summary['looked_up_again']} looked up")
+        )
+    console.print("reconciliation", style="bold")
+    for name, text in lines:
+        console.print(f"  {name:<14} {text}", markup=False, highlight=False, soft_wrap=True)

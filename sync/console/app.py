@@ -77,6 +77,8 @@ _SECURITY_HEADERS = {
 }
 
 
+# How many drifted rows a reconciliation's page shows (`diff RUN_ID` has them all).
+DRIFT_ROWS = 200
 # How many recent runs a key's sparkline shows.
 SPARK_RUNS = 30
 # How many recent runs a job's charts and its JSON's per-key ``runs`` hold: six weeks at every 2 h (the whole
@@ -468,8 +470,13 @@ class _Views:
         run_id = request.path_params["run_id"]
 
         def read() -> dict[str, Any]:
+            detail = self._run(run_id)
+            drifts = []
+            if detail["reconcile"] is not None:  # a reconciliation: what it found, the first rows of it
+                drifts = list(islice(self.store.drifts_of(run_id), DRIFT_ROWS))
             return {
-                "detail": self._run(run_id),
+                "detail": detail,
+                "drifts": drifts,
                 "changes": self._changes(request, run_id),
                 "query": dict(request.query_params),
                 "change_kinds": CHANGES,
