@@ -21,24 +21,26 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 DRIFTS = ("missing", "differs", "type", "gone", "found")
 RECONCILE = "reconcile"  # the kind of a reconciliation's run
 DRIFT_FIELDS = ("user_id", "key", "drift", "expected", "found", "remote_id", "run_id")
 _TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?$")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Subject:
-    """A subject the job tracks: its acknowledged state and the record it was matched to (``""``: found to
-    have none; ``None``: never looked up), and what it is found by."""
+    """A subject the job tracks: its acknowledged state (as the state store keeps it, JSON), the record it was
+    matched to (``""``: found to have none; ``None``: never looked up), and what it is found by."""
 
     user_id: str
-    state: Mapping[str, Any]
+    state: str
     remote_id: str | None
     match_value: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Record:
     """A ChartMogul customer or contact as read: its uuid, what it is found by, its custom attributes."""
 
@@ -58,38 +60,73 @@ class Drift:
     remote_id: str | None
 
 
+class Comparer:
+    """Compares records as they are read, keeping only what drifted: memory follows the job's subjects, not
+    the account (a listing of a million customers is never held).
+
+    ``kinds``: the keys the job writes (key → ``audience`` or ``trait``); ``types``: the attributes the job
+    created (key → type; empty for contacts, whose attributes have none); ``match``: ``external_id`` or
+    ``email``."""
+
+    def __init__(
+        self, subjects: Iterable[Subject], kinds: Mapping[str, str], types: Mapping[str, str], match: str
+    ) -> None:
+        self.kinds, self.types, self.match = dict(kinds), dict(types), match
+        self.by_uuid: dict[str, list[Subject]] = {}
+        self.by_value: dict[str, list[Subject]] = {}  # those found to have no record, by what finds them
+        self.checked = 0
+        for subject in subjects:
+            self.checked += 1
+            if subject.remote_id:
+                self.by_uuid.setdefault(subject.remote_id, []).append(subject)
+            elif subject.remote_id == "" and subject.match_value:
+                self.by_value.setdefault(subject.match_value, []).append(subject)
+        self.seen: set[str] = set()  # uuids of the job's records read
+        self.absent: set[str] = set()  # uuids proven gone one by one (404)
+        self._drifts: list[Drift] = []
+        self._found: set[str] = set()
+
+    def see(self, record: Record) -> None:
+        """A record read, from a page, by its uuid or by a lookup."""
+        matched = self.by_uuid.get(record.uuid)
+        if matched is not None and record.uuid not in self.seen:
+            self.seen.add(record.uuid)
+            for subject in matched:
+                self._drifts.extend(_keys(subject, record, self.kinds, self.types))
+        value = record.external_id if self.match == "external_id" else record.email
+        for subject in self.by_value.get(value or "", ()):
+            if subject.user_id not in self._found:
+                self._found.add(subject.user_id)
+                self._drifts.append(Drift(subject.user_id, None, "found", None, record.uuid, record.uuid))
+
+    def drifts(self, complete: bool) -> list[Drift]:
+        """What drifted, by subject and key. ``complete``: every record of the account was read, so one of the
+        job's records not among them is ``gone`` (otherwise only those proven ``absent`` are)."""
+        gone = [
+            Drift(subject.user_id, None, "gone", None, None, uuid)
+            for uuid, subjects in self.by_uuid.items()
+            if uuid not in self.seen and (complete or uuid in self.absent)
+            for subject in subjects
+        ]
+        return sorted([*self._drifts, *gone], key=lambda d: (d.user_id, d.key or ""))
+
+
 def compare(
     subjects: Iterable[Subject],
-    records: Mapping[str, Record],
+    records: Iterable[Record],
     kinds: Mapping[str, str],
     types: Mapping[str, str],
     *,
     match: str,
     complete: bool,
     absent: Set[str] = frozenset(),
-) -> Iterator[Drift]:
-    """The drift of each subject. ``records``: those read, by uuid; ``kinds``: the keys the job writes (key →
-    ``audience`` or ``trait``); ``types``: the attributes the job created (key → type; empty for contacts,
-    whose attributes have none); ``match``: ``external_id`` or ``email``; ``complete``: every record that
-    exists was read, so a record not among them is ``gone`` (otherwise only those in ``absent``, proven gone
-    one by one, are)."""
-    by_match: dict[str, str] = {}
-    for record in records.values():
-        value = record.external_id if match == "external_id" else record.email
-        if value:
-            by_match.setdefault(value, record.uuid)
-    for subject in subjects:
-        if not subject.remote_id:
-            found = by_match.get(subject.match_value or "") if subject.remote_id == "" else None
-            if found is not None:
-                yield Drift(subject.user_id, None, "found", None, found, found)
-            continue
-        held = records.get(subject.remote_id)
-        if held is None:
-            if complete or subject.remote_id in absent:
-                yield Drift(subject.user_id, None, "gone", None, None, subject.remote_id)
-            continue
-        yield from _keys(subject, held, kinds, types)
+) -> list[Drift]:
+    """The drift of ``subjects`` against ``records`` read at once (``Comparer``)."""
+    comparer = Comparer(subjects, kinds, types, match)
+    for record in records:
+        comparer.see(record)
+    comparer.absent.update(absent)
+    return comparer.drifts(complete)
 
 
 def expected_values(state: Mapping[str, Any], kinds: Mapping[str, str]) -> dict[str, Any]:
@@ -99,7 +136,7 @@ def expected_values(state: Mapping[str, Any], kinds: Mapping[str, str]) -> dict[
 
 
 def _keys(subject: Subject, record: Record, kinds: Mapping[str, str], types: Mapping[str, str]) -> Iterator[Drift]:
-    for key, expected in sorted(expected_values(subject.state, kinds).items()):
+    for key, expected in sorted(expected_values(orjson.loads(subject.state), kinds).items()):
         if key not in record.custom:
             if expected is not None and expected is not False:  # a non-member never written holds nothing
                 yield Drift(subject.user_id, key, "missing", expected, None, record.uuid)

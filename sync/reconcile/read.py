@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Mapping, Set
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -17,7 +17,7 @@ import orjson
 
 from sync.destinations.http import HttpDestination
 from sync.errors import DeliveryError, SyncError
-from sync.reconcile.compare import Record
+from sync.reconcile.compare import Comparer, Record
 
 PER_PAGE = 200  # the most ChartMogul's list endpoints give a page
 READS = ("auto", "list", "each")
@@ -29,69 +29,48 @@ class ReadError(SyncError):
 
 @dataclass
 class Reading:
-    """What was read: the records kept, whether every record of the account was seen (``complete``), the
-    uuids proven gone one by one (``absent``), and what it cost."""
+    """How the reading went: whether every record of the account was seen (``complete``), and what it
+    cost. The records themselves go to the ``Comparer`` as they are read."""
 
     how: str
-    records: dict[str, Record] = field(default_factory=dict)
-    absent: set[str] = field(default_factory=set)
     complete: bool = False
     requests: int = 0
     pages: int = 0
     cut_short: str | None = None  # why the reading stopped before it was done
 
 
-@dataclass(frozen=True)
-class Wanted:
-    """What the job's subjects need: the uuids they are matched to, and the external ids or emails of those
-    that had no record (to see whether one has appeared)."""
-
-    uuids: Set[str]
-    match_values: Set[str]
-    match: str  # external_id or email
-
-    def keeps(self, record: Record) -> bool:
-        value = record.external_id if self.match == "external_id" else record.email
-        return record.uuid in self.uuids or (value is not None and value in self.match_values)
-
-    @property
-    def count(self) -> int:
-        return len(self.uuids) + len(self.match_values)
-
-
 class Reader:
-    """Reads one job's records from ChartMogul with ``destination``'s engine."""
+    """Reads one job's records from ChartMogul with ``destination``'s engine, into a ``Comparer``."""
 
     def __init__(self, destination: HttpDestination, base_url: str, target: str, stop: threading.Event) -> None:
         self.destination, self.base, self.target, self.stop = destination, base_url.rstrip("/"), target, stop
         self._path = urlsplit(self.base).path
 
-    async def read(self, wanted: Wanted, how: str) -> Reading:
-        """Read what ``wanted`` needs. ``how``: ``list``, ``each``, or ``auto``: the first page of the list
-        tells how many pages the account has, and the records are then read one by one when that is fewer
-        requests."""
+    async def read(self, comparer: Comparer, how: str) -> Reading:
+        """Read what ``comparer``'s subjects need. ``how``: ``list``, ``each``, or ``auto``: the first page of
+        the list tells how many pages the account has, and the rest is then read record by record when that
+        takes fewer requests."""
         reading = Reading("list" if how == "auto" else how)
-        if how == "each":
-            await self._each(wanted, reading)
-            return reading
-        cursor: str | None = None
         try:
+            if how == "each":
+                await self._each(comparer, reading)
+                return reading
+            cursor: str | None = None
             while True:
                 if self.stop.is_set():
                     reading.cut_short = "stopped"
                     return reading
                 page = await self._page(cursor, reading)
-                entries, more, cursor, total = self._entries(page)
+                entries, more, cursor, total = self._entries(page, f"GET {self._path}/{self.target}s")
                 for entry in entries:
-                    record = self._record(entry, "list")
-                    if wanted.keeps(record):
-                        reading.records[record.uuid] = record
+                    comparer.see(self._record(entry, "list"))
                 if not more:
                     reading.complete = True
                     return reading
-                if how == "auto" and reading.pages == 1 and total is not None and wanted.count < total - 1:
-                    reading.how = "each"  # one by one costs fewer requests than the pages left
-                    await self._each(wanted, reading)
+                needed = len(comparer.by_uuid) - len(comparer.seen) + len(comparer.by_value)
+                if how == "auto" and reading.pages == 1 and total is not None and needed < total - 1:
+                    reading.how = "each"  # one by one takes fewer requests than the pages left
+                    await self._each(comparer, reading)
                     return reading
         except DeliveryError as exc:
             self._refused(exc)
@@ -105,11 +84,12 @@ class Reader:
         reading.pages += 1
         return self._json(response.content, f"GET {self._path}/{self.target}s")
 
-    async def _each(self, wanted: Wanted, reading: Reading) -> None:
-        """The matched records one by one (404: gone), and a lookup for each subject that had none."""
+    async def _each(self, comparer: Comparer, reading: Reading) -> None:
+        """The job's records not read yet one by one (404: gone), and a lookup for each subject that had
+        none; DeliveryError (the first) when one failed past its retries."""
         lanes = asyncio.Semaphore(self.destination.capabilities.max_connections)
-        todo: list[tuple[str, str]] = [("uuid", u) for u in sorted(wanted.uuids) if u not in reading.records]
-        todo += [("match", v) for v in sorted(wanted.match_values)]
+        todo = [("uuid", u) for u in sorted(comparer.by_uuid) if u not in comparer.seen]
+        todo += [("match", v) for v in sorted(comparer.by_value)]
         problems: list[DeliveryError] = []
 
         async def one(kind: str, value: str) -> None:
@@ -118,52 +98,44 @@ class Reader:
                     return
                 try:
                     if kind == "uuid":
-                        await self._one(value, reading)
+                        await self._one(value, comparer, reading)
                     else:
-                        await self._look_up(value, wanted, reading)
+                        await self._look_up(value, comparer, reading)
                 except DeliveryError as exc:
                     problems.append(exc)
 
         await asyncio.gather(*(one(kind, value) for kind, value in todo))
         if problems:
-            self._refused(problems[0])
-            reading.cut_short = problems[0].reason
-        elif self.stop.is_set():
+            raise problems[0]
+        if self.stop.is_set():
             reading.cut_short = "stopped"
-        else:
-            reading.complete = False  # one by one proves what it read, never that nothing else exists
 
-    async def _one(self, uuid: str, reading: Reading) -> None:
+    async def _one(self, uuid: str, comparer: Comparer, reading: Reading) -> None:
         path = f"/{self.target}s/{quote(uuid, safe='')}"
         response, attempts = await self.destination.exchange("GET", self.base + path, expect=frozenset({404}))
         reading.requests += attempts
         if response.status_code == 404:
-            reading.absent.add(uuid)
+            comparer.absent.add(uuid)
             return
-        record = self._record(self._json(response.content, f"GET {self._path}/{self.target}s/{{uuid}}"), "get")
-        reading.records[record.uuid] = record
+        comparer.see(self._record(self._json(response.content, f"GET {self._path}/{self.target}s/{{uuid}}"), "get"))
 
-    async def _look_up(self, value: str, wanted: Wanted, reading: Reading) -> None:
+    async def _look_up(self, value: str, comparer: Comparer, reading: Reading) -> None:
         """The record with ``value`` as its external id or email, if one has appeared."""
-        value_q = quote(value, safe="")
+        escaped = quote(value, safe="")
         if self.target == "customer":
-            path = (
-                f"/customers?external_id={value_q}"
-                if wanted.match == "external_id"
-                else f"/customers/search?email={value_q}"
-            )
+            by_email = f"/customers/search?email={escaped}"
+            path = f"/customers?external_id={escaped}" if comparer.match == "external_id" else by_email
         else:
-            column = "customer_external_id" if wanted.match == "external_id" else "email"
-            path = f"/contacts?{column}={value_q}"
+            column = "customer_external_id" if comparer.match == "external_id" else "email"
+            path = f"/contacts?{column}={escaped}"
         response, attempts = await self.destination.exchange("GET", self.base + path, expect=frozenset({404}))
         reading.requests += attempts
         if response.status_code == 404:
             return
-        entries, _, _, _ = self._entries(self._json(response.content, f"GET {self._path}{path.split('?')[0]}"))
+        endpoint = f"GET {self._path}{path.split('?')[0]}"
+        entries, _, _, _ = self._entries(self._json(response.content, endpoint), endpoint)
         for entry in entries:
-            record = self._record(entry, "lookup")
-            if wanted.keeps(record):
-                reading.records[record.uuid] = record
+            comparer.see(self._record(entry, "lookup"))
 
     def _json(self, content: bytes, endpoint: str) -> Any:
         try:
@@ -171,8 +143,7 @@ class Reader:
         except orjson.JSONDecodeError:
             raise ReadError(f"{endpoint} answered with something that is not JSON") from None
 
-    def _entries(self, page: Any) -> tuple[list[Mapping[str, Any]], bool, str | None, int | None]:
-        endpoint = f"GET {self._path}/{self.target}s"
+    def _entries(self, page: Any, endpoint: str) -> tuple[list[Mapping[str, Any]], bool, str | None, int | None]:
         if not isinstance(page, dict) or not isinstance(page.get("entries"), list):
             raise ReadError(f"{endpoint} answered without a list of entries")
         more = page.get("has_more")

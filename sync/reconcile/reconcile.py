@@ -25,8 +25,8 @@ from sync.clock import Clock, Sleep, utc_now
 from sync.config import ChartMogulApiConfig, JobConfig
 from sync.destinations.factory import build_destination, remote_ids
 from sync.errors import ConfigError, SyncError
-from sync.reconcile.compare import DRIFTS, RECONCILE, Drift, Subject, compare
-from sync.reconcile.read import READS, Reader, ReadError, Wanted
+from sync.reconcile.compare import DRIFTS, RECONCILE, Comparer, Drift, Subject
+from sync.reconcile.read import READS, Reader, ReadError
 from sync.run import lease
 from sync.run.delivery import ClientFactory, default_client
 from sync.store import Store, store_reason
@@ -153,22 +153,14 @@ def _reconcile(
         assert scope is not None  # a chartmogul_api destination keeps record ids
         kinds = {key: kind for key, kind in store.tracked_keys(job.name).items() if kind in ("audience", "trait")}
         subjects = _subjects(store, job, settings, scope.scope, options)
-        result.checked = len(subjects)
-        wanted = Wanted(
-            {s.remote_id for s in subjects if s.remote_id},
-            {s.match_value for s in subjects if s.remote_id == "" and s.match_value},
-            settings.match,
-        )
         types = store.remote_attributes(job.name, scope.scope) if settings.target == "customer" else {}
-        reading = asyncio.run(_read(settings, wanted, options.read, clients, sleep, clock, stop))
+        comparer = Comparer(subjects, kinds, types, settings.match)
+        del subjects
+        result.checked = comparer.checked
+        reading = asyncio.run(_read(settings, comparer, options.read, clients, sleep, clock, stop))
         result.how, result.requests, result.pages = reading.how, reading.requests, reading.pages
         result.complete, result.cut_short = reading.complete, reading.cut_short
-        result.drifts = list(
-            compare(
-                subjects, reading.records, kinds, types, match=settings.match, complete=reading.complete,
-                absent=reading.absent,
-            )
-        )  # fmt: skip
+        result.drifts = comparer.drifts(reading.complete)
         result.status = "succeeded" if reading.cut_short is None else "partial"
         if reading.cut_short is not None:
             result.error = f"the reading was cut short ({reading.cut_short}): only what was read is judged"
@@ -231,13 +223,13 @@ def _subjects(
     for user in users:
         remote = ids.get(user)
         value = user if settings.match == "external_id" else emails.get(user)
-        subjects.append(Subject(user, states.get(user, {}), remote, value if isinstance(value, str) else None))
+        subjects.append(Subject(user, states.get(user, "{}"), remote, value if isinstance(value, str) else None))
     return subjects
 
 
 async def _read(
     settings: ChartMogulApiConfig,
-    wanted: Wanted,
+    comparer: Comparer,
     how: str,
     clients: ClientFactory,
     sleep: Sleep,
@@ -247,7 +239,7 @@ async def _read(
     async with clients(settings.max_connections) as client:
         destination = build_destination(settings, client, sleep=sleep, clock=clock)
         reader = Reader(destination, settings.base_url, settings.target, stop)
-        return await reader.read(wanted, how)
+        return await reader.read(comparer, how)
 
 
 def _repair(store: Store, job: JobConfig, result: Reconciliation, clock: Clock) -> None:

@@ -8,7 +8,6 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-import orjson
 from sqlalchemy import Engine, delete, func, insert, select, update
 
 from sync.store.common import dumps
@@ -22,13 +21,12 @@ _FETCH = 10_000
 class DriftStore:
     engine: Engine
 
-    def subject_states(self, job: str) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Every acknowledged subject of a job with its state, in user id order."""
+    def subject_states(self, job: str) -> Iterator[tuple[str, str]]:
+        """Every acknowledged subject of a job with its state as kept (JSON), in user id order."""
         query = select(AckState.user_id, AckState.state).where(AckState.job == job).order_by(AckState.user_id)
         with self.engine.connect() as connection:
             result = connection.execution_options(stream_results=True, yield_per=_FETCH).execute(query)
-            for user_id, state in result:
-                yield user_id, orjson.loads(state)
+            yield from ((user_id, state) for user_id, state in result)
 
     def scoped_remote_ids(self, job: str, scope: str) -> dict[str, str]:
         """Every record id kept for the job's subjects in ``scope`` ("" for a subject found to have none)."""
