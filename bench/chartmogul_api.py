@@ -36,9 +36,9 @@ from bench.generate import generate, job_yaml, write_files  # noqa: E402
 from bench.steps import initial  # noqa: E402
 from sync.config import ChartMogulApiConfig, parse_config  # noqa: E402
 from sync.destinations.chartmogul_api import ChartMogulApi, ChartMogulApiTarget  # noqa: E402
+from sync.destinations.transport import default_client  # noqa: E402
 from sync.dev.chartmogul_account import Account  # noqa: E402
 from sync.dev.chartmogul_api import ChartMogulApiReceiver  # noqa: E402
-from sync.run.delivery import default_client  # noqa: E402
 from sync.run.runner import Runner  # noqa: E402
 from sync.store import Store  # noqa: E402
 

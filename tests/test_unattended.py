@@ -18,8 +18,8 @@ from sync.clock import utc_now
 from sync.destinations.base import Outgoing
 from sync.destinations.breaker import Breaker
 from sync.destinations.factory import build_destination
+from sync.destinations.transport import default_client
 from sync.dev.receiver import Receiver
-from sync.run.delivery import default_client
 from sync.run.runner import Runner
 from sync.scheduler.daemon import Daemon
 from sync.store import Store

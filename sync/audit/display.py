@@ -7,15 +7,16 @@ import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table
 
 from sync.errors import SyncError
 from sync.model import RUN_COUNTS
+
+if TYPE_CHECKING:  # pyarrow (50 MiB) loads only to write Parquet
+    import pyarrow as pa
 
 FORMATS = ("table", "csv", "jsonl", "parquet")
 # Integer columns keep their type in Parquet; every other column is text (values as JSON where needed).
@@ -41,7 +42,7 @@ _INTEGER_FIELDS = frozenset(
 )
 # Columns whose values Parquet holds as JSON text (``true``, ``12.5``, ``"gold"``; null is Parquet's null), and
 # says so in each such column's metadata (``encoding: json``).
-JSON_FIELDS = frozenset({"old", "new", "issues"})
+JSON_FIELDS = frozenset({"old", "new", "issues", "expected", "found"})
 # Rows per Parquet row group: bounded memory however many rows there are.
 _PARQUET_BATCH = 50_000
 
@@ -107,6 +108,9 @@ def _csv_field(text: str) -> str:
 
 
 def _parquet(rows: Iterable[Mapping[str, Any]], fields: Sequence[str], output: Path) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     schema = pa.schema([_parquet_field(f) for f in fields])
     count = 0
     with pq.ParquetWriter(output, schema) as writer:
@@ -123,6 +127,8 @@ def _parquet(rows: Iterable[Mapping[str, Any]], fields: Sequence[str], output: P
 
 
 def _parquet_field(name: str) -> pa.Field:
+    import pyarrow as pa
+
     if name in _INTEGER_FIELDS:
         return pa.field(name, pa.int64())
     if name in JSON_FIELDS:
@@ -131,6 +137,8 @@ def _parquet_field(name: str) -> pa.Field:
 
 
 def _arrow(batch: list[Mapping[str, Any]], fields: Sequence[str], schema: pa.Schema) -> pa.Table:
+    import pyarrow as pa
+
     columns = {f: [_parquet_value(f, row.get(f)) for row in batch] for f in fields}
     return pa.table(columns, schema=schema)
 

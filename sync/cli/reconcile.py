@@ -14,9 +14,7 @@ from sync.reconcile.compare import DRIFT_FIELDS, DRIFTS, Drift
 from sync.reconcile.read import READS
 from sync.reconcile.reconcile import SAMPLE, Busy, Options, Reconciliation, type_advice
 from sync.reconcile.reconcile import reconcile as reconcile_job
-from sync.run.alerts import Alerts
 from sync.run.report import EXIT_BUSY, EXIT_DRIFT, EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, RunOptions
-from sync.run.runner import Runner
 from sync.text import plural
 
 
@@ -87,6 +85,9 @@ def reconcile(
         code = _exit_code(result)
         if repair and now and result.status != "failed" and (result.repaired or result.looked_up):
             click.echo("running the repair now", err=True)
+            from sync.run.alerts import Alerts  # a run loads what diffing needs; a reconciliation does not
+            from sync.run.runner import Runner
+
             report = Runner(store, stop=stop, alerts=Alerts(config.notify)).run(
                 settings, RunOptions(trigger="reconcile")
             )

@@ -10,14 +10,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sync.clock import utc_now
 from sync.config import Config, JobConfig
 from sync.errors import SyncError
-from sync.run.alerts import Alerts
 from sync.run.report import RunOptions
-from sync.run.runner import Runner
 from sync.store import Store
+
+if TYPE_CHECKING:  # a run (and the pandas, pyarrow and DuckDB it needs) loads with the first action
+    from sync.run.runner import Runner
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,9 @@ class Actions:
         self._refuse_if_running(job)
         before = max((run.id for run in self.store.runs(job, 1)), default=0)
         options = RunOptions(full=full, dry_run=dry_run, trigger="console")
+        from sync.run.alerts import Alerts
+        from sync.run.runner import Runner
+
         runner = Runner(self.store, alerts=Alerts(config.notify))
         if retry:
             self.store.revive(job)

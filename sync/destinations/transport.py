@@ -13,7 +13,7 @@ from __future__ import annotations
 import errno
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import aiohttp
 import httpx
@@ -98,3 +98,12 @@ def _timeout(phases: Mapping[str, float | None]) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(
         total=None, connect=phases.get("pool"), sock_connect=phases.get("connect"), sock_read=phases.get("read")
     )
+
+
+# What makes a destination's client, given its connection cap (tests give their own).
+ClientFactory = Callable[[int], httpx.AsyncClient]
+
+
+def default_client(max_connections: int) -> httpx.AsyncClient:
+    """httpx's client on aiohttp's connection pool (``AiohttpTransport``)."""
+    return httpx.AsyncClient(transport=AiohttpTransport(max_connections), follow_redirects=False)

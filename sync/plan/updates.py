@@ -11,11 +11,12 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from sync.model import PROFILE_KIND, Computation, KeyChange, Update, change_kind
+
+if TYPE_CHECKING:  # `tally` is used where no run diffs (delivery, reconcile): pandas loads with `plan_updates`
+    import pandas as pd
 
 # Segment: a messageId must be unique and shorter than 100 characters.
 MESSAGE_ID_PREFIX = "as-"
@@ -87,6 +88,8 @@ def tally(
 
 def _present_values(state: pd.DataFrame, users: Sequence[str], keys: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Each user's members-only / non-null values, the form the state store keeps."""
+    import pandas as pd
+
     rows = state.reindex(index=pd.Index(users), columns=pd.Index(keys))
     columns = [rows[key].tolist() for key in keys]
     result: dict[str, dict[str, Any]] = {}

@@ -72,13 +72,17 @@ class Comparer:
         self, subjects: Iterable[Subject], kinds: Mapping[str, str], types: Mapping[str, str], match: str
     ) -> None:
         self.kinds, self.types, self.match = dict(kinds), dict(types), match
-        self.by_uuid: dict[str, list[Subject]] = {}
+        self.by_uuid: dict[str, Subject] = {}
+        self._sharing: dict[str, list[Subject]] = {}  # more subjects matched to one record (a merge), rare
         self.by_value: dict[str, list[Subject]] = {}  # those found to have no record, by what finds them
         self.checked = 0
         for subject in subjects:
             self.checked += 1
             if subject.remote_id:
-                self.by_uuid.setdefault(subject.remote_id, []).append(subject)
+                if subject.remote_id in self.by_uuid:
+                    self._sharing.setdefault(subject.remote_id, []).append(subject)
+                else:
+                    self.by_uuid[subject.remote_id] = subject
             elif subject.remote_id == "" and subject.match_value:
                 self.by_value.setdefault(subject.match_value, []).append(subject)
         self.seen: set[str] = set()  # uuids of the job's records read
@@ -91,7 +95,7 @@ class Comparer:
         matched = self.by_uuid.get(record.uuid)
         if matched is not None and record.uuid not in self.seen:
             self.seen.add(record.uuid)
-            for subject in matched:
+            for subject in (matched, *self._sharing.get(record.uuid, ())):
                 self._drifts.extend(_keys(subject, record, self.kinds, self.types))
         value = record.external_id if self.match == "external_id" else record.email
         for subject in self.by_value.get(value or "", ()):
@@ -104,9 +108,9 @@ class Comparer:
         job's records not among them is ``gone`` (otherwise only those proven ``absent`` are)."""
         gone = [
             Drift(subject.user_id, None, "gone", None, None, uuid)
-            for uuid, subjects in self.by_uuid.items()
+            for uuid, first in self.by_uuid.items()
             if uuid not in self.seen and (complete or uuid in self.absent)
-            for subject in subjects
+            for subject in (first, *self._sharing.get(uuid, ()))
         ]
         return sorted([*self._drifts, *gone], key=lambda d: (d.user_id, d.key or ""))
 

@@ -15,8 +15,10 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -24,11 +26,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from sync.clock import Clock, Sleep, utc_now
 from sync.config import ChartMogulApiConfig, JobConfig
 from sync.destinations.factory import build_destination, remote_ids
+from sync.destinations.transport import ClientFactory, default_client
 from sync.errors import ConfigError, SyncError
 from sync.reconcile.compare import DRIFTS, RECONCILE, Comparer, Drift, Subject
 from sync.reconcile.read import READS, Reader, ReadError
 from sync.run import lease
-from sync.run.delivery import ClientFactory, default_client
 from sync.store import Store, store_reason
 
 log = logging.getLogger(__name__)
@@ -204,27 +206,40 @@ def _reconcile(
 
 def _subjects(
     store: Store, job: JobConfig, settings: ChartMogulApiConfig, scope: str, options: Options
-) -> list[Subject]:
-    """The subjects to check: every acknowledged one and every one found to have no record, bounded by
-    ``limit`` or ``sample``."""
-    ids = store.scoped_remote_ids(job.name, scope)
-    states = dict(store.subject_states(job.name))
-    users = sorted(set(states) | {u for u, remote in ids.items() if remote == ""})
+) -> Iterator[Subject]:
+    """The subjects to check, streamed from the store: every acknowledged one and every one found to have no
+    record, bounded by ``limit`` or ``sample``."""
+    with closing(store.subjects_to_check(job.name, scope)) as rows:
+        yield from _chosen(store, job, settings, options, rows)
+
+
+def _chosen(
+    store: Store,
+    job: JobConfig,
+    settings: ChartMogulApiConfig,
+    options: Options,
+    rows: Iterator[tuple[str, str, str | None]],
+) -> Iterator[Subject]:
+    rng = random.Random(options.seed)
+    chosen = rows
     if options.sample is not None:
-        rng = random.Random(options.seed)
-        users = [u for u in users if rng.random() < options.sample]
+        share = options.sample
+        chosen = (row for row in chosen if rng.random() < share)
     if options.limit is not None:
-        users = users[: options.limit]
-    unmatched = [u for u in users if ids.get(u) == ""]
-    emails: Mapping[str, Any] = {}
-    if settings.match == "email" and unmatched:
-        emails = {u: p.get("email") for u, p in store.last_profiles(job.name, unmatched).items()}
-    subjects = []
-    for user in users:
-        remote = ids.get(user)
-        value = user if settings.match == "external_id" else emails.get(user)
-        subjects.append(Subject(user, states.get(user, "{}"), remote, value if isinstance(value, str) else None))
-    return subjects
+        chosen = islice(chosen, options.limit)
+    if settings.match == "external_id":
+        yield from (Subject(user, state, remote, user) for user, state, remote in chosen)
+        return
+    unmatched: list[tuple[str, str, str | None]] = []
+    for user, state, remote in chosen:  # by email: the emails of those without a record come from their updates
+        if remote == "":
+            unmatched.append((user, state, remote))
+        else:
+            yield Subject(user, state, remote)
+    emails = store.last_profiles(job.name, [user for user, _, _ in unmatched])
+    for user, state, remote in unmatched:
+        email = emails.get(user, {}).get("email")
+        yield Subject(user, state, remote, email if isinstance(email, str) else None)
 
 
 async def _read(

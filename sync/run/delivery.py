@@ -25,7 +25,7 @@ from sync.destinations.base import DeliveryResult, Destination, Outgoing, SendWi
 from sync.destinations.breaker import Breaker
 from sync.destinations.factory import build_destination
 from sync.destinations.outcomes import WEBHOOK_REFUSED, is_rejection
-from sync.destinations.transport import AiohttpTransport
+from sync.destinations.transport import ClientFactory
 from sync.errors import SyncError
 from sync.model import Update
 from sync.plan.updates import tally
@@ -45,13 +45,6 @@ REFUSALS_TO_STOP = 3
 WINDOW_PER_CONNECTION = 4
 # Progress and trouble are logged this often while a run sends.
 PROGRESS_INTERVAL_S = 10.0
-
-ClientFactory = Callable[[int], httpx.AsyncClient]
-
-
-def default_client(max_connections: int) -> httpx.AsyncClient:
-    """httpx's client on aiohttp's connection pool (``sync.destinations.transport``)."""
-    return httpx.AsyncClient(transport=AiohttpTransport(max_connections), follow_redirects=False)
 
 
 class Progress(Protocol):

@@ -27,12 +27,13 @@ from sync.clock import Clock, Sleep, utc_now
 from sync.config import JobConfig
 from sync.destinations.breaker import Breaker
 from sync.destinations.factory import call_spec, remote_ids
+from sync.destinations.transport import ClientFactory, default_client
 from sync.errors import GuardError, SyncError
 from sync.model import Update
 from sync.plan.planner import BATCH, KEEP, Plan, Planner, Prior
 from sync.run import lease
 from sync.run.alerts import RECENT_RUNS, Alerts, RunFacts
-from sync.run.delivery import PROGRESS_INTERVAL_S, ClientFactory, Delivery, Pace, Progress, default_client
+from sync.run.delivery import PROGRESS_INTERVAL_S, Delivery, Pace, Progress
 from sync.run.lease import LEASE_TTL, process_owner
 from sync.run.report import RunOptions as RunOptions
 from sync.run.report import RunReport as RunReport

@@ -4,11 +4,11 @@ with its run), and the subjects it asked the next run to resend (``repairs``).""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy import Engine, delete, exists, func, insert, literal, literal_column, select, union_all, update
 
 from sync.store.common import dumps
 from sync.store.models import AckState, Drift, RemoteId, Repair, Run, RunUpdate
@@ -21,18 +21,30 @@ _FETCH = 10_000
 class DriftStore:
     engine: Engine
 
-    def subject_states(self, job: str) -> Iterator[tuple[str, str]]:
-        """Every acknowledged subject of a job with its state as kept (JSON), in user id order."""
-        query = select(AckState.user_id, AckState.state).where(AckState.job == job).order_by(AckState.user_id)
+    def subjects_to_check(self, job: str, scope: str) -> Generator[tuple[str, str, str | None]]:
+        """Every subject a reconciliation checks, in user id order: each acknowledged one with its state as
+        kept (JSON) and its record id in ``scope`` (None: never found), then those found to have no record
+        and never acknowledged (state ``"{}"``, record id ``""``). Streamed: one pass, nothing held."""
+        remote = (
+            select(RemoteId.user_id, RemoteId.remote_id).where(RemoteId.job == job, RemoteId.scope == scope).subquery()
+        )
+        acknowledged = (
+            select(AckState.user_id, AckState.state, remote.c.remote_id)
+            .join(remote, remote.c.user_id == AckState.user_id, isouter=True)
+            .where(AckState.job == job)
+        )
+        never = (
+            select(RemoteId.user_id, literal("{}"), RemoteId.remote_id)
+            .where(RemoteId.job == job, RemoteId.scope == scope, RemoteId.remote_id == "")
+            .where(~exists().where(AckState.job == job, AckState.user_id == RemoteId.user_id))
+        )
+        query = union_all(acknowledged, never).order_by(literal_column("user_id"))
         with self.engine.connect() as connection:
             result = connection.execution_options(stream_results=True, yield_per=_FETCH).execute(query)
-            yield from ((user_id, state) for user_id, state in result)
-
-    def scoped_remote_ids(self, job: str, scope: str) -> dict[str, str]:
-        """Every record id kept for the job's subjects in ``scope`` ("" for a subject found to have none)."""
-        query = select(RemoteId.user_id, RemoteId.remote_id).where(RemoteId.job == job, RemoteId.scope == scope)
-        with self.engine.connect() as connection:
-            return {user: remote for user, remote in connection.execute(query)}
+            try:
+                yield from ((user_id, state, remote_id) for user_id, state, remote_id in result)
+            finally:  # also when the reader stops early (--limit): the server-side cursor ends here
+                result.close()
 
     def last_profiles(self, job: str, user_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The profile each subject's newest update carried (what it is found by, for one never acknowledged)."""

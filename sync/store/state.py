@@ -7,14 +7,9 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-import numpy as np
 import orjson
-import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from sqlalchemy import (
     Connection,
     Engine,
@@ -30,7 +25,6 @@ from sqlalchemy.orm import Session
 from sync.destinations.base import DeliveryResult
 from sync.destinations.outcomes import is_rejection
 from sync.model import Computation, Update
-from sync.snapshot.engine import SCHEME, stored_table
 from sync.store import dialect
 from sync.store.common import dumps
 from sync.store.models import (
@@ -43,6 +37,10 @@ from sync.store.models import (
 )
 from sync.store.rejections import RejectionStore
 from sync.store.remote import RemoteStore
+
+if TYPE_CHECKING:  # at run time pandas, pyarrow and DuckDB (150 MiB) load only in the methods a run uses
+    import pandas as pd
+    import pyarrow as pa
 
 # Rows per INSERT/UPDATE statement: keeps SQLite under its bound-parameter limit.
 _CHUNK = 500
@@ -139,6 +137,8 @@ class StateStore(RemoteStore, RejectionStore):
     ) -> Baseline:
         """The acknowledged state restricted to the tracked keys of ``computations``: of every user, or of
         ``user_ids`` only."""
+        import pandas as pd
+
         keys = [c.key for c in computations if c.key in set(tracked)]
         users: list[str] = []
         states: list[dict[str, Any]] = []
@@ -179,6 +179,13 @@ class StateStore(RemoteStore, RejectionStore):
         Read from the fingerprint index plus the rows written since it was made; fingerprints of another
         hash scheme come back as not known. Without an index, every row is read.
         """
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        from sync.snapshot.engine import SCHEME
+
         parts = self._index_parts(job)
         if not parts:
             return self._fingerprint_rows(job)
@@ -202,12 +209,18 @@ class StateStore(RemoteStore, RejectionStore):
 
     def _fingerprint_rows(self, job: str, after_run: int | None = None) -> pa.Table:
         """(user_id, fingerprint) rows of ``ack_state``, all or those written after run ``after_run``."""
+        import pyarrow as pa
+
+        from sync.snapshot.engine import stored_table
+
         pieces = list(self.fingerprint_pieces(job, after_run))
         return pa.concat_tables(pieces) if pieces else stored_table([], [])
 
     def fingerprint_pieces(self, job: str, after_run: int | None = None) -> Iterator[pa.Table]:
         """``_fingerprint_rows`` in pieces of at most ``_FETCH`` rows, for a reader that never needs them all
         at once (``STORED_SCHEMA``; a fingerprint not recorded is 0 and not known)."""
+        from sync.snapshot.engine import stored_table
+
         query = select(AckState.user_id, AckState.fingerprint).where(AckState.job == job)
         if after_run is not None:
             query = query.where(AckState.run_id > after_run)
@@ -233,6 +246,11 @@ class StateStore(RemoteStore, RejectionStore):
         """Rewrite the job's fingerprint index when it is missing, of another scheme, or when the rows
         written since it was made exceed ``share`` of it; run by the job's lease holder after a run.
         Returns whether it was rewritten."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from sync.snapshot.engine import SCHEME
+
         with self.engine.connect() as connection:
             meta = connection.execute(
                 select(FingerprintIndex.scheme, FingerprintIndex.as_of_run, func.sum(FingerprintIndex.rows))
