@@ -3,6 +3,7 @@ repaired by the next run, and a second reconciliation clean; a refused key, a li
 of the wrong shape; bounded checks; the CLI, its output and its records."""
 
 import json
+import threading
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
@@ -20,12 +21,13 @@ from sync.config import JobConfig, JobOutline, Outline
 from sync.console.app import Settings
 from sync.console.server import ConsoleServer
 from sync.dev.chartmogul_api import ChartMogulApiReceiver
-from sync.reconcile.compare import Drift, holds, same
+from sync.reconcile.compare import DRIFT_FIELDS, Drift, holds, same
 from sync.reconcile.reconcile import Options, reconcile
 from sync.run.runner import Runner
 from sync.store import Store
 from tests.conftest import RecordingSleep, Warehouse, job_dict, make_config
 from tests.test_chartmogul_api import API_KEY, KNOWN, USERS, account, api_job, api_raw, customer_of, seed
+from tests.test_json_contracts import documented
 from tests.warehouses import duckdb_warehouse
 
 
@@ -218,6 +220,7 @@ def test_the_cli_reports_records_and_repairs_now(
     lines = cli_runner.invoke(cli, ["--config", str(config), "reconcile", job.name, "--json", "--repair", "--now"])
     assert lines.exit_code == 6, lines.output
     rows = [json.loads(line) for line in lines.stdout.splitlines() if line.startswith("{")]
+    assert all(tuple(row) == DRIFT_FIELDS == tuple(documented("reconcile --json")) for row in rows)
     assert [(r["user_id"], r["key"], r["drift"], r["expected"], r["found"]) for r in rows] == [
         ("u001", "seats", "differs", 1, 42)
     ]
@@ -292,3 +295,25 @@ def test_a_repair_is_resent_by_the_warehouse_engine_too(
     assert customer_of(api, "u001")["attributes"]["custom"]["vip"] is True
     assert customer_of(api, "u005")["attributes"]["custom"]["seats"] == 5
     assert reconcile(store, job, Options()).drifts == [] and runner.run(job).updates == 0
+
+
+def test_a_reconciliation_asked_to_stop_ends_incomplete(
+    store: Store, sleep: RecordingSleep, warehouse: Warehouse, api: ChartMogulApiReceiver
+) -> None:
+    """SIGTERM sets the stop event (`stop_on_signals`): the reading ends after the page in flight."""
+    job = synced(store, sleep, warehouse, api, target="customer")
+    for n in range(500):
+        api.account.add_customer(f"other-{n}")
+    api.delete(uuid_of(api, "u002"))
+    stop = threading.Event()
+
+    def stopping(request: Mapping[str, Any]) -> None:
+        if request["path"] == "/v1/customers":
+            stop.set()  # as the signal would, while the first page is answered
+
+    api.faults.respond = stopping
+    result = reconcile(store, job, Options(read="list"), stop=stop)
+    assert (result.status, result.cut_short, result.pages) == ("partial", "stopped", 1)
+    assert result.drifts == []  # u002 was not on a page that was read to its end: not claimed gone
+    run = store.run(result.run_id)
+    assert run is not None and run.status == "partial" and "cut short (stopped)" in (run.error or "")
