@@ -21,7 +21,6 @@ import json
 import math
 import os
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -124,19 +123,32 @@ def drift(account: Account, uuids: list[str], share: float, seed: int = 11) -> s
     return expected
 
 
-def reconcile_once(config: Path, output: Path) -> tuple[dict[str, Any], float, float]:
-    """One `audience-sync reconcile` in a process of its own: its summary, wall time and peak RSS (MiB)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+# The reconcile command, telling its own peak RSS (VmHWM) when it exits. The rusage of a child would not do:
+# Linux keeps a forked child's peak across exec, so a child of this process (which holds the receiver's
+# account) would report this process's size.
+_MEASURED = (
+    "import atexit, sys\n"
+    "def peak():\n"
+    "    hwm = next(l for l in open('/proc/self/status') if l.startswith('VmHWM:'))\n"
+    "    print('peak_kib', hwm.split()[1], file=sys.stderr)\n"
+    "atexit.register(peak)\n"
+    "from sync.cli.main import main\n"
+    "sys.argv[0] = 'audience-sync'\n"
+    "main()\n"
+)
+
+
+def reconcile_once(config: Path, output: Path) -> tuple[float, float]:
+    """One `audience-sync reconcile` in a process of its own: its wall time and peak RSS (MiB)."""
     started = time.perf_counter()
-    command = [sys.executable, "-m", "sync", "--config", str(config), "--log-level", "warning", "reconcile", JOB,
+    command = [sys.executable, "-c", _MEASURED, "--config", str(config), "--log-level", "warning", "reconcile", JOB,
                "--format", "jsonl", "--output", str(output)]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "AUDIENCE_SYNC_STATE_URL": ""})
     seconds = time.perf_counter() - started
     if done.returncode not in (0, 6):
         raise SystemExit(f"reconcile failed ({done.returncode}): {done.stderr[-2000:]}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    run_id = int(json.loads(output.read_text().splitlines()[0])["run_id"]) if output.stat().st_size else None
-    return {"run_id": run_id}, seconds, max(peak, before) / 1024
+    peak = next(int(line.split()[1]) for line in done.stderr.splitlines() if line.startswith("peak_kib"))
+    return seconds, peak / 1024
 
 
 def main() -> None:
@@ -167,7 +179,7 @@ def main() -> None:
         times, peaks, requests, reading = [], [], [], []
         for attempt in range(args.repeat):
             output = workdir / f"drift-{attempt}.jsonl"
-            _, seconds, peak = reconcile_once(config, output)
+            seconds, peak = reconcile_once(config, output)
             rows = [json.loads(line) for line in output.read_text().splitlines()]
             found = {(r["user_id"], r["key"], r["drift"]) for r in rows}
             store = Store.open(state_url)

@@ -26,6 +26,7 @@ if [ -n "${BENCH_SMOKE:-}" ]; then
   .venv/bin/python bench/run.py --users 100000 --repeat 1 --results "$(mktemp)"
   .venv/bin/python bench/chartmogul_api.py --users 20000 --rate-users 120 --repeat 1
   .venv/bin/python bench/warehouse.py --users 20000 --churn 0.01 --repeat 1
-  .venv/bin/python bench/console.py --changes 5000 --jobs 3 --repeat 5
+  .venv/bin/python bench/console.py --changes 5000 --jobs 3 --history 200 --repeat 5
+  .venv/bin/python bench/reconcile.py --customers 5000 --repeat 1
 fi
 .venv/bin/pytest "$@"
