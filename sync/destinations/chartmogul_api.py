@@ -50,7 +50,7 @@ CAPABILITIES = Capabilities(
 )
 
 # An ISO 8601 date, or date and time with an optional offset: what ChartMogul's Timestamp takes.
-_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?$")
+TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?$")
 
 
 def attribute_type(value: Any) -> str | None:
@@ -64,7 +64,7 @@ def attribute_type(value: Any) -> str | None:
     if isinstance(value, float):
         return "Decimal"
     if isinstance(value, str):
-        if _TIMESTAMP.match(value):
+        if TIMESTAMP.match(value):
             return "Timestamp"
         if len(value) > MAX_STRING:
             raise ValueError(f"is {len(value)} characters; a String attribute holds at most {MAX_STRING}")

@@ -15,7 +15,6 @@ and as a whole:
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Iterator, Mapping, Set
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,10 +22,11 @@ from typing import Any
 
 import orjson
 
+from sync.destinations.chartmogul_api import TIMESTAMP, attribute_type
+
 DRIFTS = ("missing", "differs", "type", "gone", "found")
 RECONCILE = "reconcile"  # the kind of a reconciliation's run
 DRIFT_FIELDS = ("user_id", "key", "drift", "expected", "found", "remote_id", "run_id")
-_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,16 +154,11 @@ def _keys(subject: Subject, record: Record, kinds: Mapping[str, str], types: Map
 
 
 def type_of(value: Any) -> str:
-    """ChartMogul's type for a value as its API returns it."""
-    if isinstance(value, bool):
-        return "Boolean"
-    if isinstance(value, int):
-        return "Integer"
-    if isinstance(value, float):
-        return "Decimal"
-    if isinstance(value, str):
-        return "Timestamp" if _TIMESTAMP.match(value) else "String"
-    return type(value).__name__
+    """ChartMogul's type for a value as its API returns it (the type a run would give it)."""
+    try:
+        return attribute_type(value) or "null"
+    except ValueError:  # what no attribute holds (a list, an object, a string over 255 characters)
+        return "String" if isinstance(value, str) else type(value).__name__
 
 
 def holds(kind: str, value: Any) -> bool:
@@ -197,7 +192,7 @@ def _number(value: Any) -> bool:
 
 
 def _moment(text: str) -> datetime | None:
-    if not _TIMESTAMP.match(text):
+    if not TIMESTAMP.match(text):
         return None
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
