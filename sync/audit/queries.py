@@ -23,7 +23,7 @@ from sync.destinations.factory import spec_before_specs
 from sync.errors import PermanentDeliveryError, SyncError
 from sync.model import KEY_COUNTS, PROFILE_KIND, RUN_COUNTS, RUN_SUMMARY_COUNTS, KeyChange, Update, change_kind
 from sync.store import AuditFilter, AuditRow, Store
-from sync.store.models import FailedUpdate, Run, RunKey, RunUpdate
+from sync.store.models import FailedUpdate, Run, RunUpdate
 
 # The columns of `diff`: one row per (user, key) of an update, with the update's delivery outcome.
 CHANGE_FIELDS = (
@@ -414,9 +414,9 @@ def audiences(
     ``recent``: only the newest that many runs in each key's ``runs`` (and ``last_change`` among them), the
     size still over every run: bounded reading for a page showing many jobs. ``sizes_before`` reads what the
     runs before those left (``store.key_sizes`` unless given: a caller may keep it, as that past is done)."""
-    runs = sorted(store.runs(job, limit=recent or 1_000_000_000, real=True), key=lambda r: r.id)
+    runs = store.run_times(job, recent or 1_000_000_000)
     since = runs[0].id if recent and runs else None
-    counts: dict[int, dict[str, RunKey]] = {}
+    counts: dict[int, dict[str, Any]] = {}
     kinds: dict[str, str] = {}
     for row in store.run_keys(job, since=since):
         counts.setdefault(row.run_id, {})[row.key] = row

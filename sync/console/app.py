@@ -127,10 +127,9 @@ class _SizesBefore:
         self.kept: dict[tuple[str, int], tuple[tuple[int, datetime | None], Mapping[str, tuple[str, int]]]] = {}
 
     def __call__(self, job: str, before: int) -> Mapping[str, tuple[str, int]]:
-        first = self.store.run(before)
         # Runs deleted change the count; runs deleted and made again (a run id used twice) change when the run
         # `before` started, as it was made after them.
-        seen = (self.store.runs_before(job, before), first.started_at if first else None)
+        seen = (self.store.runs_before(job, before), self.store.run_started(before))
         kept = self.kept.get((job, before))
         if kept is not None and kept[0] == seen:
             return kept[1]
@@ -387,7 +386,7 @@ class _Views:
     def _job_page(self, request: Request, name: str) -> dict[str, Any]:
         """The job's data with its charts, drawn on the server (no script)."""
         data = self._job_data(request, name)
-        times = {run.id: run.started_at for run in self.store.runs(name, limit=CHART_RUNS, real=True)}
+        times = {run.id: run.started_at for run in self.store.run_times(name, CHART_RUNS)}
         keys = data["keys"]
         return {
             **data,

@@ -87,6 +87,7 @@ class Run(Base):
     alerts: Mapped[str | None] = mapped_column(Text)  # JSON list of the alert texts this run sent
     definition: Mapped[str | None] = mapped_column(Text)  # JSON: the job's definition in effect, secrets left out
     reconcile: Mapped[str | None] = mapped_column(Text)  # JSON: what a reconciliation read and found
+    undelivered: Mapped[int | None] = mapped_column(Integer)  # updates failed or not sent when it ended
 
 
 class RunUpdate(Base):

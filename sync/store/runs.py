@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import (
     Engine,
+    Row,
     bindparam,
     delete,
     func,
@@ -79,11 +80,18 @@ class RunStore:
     ) -> None:
         """The run's end: its status, counts and error, the phases it went through with their seconds, and
         what the mass-change guard found (None: the guard did not look)."""
+        undelivered = (
+            select(func.count())
+            .select_from(RunUpdate)
+            .where(RunUpdate.run_id == run_id, RunUpdate.status.in_(_UNDELIVERED))
+            .scalar_subquery()
+        )
         with Session(self.engine) as session, session.begin():
             session.execute(
                 update(Run)
                 .where(Run.id == run_id)
                 .values(
+                    undelivered=undelivered,
                     status=status,
                     finished_at=now,
                     error=error,
@@ -138,18 +146,36 @@ class RunStore:
                 for (key, kind), values in counts.items()
             )
 
-    def run_keys(self, job: str, since: int | None = None) -> list[RunKey]:
-        """The per-key counts of every real run of a job (from run ``since`` on, if given), oldest first."""
+    def run_keys(self, job: str, since: int | None = None) -> list[Row[Any]]:
+        """The per-key counts of every real run of a job (from run ``since`` on, if given), oldest first: rows
+        with ``run_id``, ``key``, ``kind`` and the counts (``KEY_COUNTS``), read without building objects."""
+        columns = [RunKey.run_id, RunKey.key, RunKey.kind, *(getattr(RunKey, name) for name in KEY_COUNTS)]
         query = (
-            select(RunKey)
+            select(*columns)
             .join(Run, RunKey.run_id == Run.id)
             .where(Run.job == job, Run.dry_run.is_(False))
             .order_by(RunKey.run_id, RunKey.key)
         )
         if since is not None:
             query = query.where(RunKey.run_id >= since)  # a range of the key table's primary key
-        with Session(self.engine, expire_on_commit=False) as session:
-            return list(session.scalars(query))
+        with self.engine.connect() as connection:
+            return list(connection.execute(query))
+
+    def run_times(self, job: str, limit: int) -> list[Row[Any]]:
+        """The newest ``limit`` real runs (not dry, not skipped) of a job, oldest first: ``id``,
+        ``started_at`` and ``finished_at`` only (a chart's x axis)."""
+        query = (
+            select(Run.id, Run.started_at, Run.finished_at)
+            .where(Run.job == job, Run.dry_run.is_(False), Run.status != "skipped")
+            .order_by(Run.id.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as connection:
+            return list(reversed(list(connection.execute(query))))
+
+    def run_started(self, run_id: int) -> datetime | None:
+        with self.engine.connect() as connection:
+            return connection.execute(select(Run.started_at).where(Run.id == run_id)).scalar()
 
     def key_sizes(self, job: str, before: int | None = None) -> dict[str, tuple[str, int]]:
         """Per key of a job: its kind and its acknowledged size (entries less exits) over every real run, or
@@ -191,13 +217,10 @@ class RunStore:
         statuses: Sequence[str] = (),
         trigger: str | None = None,
         before: int | None = None,
-        real: bool = False,
     ) -> list[Run]:
         """Runs newest first, of one job or all, with one of ``statuses``, started by ``trigger`` and older than
-        run ``before`` if given; ``real``: only runs that could send (not dry, not skipped)."""
+        run ``before`` if given."""
         query = select(Run).order_by(Run.id.desc()).limit(limit)
-        if real:
-            query = query.where(Run.dry_run.is_(False), Run.status != "skipped")
         if before is not None:
             query = query.where(Run.id < before)
         if job:
@@ -251,6 +274,8 @@ class RunStore:
             return 0
         if last.status == "blocked":
             return last.updates
+        if last.undelivered is not None:  # counted when it ended; its updates do not change after that
+            return last.undelivered
         query = select(func.count()).select_from(RunUpdate).where(RunUpdate.run_id == last.id)
         with self.engine.connect() as connection:
             return int(connection.execute(query.where(RunUpdate.status.in_(_UNDELIVERED))).scalar_one())
