@@ -256,6 +256,12 @@ def test_only_a_destination_that_can_be_read_back_is_reconciled(
     assert "only a chartmogul_api destination can" in answer.output
 
 
+def test_a_job_that_never_synced_reads_nothing(store: Store, warehouse: Warehouse, api: ChartMogulApiReceiver) -> None:
+    result = reconcile(store, api_job(warehouse, api, target="customer"), Options())
+    assert (result.status, result.checked, result.requests, result.drifts) == ("succeeded", 0, 0, [])
+    assert api.calls == []
+
+
 def test_values_compare_as_chartmogul_means_them() -> None:
     assert same(15, 15.0) and same(True, True) and not same(True, "true") and not same(1, True)
     assert same("2026-01-02T03:04:05Z", "2026-01-02T03:04:05.000+00:00") and not same("a", "b")

@@ -29,7 +29,7 @@ from sync.destinations.factory import build_destination, remote_ids
 from sync.destinations.transport import ClientFactory, default_client
 from sync.errors import ConfigError, SyncError
 from sync.reconcile.compare import DRIFTS, RECONCILE, Comparer, Drift, Subject
-from sync.reconcile.read import READS, Reader, ReadError
+from sync.reconcile.read import READS, Reader, ReadError, Reading
 from sync.run import lease
 from sync.store import Store, store_reason
 
@@ -159,7 +159,10 @@ def _reconcile(
         comparer = Comparer(subjects, kinds, types, settings.match)
         del subjects
         result.checked = comparer.checked
-        reading = asyncio.run(_read(settings, comparer, options.read, clients, sleep, clock, stop))
+        if not comparer.by_uuid and not comparer.by_value:  # nothing acknowledged or looked up yet: nothing to read
+            reading = Reading("each", complete=True)
+        else:
+            reading = asyncio.run(_read(settings, comparer, options.read, clients, sleep, clock, stop))
         result.how, result.requests, result.pages = reading.how, reading.requests, reading.pages
         result.complete, result.cut_short = reading.complete, reading.cut_short
         result.drifts = comparer.drifts(reading.complete)
