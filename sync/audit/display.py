@@ -14,6 +14,7 @@ from rich.table import Table
 
 from sync.errors import SyncError
 from sync.model import RUN_COUNTS
+from sync.text import plural
 
 if TYPE_CHECKING:  # pyarrow (50 MiB) loads only to write Parquet
     import pyarrow as pa
@@ -252,7 +253,7 @@ def _print_reconciliation(console: Console, run_id: int, summary: Mapping[str, A
     """What a reconciliation read and found (``runs show`` of a run of the kind ``reconcile``)."""
     lines = [
         ("read", "every record, page by page" if summary["read"] == "list" else "the job's records, one by one"),
-        ("requests", f"{summary['requests']} ({summary['pages']} pages)"),
+        ("requests", f"{summary['requests']} ({plural(summary['pages'], 'page')})"),
         ("complete", "yes" if summary["complete"] else f"no ({summary['cut_short'] or 'failed'}): only what was read"),
         ("drift", ", ".join(f"{n} {name}" for name, n in summary["drift"].items() if n) or "none"),
         (
