@@ -43,6 +43,7 @@ class SourceConfig(FrozenModel):
 
     url: str | None = None
     profiles: str | None = None  # a query against url
+    profiles_query_file: str | None = None  # or that query in a .sql file, relative to jobs.yaml
     profiles_file: str | None = None  # or a CSV / Parquet file with the profile columns
     # Where the diff runs: ``local`` (in this process, over every row read out) or ``warehouse`` (inside
     # the warehouse, reading out only the subjects that changed; sync.snapshot.warehouse).
@@ -79,7 +80,8 @@ class ComputationConfig(FrozenModel):
     # a stable one is derived from the job and the key otherwise.
     id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+$", max_length=MAX_KEY)
     query: str | None = None
-    file: str | None = None
+    query_file: str | None = None  # the query in a .sql file, relative to jobs.yaml (read when the file loads)
+    file: str | None = None  # or a CSV / Parquet data file
 
     @field_validator("key")
     @classmethod

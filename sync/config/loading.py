@@ -291,10 +291,13 @@ def _check_job(job: JobConfig, base_dir: Path) -> list[str]:
         for index, item in enumerate(items):
             field = f"{section}[{index}]"
             key = item.resolved_key
-            if (item.query is None) == (item.file is None):
-                problems.append(f"{field}: give exactly one of query or file")
-            if item.query is not None and not job.source.url:
-                problems.append(f"{field}.query: needs source.url, the warehouse to run it against")
+            given = [name for name in ("query", "query_file", "file") if getattr(item, name) is not None]
+            if len(given) != 1:
+                problems.append(f"{field}: give exactly one of query, query_file or file")
+            if given[:1] in (["query"], ["query_file"]) and not job.source.url:
+                problems.append(f"{field}.{given[0]}: needs source.url, the warehouse to run it against")
+            if item.query_file is not None:
+                problems += _sql_file_problems(f"{field}.query_file", base_dir, item.query_file)
             if item.file is not None and not (base_dir / item.file).is_file():
                 problems.append(f"{field}.file: no such file: {item.file}")
             if not key:
@@ -318,18 +321,26 @@ def _check_job(job: JobConfig, base_dir: Path) -> list[str]:
             problems.append(f"{field}: {column!r} is already the key of {seen[column]}")
         elif column in job.enrich[:index]:
             problems.append(f"{field}: {column!r} is listed twice")
-    if job.enrich and job.source.profiles is None and job.source.profiles_file is None:
+    if job.enrich and not (job.source.profiles or job.source.profiles_query_file or job.source.profiles_file):
         problems.append("enrich: needs source.profiles (or profiles_file), the query that returns those columns")
     if job.subject == "account":
         problems += _account_problems(job)
     if job.send_profile_changes and job.destination.events == "track":
         problems.append("send_profile_changes: a profile change is sent in an identify call; use events: both")
-    if job.send_profile_changes and job.source.profiles is None and job.source.profiles_file is None:
+    if job.send_profile_changes and not (
+        job.source.profiles or job.source.profiles_query_file or job.source.profiles_file
+    ):
         problems.append("send_profile_changes: needs source.profiles (or profiles_file)")
     if job.source.profiles is not None and not job.source.url:
         problems.append("source.profiles: needs source.url, the warehouse to run it against")
-    if job.source.profiles is not None and job.source.profiles_file is not None:
-        problems.append("source: give profiles (a query) or profiles_file, not both")
+    profile_sources = [n for n in ("profiles", "profiles_query_file", "profiles_file") if getattr(job.source, n)]
+    if len(profile_sources) > 1:
+        problems.append(
+            "source: give one of profiles (a query), profiles_query_file (a .sql file) or profiles_file (a data "
+            f"file), not {' and '.join(profile_sources)}"
+        )
+    if job.source.profiles_query_file is not None:
+        problems += _sql_file_problems("source.profiles_query_file", base_dir, job.source.profiles_query_file)
     if job.source.profiles_file is not None and not (base_dir / job.source.profiles_file).is_file():
         problems.append(f"source.profiles_file: no such file: {job.source.profiles_file}")
     if job.source.url:
@@ -385,13 +396,38 @@ def _account_problems(job: JobConfig) -> list[str]:
     return problems
 
 
+def _sql_file_problems(field: str, base_dir: Path, name: str) -> list[str]:
+    """What is wrong with a query file, if anything: missing, unreadable, not UTF-8 text, or empty."""
+    path = base_dir / name
+    if not path.is_file():
+        return [f"{field}: no such file: {name} (paths are relative to the folder of jobs.yaml)"]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        return [f"{field}: {name} is not UTF-8 text"]
+    except OSError as exc:
+        return [f"{field}: cannot read {name}: {exc.strerror}"]
+    return [] if text.strip() else [f"{field}: {name} holds no query"]
+
+
+def _sql(base_dir: Path, name: str) -> str:
+    return (base_dir / name).read_text(encoding="utf-8").strip().rstrip(";").strip()
+
+
 def _resolve_paths(job: JobConfig, base_dir: Path) -> JobConfig:
+    """Files made absolute, and each query file's query read into ``query`` (``profiles``), so that a run
+    reads the SQL as it was when the configuration loaded."""
+
     def resolve(item: ComputationConfig) -> ComputationConfig:
+        if item.query_file is not None:
+            return item.model_copy(update={"query": _sql(base_dir, item.query_file)})
         if item.file is None:
             return item
         return item.model_copy(update={"file": str((base_dir / item.file).resolve())})
 
     source = job.source
+    if source.profiles_query_file:
+        source = source.model_copy(update={"profiles": _sql(base_dir, source.profiles_query_file)})
     if source.url:
         source = source.model_copy(update={"url": resolve_sqlite_url(source.url, base_dir)})
     if source.profiles_file:
