@@ -3,7 +3,8 @@ of a run of the kind ``reconcile``), the subjects it asked the next run to resen
 update was sent when it was not a change of the snapshot (``run_updates.reason``: ``reconcile``), and what a
 reconciliation read and found (``runs.reconcile``, JSON); and how many updates a run left undelivered when it
 ended (``runs.undelivered``), which `status` and the console's overview read instead of counting a run of a
-million updates on every request.
+million updates on every request; and the watermark a job's ``schedule.when_changed`` query returned when
+the run started (``runs.watermark``).
 
 Revision ID: 0011
 Revises: 0010
@@ -50,10 +51,12 @@ def upgrade() -> None:
     with op.batch_alter_table("runs") as batch:
         batch.add_column(sa.Column("reconcile", sa.Text(), nullable=True))
         batch.add_column(sa.Column("undelivered", sa.Integer(), nullable=True))
+        batch.add_column(sa.Column("watermark", sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("runs") as batch:
+        batch.drop_column("watermark")
         batch.drop_column("undelivered")
         batch.drop_column("reconcile")
     with op.batch_alter_table("run_updates") as batch:

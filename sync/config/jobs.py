@@ -114,6 +114,11 @@ class ScheduleConfig(FrozenModel):
     cron: str | None = None
     timezone: str = "UTC"
     enabled: bool = True
+    # A query against source.url returning one value (a watermark, such as max(updated_at)): a scheduled run
+    # whose watermark equals the one of the last run that succeeded is skipped, unless that run is older than
+    # ``at_least``.
+    when_changed: str | None = Field(default=None, min_length=1)
+    at_least: Duration | None = None
 
     @field_validator("every")
     @classmethod
@@ -121,6 +126,13 @@ class ScheduleConfig(FrozenModel):
         if every.total_seconds() <= 0:
             raise ValueError("must be longer than zero")
         return every
+
+    @field_validator("at_least")
+    @classmethod
+    def _positive_at_least(cls, at_least: timedelta | None) -> timedelta | None:
+        if at_least is not None and at_least.total_seconds() <= 0:
+            raise ValueError("must be longer than zero")
+        return at_least
 
     @field_validator("timezone")
     @classmethod

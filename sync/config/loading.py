@@ -333,6 +333,10 @@ def _check_job(job: JobConfig, base_dir: Path) -> list[str]:
         problems.append("send_profile_changes: needs source.profiles (or profiles_file)")
     if job.source.profiles is not None and not job.source.url:
         problems.append("source.profiles: needs source.url, the warehouse to run it against")
+    if job.schedule.when_changed is not None and not job.source.url:
+        problems.append("schedule.when_changed: needs source.url, the warehouse to ask")
+    if job.schedule.at_least is not None and job.schedule.when_changed is None:
+        problems.append("schedule.at_least: forces a run when when_changed would skip it; give when_changed too")
     profile_sources = [n for n in ("profiles", "profiles_query_file", "profiles_file") if getattr(job.source, n)]
     if len(profile_sources) > 1:
         problems.append(

@@ -12,6 +12,7 @@ acknowledged and marks the run ``interrupted``.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import time
@@ -20,6 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 
+from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from sync.calls import CallSpec
@@ -38,7 +40,7 @@ from sync.run.lease import LEASE_TTL, process_owner
 from sync.run.report import RunOptions as RunOptions
 from sync.run.report import RunReport as RunReport
 from sync.scheduler.metrics import Metrics
-from sync.sources import computations
+from sync.sources import computations, driver_reason, warehouse_engine
 from sync.store import Store, store_reason
 
 log = logging.getLogger(__name__)
@@ -169,8 +171,13 @@ class Runner:
         heartbeat = lease.Heartbeat(self.store, job.name, self.owner, self.clock, self.lease_ttl, lost)
         try:
             self.store.mark_interrupted(job.name, self.clock())
+            watermark = self._watermark(job)
+            if watermark is not None and options.trigger == "scheduled":
+                why = self._unchanged(job, watermark)
+                if why is not None:
+                    return self._skip(job, options, why)
             heartbeat.start()
-            return self._run(job, options, heartbeat, lost)
+            return self._run(job, options, heartbeat, lost, watermark)
         finally:
             heartbeat.finish()
             lease.release(self.store, job.name, self.owner)
@@ -180,7 +187,8 @@ class Runner:
             return "full"
         return "initial" if not tracked or not self.store.has_state(job.name) else "incremental"
 
-    def _skip(self, job: JobConfig, options: RunOptions) -> RunReport:
+    def _skip(self, job: JobConfig, options: RunOptions, why: str | None = None) -> RunReport:
+        """A run recorded as skipped: the job is busy, or (``why``) its data has not changed."""
         now = self.clock()
         held = self.store.lease(job.name)
         holder = f"{held.owner} (lease expires {held.expires_at.isoformat(timespec='seconds')})" if held else "?"
@@ -193,14 +201,53 @@ class Runner:
             kind,
             False,
             status="skipped",
-            error=f"job {job.name!r} is already running in {holder}",
+            error=why or f"job {job.name!r} is already running in {holder}",
         )
         self.store.finish_run(report.run_id, "skipped", report.counts(), now, report.error)
+        if why is not None:
+            log.info("run skipped: %s", why, extra={"event": "run_skipped", "job": job.name, "run_id": report.run_id})
+            return report
         log.warning(
             "run skipped: the job is busy",
             extra={"event": "run_skipped", "job": job.name, "run_id": report.run_id, "holder": holder},
         )
         return report
+
+    def _watermark(self, job: JobConfig) -> str | None:
+        """What the job's ``schedule.when_changed`` query returns now (JSON); None without one, or when it
+        fails (then the run goes ahead: a warning, never a skipped sync)."""
+        sql = job.schedule.when_changed
+        if sql is None:
+            return None
+        engine = warehouse_engine(job)
+        try:
+            with engine.connect() as connection:
+                rows = connection.execute(text(sql)).fetchmany(2)
+        except (SQLAlchemyError, SyncError) as exc:
+            reason = driver_reason(exc) if isinstance(exc, SQLAlchemyError) else str(exc)
+            log.warning("schedule.when_changed failed; running the job anyway: %s", reason, extra={"job": job.name})
+            return None
+        finally:
+            engine.dispose()
+        if len(rows) != 1 or len(rows[0]) != 1:
+            log.warning(
+                "schedule.when_changed must return one row of one value; running the job anyway",
+                extra={"job": job.name},
+            )
+            return None
+        return json.dumps(rows[0][0], default=str)
+
+    def _unchanged(self, job: JobConfig, watermark: str) -> str | None:
+        """Why a scheduled run need not go: the last run that succeeded saw the same watermark and is younger
+        than ``at_least``; None when it must go."""
+        last = self.store.last_run(job.name, statuses=("succeeded",))
+        if last is None or last.watermark != watermark or last.finished_at is None:
+            return None
+        at_least = job.schedule.at_least
+        if at_least is not None and self.clock() - last.finished_at >= at_least:
+            return None
+        shown = watermark if len(watermark) <= 60 else watermark[:57] + "…"
+        return f"the data has not changed since run {last.id} (schedule.when_changed returned {shown} again)"
 
     def _run(
         self,
@@ -208,6 +255,7 @@ class Runner:
         options: RunOptions,
         heartbeat: lease.Heartbeat | None = None,
         lost: threading.Event | None = None,
+        watermark: str | None = None,
     ) -> RunReport:
         now = self.clock()
         tracked = self.store.tracked_keys(job.name)
@@ -233,6 +281,8 @@ class Runner:
         )
         if heartbeat:
             heartbeat.attach(report.run_id)
+        if watermark is not None:
+            self.store.set_watermark(report.run_id, watermark)
         resent: Set[str] = frozenset()
         if resync is not None:
             resent = self.store.resynced(job.name, resync.run_id)

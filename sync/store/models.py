@@ -88,6 +88,7 @@ class Run(Base):
     definition: Mapped[str | None] = mapped_column(Text)  # JSON: the job's definition in effect, secrets left out
     reconcile: Mapped[str | None] = mapped_column(Text)  # JSON: what a reconciliation read and found
     undelivered: Mapped[int | None] = mapped_column(Integer)  # updates failed or not sent when it ended
+    watermark: Mapped[str | None] = mapped_column(Text)  # what schedule.when_changed returned (JSON)
 
 
 class RunUpdate(Base):

@@ -102,6 +102,10 @@ class RunStore:
                 )
             )
 
+    def set_watermark(self, run_id: int, watermark: str) -> None:
+        with Session(self.engine) as session, session.begin():
+            session.execute(update(Run).where(Run.id == run_id).values(watermark=watermark))
+
     def record_alerts(self, run_id: int, texts: Sequence[str]) -> None:
         """The alerts a run's end sent, as their texts."""
         with Session(self.engine) as session, session.begin():
