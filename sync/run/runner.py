@@ -171,12 +171,12 @@ class Runner:
         heartbeat = lease.Heartbeat(self.store, job.name, self.owner, self.clock, self.lease_ttl, lost)
         try:
             self.store.mark_interrupted(job.name, self.clock())
+            heartbeat.start()  # before the watermark query, which may take the warehouse a while
             watermark = self._watermark(job)
             if watermark is not None and options.trigger == "scheduled":
                 why = self._unchanged(job, watermark)
                 if why is not None:
                     return self._skip(job, options, why)
-            heartbeat.start()
             return self._run(job, options, heartbeat, lost, watermark)
         finally:
             heartbeat.finish()
