@@ -87,6 +87,17 @@ def fits(kind: str, value: Any) -> Any:
     raise ValueError(f"its values changed type: ChartMogul holds it as {_a(kind)} attribute, this value is {_a(found)}")
 
 
+def lookup_path(target: str, match: str, value: str) -> str:
+    """The request (path and query, under the API's base) that finds a ``target`` (customer or contact) by
+    its external id or email: ``GET /customers?external_id=`` or ``/customers/search?email=`` (404 when none),
+    ``/contacts?customer_external_id=`` or ``/contacts?email=``."""
+    escaped = quote(value, safe="")
+    if target == "customer":
+        return f"/customers?external_id={escaped}" if match == "external_id" else f"/customers/search?email={escaped}"
+    column = "customer_external_id" if match == "external_id" else "email"
+    return f"/contacts?{column}={escaped}"
+
+
 def _a(kind: str) -> str:
     return f"an {kind}" if kind[0] in "AEIOU" else f"a {kind}"
 
@@ -289,16 +300,7 @@ class ChartMogulApi(HttpDestination):
         if not write.match_value:
             return None, attempts
         settings = self.target.settings
-        value = quote(write.match_value, safe="")
-        if settings.target == "customer":
-            path = (
-                f"/customers?external_id={value}"
-                if settings.match == "external_id"
-                else f"/customers/search?email={value}"
-            )
-        else:
-            column = "customer_external_id" if settings.match == "external_id" else "email"
-            path = f"/contacts?{column}={value}"
+        path = lookup_path(settings.target, settings.match, write.match_value)
         sent.append(("GET", self._base_path + path, None))
         response, tries = await self.exchange("GET", self.target.base + path, expect=frozenset({404}))
         attempts += tries

@@ -15,6 +15,7 @@ from urllib.parse import quote, urlsplit
 
 import orjson
 
+from sync.destinations.chartmogul_api import lookup_path
 from sync.destinations.http import HttpDestination
 from sync.errors import DeliveryError, SyncError
 from sync.reconcile.compare import Comparer, Record
@@ -121,13 +122,7 @@ class Reader:
 
     async def _look_up(self, value: str, comparer: Comparer, reading: Reading) -> None:
         """The record with ``value`` as its external id or email, if one has appeared."""
-        escaped = quote(value, safe="")
-        if self.target == "customer":
-            by_email = f"/customers/search?email={escaped}"
-            path = f"/customers?external_id={escaped}" if comparer.match == "external_id" else by_email
-        else:
-            column = "customer_external_id" if comparer.match == "external_id" else "email"
-            path = f"/contacts?{column}={escaped}"
+        path = lookup_path(self.target, comparer.match, value)  # the lookup a run makes
         response, attempts = await self.destination.exchange("GET", self.base + path, expect=frozenset({404}))
         reading.requests += attempts
         if response.status_code == 404:
