@@ -161,7 +161,8 @@ def make_app(settings: Settings, store: Store) -> Starlette:
         loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True), auto_reload=False
     )
     templates.filters["duration"] = duration_text
-    templates.filters["spark"] = lambda runs: sparkline(runs[-SPARK_RUNS:], width=110, height=22)  # numbers only
+    # Entries and exits of a key's recent runs; its SVG is built from numbers only.
+    templates.filters["spark"] = lambda runs, width=110, height=22: sparkline(runs[-SPARK_RUNS:], width, height)
     views = _Views(settings, store, templates)
     routes = [
         Route("/", views.overview),
@@ -386,11 +387,11 @@ class _Views:
     def _job_page(self, request: Request, name: str) -> dict[str, Any]:
         """The job's data with its charts, drawn on the server (no script)."""
         data = self._job_data(request, name)
-        times = {run.id: run.started_at for run in self.store.run_times(name, CHART_RUNS)}
         keys = data["keys"]
+        # Every key lists the same runs (zeros included): the first one's say when each started.
+        times = {r["run_id"]: datetime.fromisoformat(r["started_at"]) for k in keys[:1] for r in k["runs"]}
         return {
             **data,
-            "keys": [{**key, "spark": sparkline(key["runs"][-SPARK_RUNS:])} for key in keys],
             "sizes": small_multiples([k for k in keys if k["kind"] == "audience"], times),
             "trait_changes": small_multiples([k for k in keys if k["kind"] == "trait"], times, "delivered_changed"),
         }

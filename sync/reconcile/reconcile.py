@@ -15,7 +15,7 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import closing
 from dataclasses import dataclass, field
 from itertools import islice
@@ -29,7 +29,7 @@ from sync.destinations.factory import build_destination, remote_ids
 from sync.destinations.transport import ClientFactory, default_client
 from sync.errors import ConfigError, SyncError
 from sync.reconcile.compare import DRIFTS, RECONCILE, Comparer, Drift, Subject
-from sync.reconcile.read import READS, Reader, ReadError, Reading
+from sync.reconcile.read import READS, Reader, Reading
 from sync.run import lease
 from sync.store import Store, store_reason
 
@@ -66,16 +66,32 @@ class Reconciliation:
     job: str
     status: str = "running"
     checked: int = 0
-    how: str = ""
-    requests: int = 0
-    pages: int = 0
-    complete: bool = False
-    cut_short: str | None = None
+    reading: Reading = field(default_factory=lambda: Reading(""))
     drifts: list[Drift] = field(default_factory=list)
     repaired: int = 0
     looked_up: int = 0
     error: str | None = None
     seconds: float = 0.0
+
+    @property
+    def how(self) -> str:
+        return self.reading.how
+
+    @property
+    def requests(self) -> int:
+        return self.reading.requests
+
+    @property
+    def pages(self) -> int:
+        return self.reading.pages
+
+    @property
+    def complete(self) -> bool:
+        return self.reading.complete
+
+    @property
+    def cut_short(self) -> str | None:
+        return self.reading.cut_short
 
     @property
     def counts(self) -> dict[str, int]:
@@ -160,20 +176,16 @@ def _reconcile(
         del subjects
         result.checked = comparer.checked
         if not comparer.by_uuid and not comparer.by_value:  # nothing acknowledged or looked up yet: nothing to read
-            reading = Reading("each", complete=True)
+            result.reading = Reading("each", complete=True)
         else:
-            reading = asyncio.run(_read(settings, comparer, options.read, clients, sleep, clock, stop))
-        result.how, result.requests, result.pages = reading.how, reading.requests, reading.pages
-        result.complete, result.cut_short = reading.complete, reading.cut_short
-        result.drifts = comparer.drifts(reading.complete)
-        result.status = "succeeded" if reading.cut_short is None else "partial"
-        if reading.cut_short is not None:
-            result.error = f"the reading was cut short ({reading.cut_short}): only what was read is judged"
+            result.reading = asyncio.run(_read(settings, comparer, options.read, clients, sleep, clock, stop))
+        result.drifts = comparer.drifts(result.complete)
+        result.status = "succeeded" if result.cut_short is None else "partial"
+        if result.cut_short is not None:
+            result.error = f"the reading was cut short ({result.cut_short}): only what was read is judged"
         if options.repair:
-            _repair(store, job, result, clock)
-    except ReadError as exc:
-        result.status, result.error, result.drifts = "failed", str(exc), []
-    except SyncError as exc:
+            _repair(store, job.name, kinds, result, clock)
+    except SyncError as exc:  # a ReadError too: an answer that cannot be judged, or a refused key
         result.status, result.error, result.drifts = "failed", str(exc), []
     except SQLAlchemyError as exc:
         result.status, result.error, result.drifts = "failed", f"the state store failed: {store_reason(exc)}", []
@@ -182,13 +194,7 @@ def _reconcile(
     store.set_reconcile_summary(run_id, result.summary())
     counts = {"users": result.checked}  # what it found is in its summary and its drift rows, not update counts
     store.finish_run(run_id, result.status, counts, clock(), result.error, phases={"reconciling": result.seconds})
-    level = (
-        logging.INFO
-        if result.status == "succeeded"
-        else logging.WARNING
-        if result.status == "partial"
-        else logging.ERROR
-    )
+    level = {"succeeded": logging.INFO, "partial": logging.WARNING}.get(result.status, logging.ERROR)
     drifted = {k: v for k, v in result.counts.items() if v}
     log.log(
         level,
@@ -253,31 +259,28 @@ async def _read(
     sleep: Sleep,
     clock: Clock,
     stop: threading.Event,
-) -> Any:
+) -> Reading:
     async with clients(settings.max_connections) as client:
         destination = build_destination(settings, client, sleep=sleep, clock=clock)
         reader = Reader(destination, settings.base_url, settings.target, stop)
         return await reader.read(comparer, how)
 
 
-def _repair(store: Store, job: JobConfig, result: Reconciliation, clock: Clock) -> None:
+def _repair(store: Store, job: str, kinds: Mapping[str, str], result: Reconciliation, clock: Clock) -> None:
     """Ask the next run to resend what drifted: ``missing`` and ``differs`` keys, every key of a subject
     whose record is ``gone`` (looked up again first), and a ``found`` subject looked up now rather than
     after ``rematch_after``. ``type`` drift is left for the user (``TYPE_ADVICE``)."""
     resend: dict[str, set[str]] = {}
     look_up: set[str] = set()
-    kinds = store.tracked_keys(job.name)
     for drift in result.drifts:
         if drift.drift in ("missing", "differs") and drift.key is not None:
             resend.setdefault(drift.user_id, set()).add(drift.key)
         elif drift.drift == "gone":
             look_up.add(drift.user_id)
-            resend.setdefault(drift.user_id, set()).update(
-                k for k, kind in kinds.items() if kind in ("audience", "trait")
-            )
+            resend.setdefault(drift.user_id, set()).update(kinds)  # every key the job writes
         elif drift.drift == "found":
             look_up.add(drift.user_id)
-    store.request_repairs(job.name, result.run_id, {u: sorted(k) for u, k in resend.items()}, sorted(look_up), clock())
+    store.request_repairs(job, result.run_id, {u: sorted(k) for u, k in resend.items()}, sorted(look_up), clock())
     result.repaired, result.looked_up = len(resend), len(look_up)
 
 

@@ -190,8 +190,10 @@ class Runner:
     def _skip(self, job: JobConfig, options: RunOptions, why: str | None = None) -> RunReport:
         """A run recorded as skipped: the job is busy, or (``why``) its data has not changed."""
         now = self.clock()
-        held = self.store.lease(job.name)
-        holder = f"{held.owner} (lease expires {held.expires_at.isoformat(timespec='seconds')})" if held else "?"
+        holder = "?"
+        if why is None:
+            held = self.store.lease(job.name)
+            holder = f"{held.owner} (lease expires {held.expires_at.isoformat(timespec='seconds')})" if held else "?"
         kind = self._kind(job, self.store.tracked_keys(job.name), options)
         report = RunReport(
             self.store.start_run(
@@ -306,6 +308,7 @@ class Runner:
         )
         phases = _Phases(job.name, report.run_id, self.progress)
         halt = _Halt(lost or threading.Event(), self.breaker(), phases, spec)
+        repair: dict[str, frozenset[str]] = {}
         try:
             repair = self.store.repairs(job.name)
             if repair:
@@ -331,7 +334,7 @@ class Runner:
             halt.close()
         if options.full and not options.dry_run:
             self._settle_resync(report)
-        if not options.dry_run:
+        if repair and not options.dry_run:
             self._settle_repairs(report)
         phases.enter("recording")
         self._finish(report, phases)

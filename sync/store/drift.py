@@ -23,8 +23,8 @@ class DriftStore:
 
     def subjects_to_check(self, job: str, scope: str) -> Generator[tuple[str, str, str | None]]:
         """Every subject a reconciliation checks, in user id order: each acknowledged one with its state as
-        kept (JSON) and its record id in ``scope`` (None: never found), then those found to have no record
-        and never acknowledged (state ``"{}"``, record id ``""``). Streamed: one pass, nothing held."""
+        kept (JSON) and its record id in ``scope`` (None: never found), and each found to have no record and
+        never acknowledged (state ``"{}"``, record id ``""``). Streamed: one pass, nothing held."""
         remote = (
             select(RemoteId.user_id, RemoteId.remote_id).where(RemoteId.job == job, RemoteId.scope == scope).subquery()
         )
@@ -115,12 +115,13 @@ class DriftStore:
         """Ask the next run of ``job`` to resend ``resend`` (subject → keys) and to look ``look_up`` up again,
         in one transaction: their kept record ids go, and their fingerprints are marked not known so that any
         engine looks at them again; their acknowledged states do not change."""
+        looked_up = set(look_up)
+        users = sorted(set(resend) | looked_up)
         with self.engine.begin() as connection:
-            users = sorted(set(resend) | set(look_up))
             for start in range(0, len(users), _CHUNK):
                 chunk = users[start : start + _CHUNK]
                 connection.execute(delete(Repair).where(Repair.job == job, Repair.user_id.in_(chunk)))
-                ids = [u for u in chunk if u in set(look_up)]
+                ids = [u for u in chunk if u in looked_up]
                 if ids:
                     connection.execute(delete(RemoteId).where(RemoteId.job == job, RemoteId.user_id.in_(ids)))
                 again = [u for u in chunk if u in resend]

@@ -181,18 +181,17 @@ class RunStore:
         with self.engine.connect() as connection:
             return connection.execute(select(Run.started_at).where(Run.id == run_id)).scalar()
 
-    def key_sizes(self, job: str, before: int | None = None) -> dict[str, tuple[str, int]]:
-        """Per key of a job: its kind and its acknowledged size (entries less exits) over every real run, or
-        over those before run ``before``."""
+    def key_sizes(self, job: str, before: int) -> dict[str, tuple[str, int]]:
+        """Per key of a job: its kind and its acknowledged size (entries less exits) over the real runs
+        before run ``before``."""
         net = func.sum(RunKey.delivered_entered - RunKey.delivered_exited)
         query = (
             select(RunKey.key, func.max(RunKey.kind), net)
             .join(Run, RunKey.run_id == Run.id)
             .where(Run.job == job, Run.dry_run.is_(False))
+            .where(RunKey.run_id < before)
             .group_by(RunKey.key)
         )
-        if before is not None:
-            query = query.where(RunKey.run_id < before)
         with Session(self.engine) as session:
             return {key: (kind, int(size or 0)) for key, kind, size in session.execute(query)}
 
