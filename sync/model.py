@@ -60,6 +60,9 @@ USER = Subject("user", "user_id", PROFILE_COLUMNS)
 # With ``send_profile_changes``, each profile field is diffed like a trait under this kind and key, so that a
 # changed field alone is a reason to send; the calls carry the profile, never these keys.
 PROFILE_KIND = "profile"
+# The kind of a reconciliation's run (`reconcile`): it reads the destination and sends nothing, so whatever
+# asks about a job's syncs (its last run, its failures, what is pending, when it runs next) passes it over.
+RECONCILE_KIND = "reconcile"
 
 
 def profile_key(column: str) -> str:

@@ -24,6 +24,7 @@ from sync.dev.chartmogul_api import ChartMogulApiReceiver
 from sync.reconcile.compare import DRIFT_FIELDS, Drift, holds, same
 from sync.reconcile.reconcile import Options, reconcile
 from sync.run.runner import Runner
+from sync.scheduler.daemon import COMPLETED
 from sync.store import Store
 from tests.conftest import RecordingSleep, Warehouse, job_dict, make_config
 from tests.test_chartmogul_api import API_KEY, KNOWN, USERS, account, api_job, api_raw, customer_of, seed
@@ -323,3 +324,25 @@ def test_a_reconciliation_asked_to_stop_ends_incomplete(
     assert result.drifts == []  # u002 was not on a page that was read to its end: not claimed gone
     run = store.run(result.run_id)
     assert run is not None and run.status == "partial" and "cut short (stopped)" in (run.error or "")
+
+
+def test_a_reconciliation_is_not_a_sync_to_status_the_scheduler_or_the_guard(
+    store: Store, sleep: RecordingSleep, warehouse: Warehouse, api: ChartMogulApiReceiver
+) -> None:
+    """It sends nothing: the job's last run, what is pending, its failures, whether its initial sync is done,
+    and the snapshot sizes the mass-change guard compares with stay those of its syncs."""
+    job = api_job(warehouse, api, target="customer")
+    reconcile(store, job, Options())  # before any sync
+    assert store.last_run(job.name) is None and store.last_run(job.name, COMPLETED) is None
+    seed(warehouse)
+    api.faults.respond = lambda request: 500 if request["method"] in ("POST", "PUT") else None
+    partial = Runner(store, sleep=sleep).run(job)
+    assert partial.status in ("partial", "failed") and store.pending_updates(job.name) > 0
+    api.faults.respond = None
+    pending, failures = store.pending_updates(job.name), store.consecutive_failures(job.name)
+    sizes = store.recent_user_counts(job.name, 5)
+    assert reconcile(store, job, Options()).status == "succeeded"
+    last = store.last_run(job.name)
+    assert last is not None and last.id == partial.run_id
+    assert store.pending_updates(job.name) == pending and store.consecutive_failures(job.name) == failures
+    assert store.recent_user_counts(job.name, 5) == sizes

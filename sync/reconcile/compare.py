@@ -23,9 +23,10 @@ from typing import Any
 import orjson
 
 from sync.destinations.chartmogul_api import TIMESTAMP, attribute_type
+from sync.model import RECONCILE_KIND
 
 DRIFTS = ("missing", "differs", "type", "gone", "found")
-RECONCILE = "reconcile"  # the kind of a reconciliation's run
+RECONCILE = RECONCILE_KIND  # the kind of a reconciliation's run
 DRIFT_FIELDS = ("user_id", "key", "drift", "expected", "found", "remote_id", "run_id")
 
 

@@ -18,7 +18,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from sync.errors import StoreError
-from sync.model import KEY_COUNTS, RUN_COUNTS
+from sync.model import KEY_COUNTS, RECONCILE_KIND, RUN_COUNTS
 from sync.store.common import dumps
 from sync.store.models import (
     FullResync,
@@ -32,6 +32,11 @@ from sync.store.models import (
 _UNDELIVERED = ("failed", "pending")
 # Run statuses that delivered nothing; repeated ones make a job FAILING.
 TROUBLE = ("failed", "blocked")
+
+
+def _syncs(job: str) -> tuple[Any, ...]:
+    """The runs of ``job`` that synced: not dry runs, not reconciliations (which send nothing)."""
+    return (Run.job == job, Run.dry_run.is_(False), Run.kind != RECONCILE_KIND)
 
 
 class RunStore:
@@ -127,7 +132,7 @@ class RunStore:
         query = (
             select(RunUpdate.user_id)
             .join(Run, Run.id == RunUpdate.run_id)
-            .where(Run.job == job, Run.id >= since_run_id, Run.dry_run.is_(False))
+            .where(*_syncs(job), Run.id >= since_run_id)
             .where(RunUpdate.status.in_(("delivered", "unmatched")))
         )
         with self.engine.connect() as connection:
@@ -155,10 +160,7 @@ class RunStore:
         with ``run_id``, ``key``, ``kind`` and the counts (``KEY_COUNTS``), read without building objects."""
         columns = [RunKey.run_id, RunKey.key, RunKey.kind, *(getattr(RunKey, name) for name in KEY_COUNTS)]
         query = (
-            select(*columns)
-            .join(Run, RunKey.run_id == Run.id)
-            .where(Run.job == job, Run.dry_run.is_(False))
-            .order_by(RunKey.run_id, RunKey.key)
+            select(*columns).join(Run, RunKey.run_id == Run.id).where(*_syncs(job)).order_by(RunKey.run_id, RunKey.key)
         )
         if since is not None:
             query = query.where(RunKey.run_id >= since)  # a range of the key table's primary key
@@ -170,7 +172,7 @@ class RunStore:
         ``started_at`` and ``finished_at`` only (a chart's x axis)."""
         query = (
             select(Run.id, Run.started_at, Run.finished_at)
-            .where(Run.job == job, Run.dry_run.is_(False), Run.status != "skipped")
+            .where(*_syncs(job), Run.status != "skipped")
             .order_by(Run.id.desc())
             .limit(limit)
         )
@@ -188,7 +190,7 @@ class RunStore:
         query = (
             select(RunKey.key, func.max(RunKey.kind), net)
             .join(Run, RunKey.run_id == Run.id)
-            .where(Run.job == job, Run.dry_run.is_(False))
+            .where(*_syncs(job))
             .where(RunKey.run_id < before)
             .group_by(RunKey.key)
         )
@@ -246,8 +248,9 @@ class RunStore:
             return len(session.execute(marked).all())
 
     def last_run(self, job: str, statuses: Sequence[str] | None = None) -> Run | None:
-        """The newest real (not dry, not skipped) run of a job, optionally with one of ``statuses``."""
-        query = select(Run).where(Run.job == job, Run.dry_run.is_(False), Run.status != "skipped")
+        """The newest real run of a job (one that synced: not dry, not a reconciliation, not skipped), optionally
+        with one of ``statuses``."""
+        query = select(Run).where(*_syncs(job), Run.status != "skipped")
         if statuses is not None:
             query = query.where(Run.status.in_(statuses))
         with Session(self.engine, expire_on_commit=False) as session:
@@ -258,7 +261,7 @@ class RunStore:
         blocked: runs that delivered nothing)."""
         query = (
             select(Run.status)
-            .where(Run.job == job, Run.dry_run.is_(False), Run.status != "skipped", Run.status != "running")
+            .where(*_syncs(job), Run.status != "skipped", Run.status != "running")
             .order_by(Run.id.desc())
             .limit(limit)
         )
@@ -298,7 +301,7 @@ class RunStore:
         was down) is passed over for the one before it."""
         runs = (
             select(Run)
-            .where(Run.job == job, Run.dry_run.is_(False), Run.status.not_in(("skipped", "running")))
+            .where(*_syncs(job), Run.status.not_in(("skipped", "running")))
             .order_by(Run.id.desc())
             .limit(look_back)
         )
@@ -313,9 +316,7 @@ class RunStore:
 
     def recent_user_counts(self, job: str, count: int, before_run: int | None = None) -> list[int]:
         """Snapshot sizes of the job's last completed runs (succeeded or partial), newest first."""
-        query = select(Run.users).where(
-            Run.job == job, Run.dry_run.is_(False), Run.status.in_(("succeeded", "partial"))
-        )
+        query = select(Run.users).where(*_syncs(job), Run.status.in_(("succeeded", "partial")))
         if before_run is not None:
             query = query.where(Run.id < before_run)
         with self.engine.connect() as connection:
