@@ -128,3 +128,11 @@ def change_kind(kind: str, new: Any) -> str:
     if kind == "audience":
         return "entered" if new is True else "exited"
     return "changed"
+
+
+def change_of(kind: str, new: Any) -> str:
+    """A change as ``diff --json`` names it: ``entered`` / ``exited`` for an audience, ``trait`` for a trait,
+    ``profile`` for a profile field."""
+    if kind == "audience":
+        return change_kind(kind, new)
+    return "profile" if kind == PROFILE_KIND else "trait"

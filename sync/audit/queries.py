@@ -21,7 +21,14 @@ from sync.config.destinations import MappingsConfig
 from sync.destinations.chartmogul import encode_body
 from sync.destinations.factory import spec_before_specs
 from sync.errors import PermanentDeliveryError, SyncError
-from sync.model import KEY_COUNTS, PROFILE_KIND, RUN_COUNTS, RUN_SUMMARY_COUNTS, KeyChange, Update, change_kind
+from sync.model import (
+    KEY_COUNTS,
+    RUN_COUNTS,
+    RUN_SUMMARY_COUNTS,
+    KeyChange,
+    Update,
+    change_of,
+)
 from sync.store import AuditFilter, AuditRow, Store
 from sync.store.models import FailedUpdate, Run, RunUpdate
 
@@ -205,14 +212,11 @@ def run_detail(store: Store, run_id: int) -> dict[str, Any]:
         # the run's updates by status as recorded so far: what a run still going has answered
         "progress": store.update_counts(run_id),
         "reconcile": json.loads(run.reconcile) if run.reconcile else None,
+        # the run's row and changes in the warehouse's sync log (writeback): when, or why not yet
+        "writeback": None
+        if run.written_back is None and run.writeback_error is None
+        else {"written_at": iso(run.written_back) if run.written_back else None, "error": run.writeback_error},
     }
-
-
-def _change(kind: str, new: Any) -> str:
-    """``entered`` / ``exited`` for an audience, ``trait`` for a trait, ``profile`` for a profile field."""
-    if kind == "audience":
-        return change_kind(kind, new)
-    return "profile" if kind == PROFILE_KIND else "trait"
 
 
 def match_rate(delivered: int, unmatched: int) -> float | None:
@@ -244,7 +248,7 @@ class ChangeFilter:
     def keeps(self, key: str, kind: str, new: Any) -> bool:
         if self.key is not None and key != self.key:
             return False
-        what = _change(kind, new)
+        what = change_of(kind, new)
         return self.change is None or what == self.change
 
 
@@ -268,7 +272,7 @@ def _record(row: AuditRow, key: str, kind: str, old: Any, new: Any) -> dict[str,
         "user_id": row.user_id,
         "key": key,
         "kind": kind,
-        "change": _change(kind, new),
+        "change": change_of(kind, new),
         "old": old,
         "new": new,
         "message_id": row.message_id,
@@ -286,6 +290,7 @@ HISTORY_JSON_FIELDS = ("job", "user_id", "acknowledged", "version", "timeline")
 # `runs show --json`: one object with these fields (``run`` is a RUN_FIELDS record).
 RUN_DETAIL_FIELDS = (
     "run", "phases", "guard", "alerts", "failures", "failure_reasons", "definition", "progress", "reconcile",
+    "writeback",
 )  # fmt: skip
 
 

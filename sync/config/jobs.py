@@ -38,6 +38,9 @@ from sync.redact import public_label
 WAREHOUSE_DIALECTS = ("postgresql", "duckdb", "snowflake", "bigquery", "redshift", "trino")
 
 
+_SCHEMA_NAME = r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$"
+
+
 class SourceConfig(FrozenModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
@@ -45,11 +48,12 @@ class SourceConfig(FrozenModel):
     profiles: str | None = None  # a query against url
     profiles_query_file: str | None = None  # or that query in a .sql file, relative to jobs.yaml
     profiles_file: str | None = None  # or a CSV / Parquet file with the profile columns
+    profiles_ref: str | None = Field(default=None, min_length=1)  # or a dbt model, through dbt.manifest
     # Where the diff runs: ``local`` (in this process, over every row read out) or ``warehouse`` (inside
     # the warehouse, reading out only the subjects that changed; sync.snapshot.warehouse).
     engine: Literal["local", "warehouse"] = "local"
     # The warehouse schema (BigQuery: dataset) the warehouse engine keeps its tables in.
-    schema_: str = Field(default="audience_sync", alias="schema", pattern=r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
+    schema_: str = Field(default="audience_sync", alias="schema", pattern=_SCHEMA_NAME)
     # Statements run on every connection to the warehouse before anything else, as its owner wants the
     # session: SET work_mem / statement_timeout, ALTER SESSION SET QUERY_TAG, USE WAREHOUSE …
     session: tuple[str, ...] = Field(default=(), max_length=20)
@@ -81,6 +85,7 @@ class ComputationConfig(FrozenModel):
     id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+$", max_length=MAX_KEY)
     query: str | None = None
     query_file: str | None = None  # the query in a .sql file, relative to jobs.yaml (read when the file loads)
+    ref: str | None = Field(default=None, min_length=1)  # or a dbt model, through dbt.manifest (its relation)
     file: str | None = None  # or a CSV / Parquet data file
 
     @field_validator("key")
@@ -154,6 +159,37 @@ class ScheduleConfig(FrozenModel):
         return cron
 
 
+class WritebackConfig(FrozenModel):
+    """The sync log in the warehouse (sync.writeback): each run's row and changes appended to ``runs`` and
+    ``changes`` tables in ``schema`` of ``url`` (the job's ``source.url`` when not given)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    url: str | None = None
+    schema_: str = Field(default="audience_sync_log", alias="schema", pattern=_SCHEMA_NAME)
+
+    @field_validator("url")
+    @classmethod
+    def _canonical(cls, url: str | None) -> str | None:
+        return canonical_url(url) if url else url
+
+
+class LineageConfig(FrozenModel):
+    """Where OpenLineage events go (sync.lineage): an OpenLineage HTTP endpoint such as Marquez's."""
+
+    url: str = Field(pattern=r"^https?://[^\s/]+")
+    namespace: str = Field(default="audience-sync", min_length=1, max_length=200)
+    endpoint: str = "api/v1/lineage"
+    api_key: SecretStr | None = None
+    timeout: Duration = timedelta(seconds=5)
+
+
+class DbtConfig(FrozenModel):
+    """The dbt project whose models ``ref`` names: its compiled ``manifest.json``, relative to jobs.yaml."""
+
+    manifest: str = Field(min_length=1)
+
+
 # Segment lets a destination take at most 50 mappings; enrichment adds at most as many traits here.
 MAX_ENRICHED = 50
 EnrichedColumn = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=MAX_KEY)]
@@ -175,6 +211,9 @@ class JobConfig(FrozenModel):
     enrich: tuple[EnrichedColumn, ...] = Field(default=(), max_length=MAX_ENRICHED)
     # A change of a profile field or an enriched column alone is a reason to send (Engage: it is not).
     send_profile_changes: bool = False
+    writeback: WritebackConfig | None = None
+    # The top level's ``lineage`` (or OPENLINEAGE_URL), copied into each job when the configuration loads.
+    lineage: LineageConfig | None = None
 
     def audience_keys(self) -> list[str]:
         return [audience.resolved_key for audience in self.audiences]
@@ -188,6 +227,10 @@ class JobConfig(FrozenModel):
         shown = _public(self.model_dump(mode="python", by_alias=True, exclude_defaults=False))
         if self.source.url:
             shown["source"]["url"] = self.source.redacted_url()
+        if self.writeback is not None and self.writeback.url:
+            shown["writeback"]["url"] = redact_url(self.writeback.url)
+        if self.lineage is not None:
+            shown["lineage"]["url"] = public_label(self.lineage.url)
         return cast(dict[str, Any], shown)
 
 
@@ -250,6 +293,8 @@ class Config(FrozenModel):
     state_url: str = DEFAULT_STATE_URL
     jobs: tuple[JobConfig, ...] = ()
     notify: tuple[NotifyConfig, ...] = ()
+    lineage: LineageConfig | None = None
+    dbt: DbtConfig | None = None
     base_dir: Path = Path(".")
 
     def job(self, name: str) -> JobConfig:

@@ -10,8 +10,9 @@ import difflib
 import os
 import re
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -19,13 +20,16 @@ from pydantic_core import ErrorDetails
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from sync.config.dbt import Manifest, ref_query
 from sync.config.destinations import DESTINATION_MODELS, DESTINATION_TYPES, ChartMogulApiConfig
 from sync.config.jobs import (
     WAREHOUSE_DIALECTS,
     ComputationConfig,
     Config,
+    DbtConfig,
     JobConfig,
     JobOutline,
+    LineageConfig,
     NotifyConfig,
     Outline,
 )
@@ -206,23 +210,76 @@ def parse_config(raw: object, env: Mapping[str, str], base_dir: Path, only: Coll
         for name in only or ()
         if name not in names
     ]
-    jobs = [
-        job
-        for index, item in enumerate(jobs_raw)
-        if (only is None or (isinstance(item, dict) and item.get("name") in only))
-        and (job := _parse_job(index, item, env, base_dir, problems, missing))
-    ]
     expanded = expand_env({k: v for k, v in raw.items() if k != "jobs"}, env, "", missing)
     if env.get(STATE_URL_ENV):
         expanded["state_url"] = env[STATE_URL_ENV]
     notify = _parse_notify(expanded.pop("notify", None) or [], {n for n in names if isinstance(n, str)}, problems)
+    lineage = _parse_section("lineage", expanded.pop("lineage", None) or _lineage_env(env), LineageConfig, problems)
+    dbt = _parse_section("dbt", expanded.pop("dbt", None), DbtConfig, problems)
+    context = _JobContext(base_dir, lineage, _manifest(dbt, base_dir, problems), dbt_given=dbt is not None)
+    jobs = [
+        job
+        for index, item in enumerate(jobs_raw)
+        if (only is None or (isinstance(item, dict) and item.get("name") in only))
+        and (job := _parse_job(index, item, env, context, problems, missing))
+    ]
     top = _parse_top(expanded, problems)
     problems += _duplicate_job_names(jobs_raw)
     problems = missing.problems() + problems
     if problems:
         raise ConfigError(problems)
     state_url = resolve_sqlite_url(top.get("state_url", DEFAULT_STATE_URL), base_dir)
-    return Config(state_url=state_url, jobs=tuple(jobs), notify=tuple(notify), base_dir=base_dir)
+    return Config(
+        state_url=state_url, jobs=tuple(jobs), notify=tuple(notify), base_dir=base_dir, lineage=lineage, dbt=dbt
+    )
+
+
+@dataclass(frozen=True)
+class _JobContext:
+    """What a job's settings are read with: the folder of jobs.yaml, the top level's lineage, the dbt manifest
+    (None: none configured, or one that could not be read, already reported)."""
+
+    base_dir: Path
+    lineage: LineageConfig | None
+    manifest: Manifest | None
+    dbt_given: bool = False
+
+
+_Section = TypeVar("_Section", LineageConfig, DbtConfig)
+
+
+def _parse_section(name: str, raw: object, model: type[_Section], problems: list[str]) -> _Section | None:
+    if raw is None:
+        return None
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        problems += [_problem(name, e, model) for e in exc.errors()]
+        return None
+
+
+def _lineage_env(env: Mapping[str, str]) -> dict[str, str] | None:
+    """OpenLineage's standard environment: OPENLINEAGE_URL (+ OPENLINEAGE_NAMESPACE, OPENLINEAGE_API_KEY,
+    OPENLINEAGE_ENDPOINT), used when jobs.yaml has no ``lineage``."""
+    if not env.get("OPENLINEAGE_URL"):
+        return None
+    given = {
+        "url": env.get("OPENLINEAGE_URL"),
+        "namespace": env.get("OPENLINEAGE_NAMESPACE"),
+        "api_key": env.get("OPENLINEAGE_API_KEY"),
+        "endpoint": env.get("OPENLINEAGE_ENDPOINT"),
+    }
+    return {k: v for k, v in given.items() if v}
+
+
+def _manifest(dbt: DbtConfig | None, base_dir: Path, problems: list[str]) -> Manifest | None:
+    if dbt is None:
+        return None
+    try:
+        return Manifest.load(base_dir / dbt.manifest)
+    except ValueError as exc:
+        problems.append(f"dbt.manifest: {exc}")
+        return None
 
 
 def _parse_notify(raw: object, jobs: set[str], problems: list[str]) -> list[NotifyConfig]:
@@ -243,7 +300,9 @@ def _parse_notify(raw: object, jobs: set[str], problems: list[str]) -> list[Noti
 
 def _parse_top(expanded: dict[str, Any], problems: list[str]) -> dict[str, Any]:
     unknown = sorted(set(expanded) - {"state_url"})
-    problems += [f"{key}: unknown setting (allowed at the top level: state_url, jobs, notify)" for key in unknown]
+    problems += [
+        f"{key}: unknown setting (allowed at the top level: state_url, jobs, notify, lineage, dbt)" for key in unknown
+    ]
     state_url = expanded.get("state_url", DEFAULT_STATE_URL)
     if not isinstance(state_url, str):
         problems.append("state_url: must be a SQLAlchemy URL string")
@@ -259,7 +318,7 @@ def _listed(names: list[Any]) -> str:
 
 
 def _parse_job(
-    index: int, raw: object, env: Mapping[str, str], base_dir: Path, problems: list[str], missing: Missing
+    index: int, raw: object, env: Mapping[str, str], context: _JobContext, problems: list[str], missing: Missing
 ) -> JobConfig | None:
     label = _job_label(index, raw)
     if not isinstance(raw, dict):
@@ -274,14 +333,18 @@ def _parse_job(
     missing.prefix = ""
     # Fields whose variable is missing are reported as such; what their emptiness breaks is not news.
     empty = {where for uses in unset.uses.values() for where in uses}
+    if context.lineage is not None and isinstance(raw, dict) and "lineage" not in raw:
+        raw = {**raw, "lineage": context.lineage.model_dump(by_alias=True)}
     try:
         job = JobConfig.model_validate(raw)
     except ValidationError as exc:
         problems += [_problem(label, error) for error in exc.errors() if _loc(error["loc"]) not in empty]
         return None
-    job_problems = _check_job(job, base_dir)
+    job_problems = _check_job(job, context.base_dir)
+    if context.manifest is not None or not context.dbt_given:  # an unreadable manifest is reported once
+        job_problems += _ref_problems(job, context.manifest)
     problems += [f"{label}: {problem}" for problem in job_problems]
-    return None if job_problems else _resolve_paths(job, base_dir)
+    return None if job_problems else _resolve_refs(_resolve_paths(job, context.base_dir), context.manifest)
 
 
 def _check_job(job: JobConfig, base_dir: Path) -> list[str]:
@@ -291,10 +354,10 @@ def _check_job(job: JobConfig, base_dir: Path) -> list[str]:
         for index, item in enumerate(items):
             field = f"{section}[{index}]"
             key = item.resolved_key
-            given = [name for name in ("query", "query_file", "file") if getattr(item, name) is not None]
+            given = [name for name in ("query", "query_file", "ref", "file") if getattr(item, name) is not None]
             if len(given) != 1:
-                problems.append(f"{field}: give exactly one of query, query_file or file")
-            if given[:1] in (["query"], ["query_file"]) and not job.source.url:
+                problems.append(f"{field}: give exactly one of query, query_file, ref or file")
+            if given[:1] in (["query"], ["query_file"], ["ref"]) and not job.source.url:
                 problems.append(f"{field}.{given[0]}: needs source.url, the warehouse to run it against")
             if item.query_file is not None:
                 problems += _sql_file_problems(f"{field}.query_file", base_dir, item.query_file)
@@ -321,15 +384,13 @@ def _check_job(job: JobConfig, base_dir: Path) -> list[str]:
             problems.append(f"{field}: {column!r} is already the key of {seen[column]}")
         elif column in job.enrich[:index]:
             problems.append(f"{field}: {column!r} is listed twice")
-    if job.enrich and not (job.source.profiles or job.source.profiles_query_file or job.source.profiles_file):
+    if job.enrich and not _has_profiles(job):
         problems.append("enrich: needs source.profiles (or profiles_file), the query that returns those columns")
     if job.subject == "account":
         problems += _account_problems(job)
     if job.send_profile_changes and job.destination.events == "track":
         problems.append("send_profile_changes: a profile change is sent in an identify call; use events: both")
-    if job.send_profile_changes and not (
-        job.source.profiles or job.source.profiles_query_file or job.source.profiles_file
-    ):
+    if job.send_profile_changes and not _has_profiles(job):
         problems.append("send_profile_changes: needs source.profiles (or profiles_file)")
     if job.source.profiles is not None and not job.source.url:
         problems.append("source.profiles: needs source.url, the warehouse to run it against")
@@ -337,12 +398,16 @@ def _check_job(job: JobConfig, base_dir: Path) -> list[str]:
         problems.append("schedule.when_changed: needs source.url, the warehouse to ask")
     if job.schedule.at_least is not None and job.schedule.when_changed is None:
         problems.append("schedule.at_least: forces a run when when_changed would skip it; give when_changed too")
-    profile_sources = [n for n in ("profiles", "profiles_query_file", "profiles_file") if getattr(job.source, n)]
+    profile_sources = [n for n in _PROFILE_SOURCES if getattr(job.source, n)]
     if len(profile_sources) > 1:
         problems.append(
-            "source: give one of profiles (a query), profiles_query_file (a .sql file) or profiles_file (a data "
-            f"file), not {' and '.join(profile_sources)}"
+            "source: give one of profiles (a query), profiles_query_file (a .sql file), profiles_ref (a dbt model) "
+            f"or profiles_file (a data file), not {' and '.join(profile_sources)}"
         )
+    if job.source.profiles_ref is not None and not job.source.url:
+        problems.append("source.profiles_ref: needs source.url, the warehouse the model is in")
+    if job.writeback is not None:
+        problems += _writeback_problems(job)
     if job.source.profiles_query_file is not None:
         problems += _sql_file_problems("source.profiles_query_file", base_dir, job.source.profiles_query_file)
     if job.source.profiles_file is not None and not (base_dir / job.source.profiles_file).is_file():
@@ -358,6 +423,64 @@ def _check_job(job: JobConfig, base_dir: Path) -> list[str]:
     if not seen:
         problems.append("audiences/traits: a job needs at least one audience or trait")
     return problems
+
+
+_PROFILE_SOURCES = ("profiles", "profiles_query_file", "profiles_ref", "profiles_file")
+
+
+def _has_profiles(job: JobConfig) -> bool:
+    return any(getattr(job.source, name) for name in _PROFILE_SOURCES)
+
+
+def _writeback_problems(job: JobConfig) -> list[str]:
+    url = job.writeback.url if job.writeback is not None else None
+    if not (url or job.source.url):
+        return ["writeback.url: needs a warehouse URL (or source.url, the job's warehouse, to write to)"]
+    problem = driver_problem(url) if url else None
+    return [f"writeback.url: {problem}"] if problem else []
+
+
+def _ref_problems(job: JobConfig, manifest: Manifest | None) -> list[str]:
+    """What is wrong with the dbt models the job names, if anything."""
+    refs = [
+        (f"{section}[{i}].ref", item.ref)
+        for section, items in (("audiences", job.audiences), ("traits", job.traits))
+        for i, item in enumerate(items)
+        if item.ref is not None
+    ]
+    if job.source.profiles_ref is not None:
+        refs.append(("source.profiles_ref", job.source.profiles_ref))
+    if manifest is None:
+        return [f"{field}: needs dbt.manifest at the top level (the dbt project's manifest.json)" for field, _ in refs]
+    problems = []
+    for field, ref in refs:
+        try:
+            manifest.model(ref)
+        except ValueError as exc:
+            problems.append(f"{field}: {exc}")
+    return problems
+
+
+def _resolve_refs(job: JobConfig, manifest: Manifest | None) -> JobConfig:
+    """Each ``ref`` read into ``query`` (``profiles_ref`` into ``profiles``): the model's relation, whole."""
+    if manifest is None:
+        return job
+
+    def resolve(item: ComputationConfig) -> ComputationConfig:
+        if item.ref is None:
+            return item
+        return item.model_copy(update={"query": ref_query(manifest.model(item.ref))})
+
+    source = job.source
+    if source.profiles_ref is not None:
+        source = source.model_copy(update={"profiles": ref_query(manifest.model(source.profiles_ref))})
+    return job.model_copy(
+        update={
+            "source": source,
+            "audiences": tuple(resolve(a) for a in job.audiences),
+            "traits": tuple(resolve(t) for t in job.traits),
+        }
+    )
 
 
 def _warehouse_problems(job: JobConfig) -> list[str]:
@@ -436,8 +559,12 @@ def _resolve_paths(job: JobConfig, base_dir: Path) -> JobConfig:
         source = source.model_copy(update={"url": resolve_sqlite_url(source.url, base_dir)})
     if source.profiles_file:
         source = source.model_copy(update={"profiles_file": str((base_dir / source.profiles_file).resolve())})
+    writeback = job.writeback
+    if writeback is not None and writeback.url:
+        writeback = writeback.model_copy(update={"url": resolve_sqlite_url(writeback.url, base_dir)})
     return job.model_copy(
         update={
+            "writeback": writeback,
             "source": source,
             "audiences": tuple(resolve(a) for a in job.audiences),
             "traits": tuple(resolve(t) for t in job.traits),

@@ -39,6 +39,7 @@ from sync.run.delivery import PROGRESS_INTERVAL_S, Delivery, Pace, Progress
 from sync.run.lease import LEASE_TTL, process_owner
 from sync.run.report import RunOptions as RunOptions
 from sync.run.report import RunReport as RunReport
+from sync.run.writeback import write_back
 from sync.scheduler.metrics import Metrics
 from sync.sources import computations, driver_reason, warehouse_engine
 from sync.store import Store, store_reason
@@ -343,6 +344,7 @@ class Runner:
             self._alert(report, halt.breaker.opened)
             if self.metrics is not None:
                 self.metrics.run_finished(job.name, report.status, options.trigger, report.updates, report.parked)
+        self._write_back(job)
         log.log(
             _LEVELS.get(report.status, logging.INFO),
             "run finished",
@@ -405,6 +407,15 @@ class Runner:
                 self.store.record_alerts(report.run_id, sent)
         except Exception:
             log.warning("could not evaluate or send alerts", extra={"job": report.job}, exc_info=True)
+
+    def _write_back(self, job: JobConfig) -> None:
+        """The sync log in the warehouse, after the run is recorded; never fails the run."""
+        if job.writeback is None:
+            return
+        try:
+            write_back(self.store, job, self.clock())
+        except Exception:
+            log.warning("could not write the sync log to the warehouse", extra={"job": job.name}, exc_info=True)
 
     def _finish(self, report: RunReport, phases: _Phases) -> None:
         try:

@@ -119,3 +119,32 @@ def _sqlite_pragmas(connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA cache_size=-65536")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+# A run's updates for the sync log, in the run's order: ``user_id, message_id, changes, status, http_status, error,
+# finished_at`` (``dead`` for a parked one; the time as text with its zone on SQLite, which keeps none).
+_RUN_UPDATE_ROWS = {
+    "sqlite": """
+        SELECT u.user_id, u.message_id, u.changes, CASE WHEN f.dead THEN 'dead' ELSE u.status END,
+               u.http_status, u.error, u.finished_at || '+00:00'
+        FROM run_updates AS u
+        LEFT JOIN failed_updates AS f
+               ON f.job = :job AND f.user_id = u.user_id AND f.message_id = u.message_id AND f.dead
+        WHERE u.run_id = :run_id
+        ORDER BY u.id
+    """,
+    "postgresql": """
+        SELECT u.user_id, u.message_id, u.changes, CASE WHEN f.dead THEN 'dead' ELSE u.status END,
+               u.http_status, u.error, u.finished_at
+        FROM run_updates AS u
+        LEFT JOIN failed_updates AS f
+               ON f.job = %(job)s AND f.user_id = u.user_id AND f.message_id = u.message_id AND f.dead
+        WHERE u.run_id = %(run_id)s
+        ORDER BY u.id
+    """,
+}
+
+
+def run_update_rows_sql(engine: Engine) -> str:
+    """The statement that reads a run's updates for the sync log, for the driver's own cursor."""
+    return _RUN_UPDATE_ROWS[engine.dialect.name]

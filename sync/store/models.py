@@ -89,6 +89,8 @@ class Run(Base):
     reconcile: Mapped[str | None] = mapped_column(Text)  # JSON: what a reconciliation read and found
     undelivered: Mapped[int | None] = mapped_column(Integer)  # updates failed or not sent when it ended
     watermark: Mapped[str | None] = mapped_column(Text)  # what schedule.when_changed returned (JSON)
+    written_back: Mapped[datetime | None] = mapped_column(UTCDateTime())  # its row and changes in the warehouse
+    writeback_error: Mapped[str | None] = mapped_column(Text)  # why the last write-back failed
 
 
 class RunUpdate(Base):

@@ -111,6 +111,22 @@ class RunStore:
         with Session(self.engine) as session, session.begin():
             session.execute(update(Run).where(Run.id == run_id).values(watermark=watermark))
 
+    def unwritten_runs(self, job: str, limit: int) -> list[Run]:
+        """The job's finished runs whose row and changes are not in the warehouse yet, newest first."""
+        query = (
+            select(Run)
+            .where(Run.job == job, Run.finished_at.is_not(None), Run.written_back.is_(None))
+            .order_by(Run.id.desc())
+            .limit(limit)
+        )
+        with Session(self.engine) as session:
+            return list(session.scalars(query))
+
+    def set_written_back(self, run_id: int, at: datetime | None, error: str | None = None) -> None:
+        """A write-back of the run done (``at``), or failed (``error``: the next run writes it again)."""
+        with Session(self.engine) as session, session.begin():
+            session.execute(update(Run).where(Run.id == run_id).values(written_back=at, writeback_error=error))
+
     def record_alerts(self, run_id: int, texts: Sequence[str]) -> None:
         """The alerts a run's end sent, as their texts."""
         with Session(self.engine) as session, session.begin():
