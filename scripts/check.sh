@@ -8,6 +8,10 @@ cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+# dbt-core, for the tests that build a dbt project: in a virtual environment of its own, since it pins a
+# pathspec older than the one mypy needs (audience-sync itself needs no dbt: it reads manifest.json).
+[ -x .venv-dbt/bin/dbt ] || "$python" -m venv .venv-dbt
+.venv-dbt/bin/python -m pip install --quiet --disable-pip-version-check dbt-core==1.11.16 dbt-postgres==1.11.0
 
 # The storage tests need PostgreSQL at 127.0.0.1:5432; start the local cluster if it is installed and down.
 if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; then
@@ -28,5 +32,6 @@ if [ -n "${BENCH_SMOKE:-}" ]; then
   .venv/bin/python bench/warehouse.py --users 20000 --churn 0.01 --repeat 1
   .venv/bin/python bench/console.py --changes 5000 --jobs 3 --history 200 --repeat 5
   .venv/bin/python bench/reconcile.py --customers 5000 --repeat 1
+  .venv/bin/python bench/writeback.py --changes 20000 --repeat 1
 fi
 .venv/bin/pytest "$@"

@@ -27,6 +27,7 @@ COMMANDS = {
     "messages": "sync.cli.audit", "failed": "sync.cli.audit", "report": "sync.cli.audit", "prune": "sync.cli.audit",
     "forget": "sync.cli.audit",
     "warehouse": "sync.cli.warehouse", "console": "sync.cli.console", "reconcile": "sync.cli.reconcile",
+    "dbt": "sync.cli.dbt",
 }  # fmt: skip
 
 

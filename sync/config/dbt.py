@@ -17,6 +17,17 @@ class Model:
     name: str
     package: str
     relation: str  # as dbt renders it for the warehouse: "db"."schema"."table"
+    database: str = ""
+    schema: str = ""
+    alias: str = ""  # the table's name in the warehouse
+
+    def is_table(self, catalog: str, schema: str, name: str) -> bool:
+        """Whether a table a query names (its parts empty where it does not say) is this model's relation."""
+        return (
+            name.lower() == self.alias.lower()
+            and (not schema or schema.lower() == self.schema.lower())
+            and (not catalog or catalog.lower() == self.database.lower())
+        )
 
 
 class Manifest:
@@ -48,6 +59,10 @@ class Manifest:
         project = str((raw.get("metadata") or {}).get("project_name") or "")
         return cls(project, models, disabled)
 
+    @property
+    def models(self) -> list[Model]:
+        return list(self._models)
+
     def model(self, ref: str) -> Model:
         """The model ``ref`` names (``name`` or ``package.name``); ValueError when it is unknown, disabled,
         ambiguous or has no relation (ephemeral)."""
@@ -78,6 +93,9 @@ def _model(node: dict[str, Any]) -> Model:
         name=str(node.get("name") or ""),
         package=str(node.get("package_name") or ""),
         relation=str(node.get("relation_name") or ""),
+        database=str(node.get("database") or ""),
+        schema=str(node.get("schema") or ""),
+        alias=str(node.get("alias") or node.get("name") or ""),
     )
 
 

@@ -23,6 +23,8 @@ class RunOptions:
     # Who or what started the run, for the audit trail: "manual" (`run`), "scheduled" (the daemon), "retry"
     # (`retry`), "full" (`run --full`), "plan" (`plan`, `run --dry-run`).
     trigger: str = "manual"
+    # The orchestrator's run that started this one, for lineage: ``namespace/name/run-uuid``.
+    parent: str | None = None
 
 
 @dataclass

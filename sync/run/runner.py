@@ -31,6 +31,7 @@ from sync.destinations.breaker import Breaker
 from sync.destinations.factory import call_spec, remote_ids
 from sync.destinations.transport import ClientFactory, default_client
 from sync.errors import GuardError, SyncError
+from sync.lineage import Lineage, ParentRun, parent_from_env
 from sync.model import Update
 from sync.plan.planner import BATCH, KEEP, Plan, Planner, Prior
 from sync.run import lease
@@ -307,6 +308,7 @@ class Runner:
                 "dry_run": options.dry_run,
             },
         )
+        lineage = self._lineage(job, options, report.run_id, now)
         phases = _Phases(job.name, report.run_id, self.progress)
         halt = _Halt(lost or threading.Event(), self.breaker(), phases, spec)
         repair: dict[str, frozenset[str]] = {}
@@ -344,6 +346,8 @@ class Runner:
             self._alert(report, halt.breaker.opened)
             if self.metrics is not None:
                 self.metrics.run_finished(job.name, report.status, options.trigger, report.updates, report.parked)
+        if lineage is not None:
+            lineage.finish(report.status, report.error, report.delivered, self.clock())
         self._write_back(job)
         log.log(
             _LEVELS.get(report.status, logging.INFO),
@@ -407,6 +411,15 @@ class Runner:
                 self.store.record_alerts(report.run_id, sent)
         except Exception:
             log.warning("could not evaluate or send alerts", extra={"job": report.job}, exc_info=True)
+
+    def _lineage(self, job: JobConfig, options: RunOptions, run_id: int, now: datetime) -> Lineage | None:
+        """The run's OpenLineage events, START sent now; None without ``lineage`` or for a dry run."""
+        if job.lineage is None or options.dry_run:
+            return None
+        parent = ParentRun.parse(options.parent) if options.parent else parent_from_env()
+        lineage = Lineage(job, job.lineage, parent)
+        lineage.start(self.store.installation_id(), run_id, now)
+        return lineage
 
     def _write_back(self, job: JobConfig) -> None:
         """The sync log in the warehouse, after the run is recorded; never fails the run."""
