@@ -25,9 +25,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from sync import api
+from sync.config import parse_config
 from sync.dev.receiver import Receiver
 from sync.errors import ConfigError
-from sync.config import parse_config
 from tests.conftest import _postgres_or_skip
 
 pytestmark = pytest.mark.postgres
