@@ -45,8 +45,8 @@ def test_the_job_is_an_asset_downstream_of_the_tables_it_reads(tmp_path: Path, w
         assert order == [dg.AssetKey(["members"]), asset.key]  # the table first, then the sync
         metadata = result.asset_materializations_for_node(asset.op.name)[0].metadata
         assert metadata["status"].value == "succeeded" and metadata["delivered"].value == 2
-        assert metadata["users"].value == 2 and metadata["duration_s"].value >= 0
-        run_id = metadata["run_id"].value
+        assert metadata["users"].value == 2 and float(metadata["duration_s"].value) >= 0  # type: ignore[arg-type]
+        run_id = int(metadata["run_id"].value)  # type: ignore[arg-type]
         assert {b["user_id"] for b in receiver.accepted()} == {"u1", "u2"}
         again = dg.materialize([asset], run_config={"ops": {asset.op.name: {"config": {"dry_run": True}}}})
         assert again.asset_materializations_for_node(asset.op.name)[0].metadata["run_id"].value == run_id + 1
@@ -65,7 +65,8 @@ def test_a_failed_run_fails_the_asset_with_its_reason(tmp_path: Path, warehouse:
     assert not result.success
     failure = result.failure_data_for_node(asset.op.name)
     assert failure is not None
-    assert "run 1 of contacts failed" in failure.error.message
+    assert failure.error is not None and "run 1 of contacts failed" in failure.error.message
+    assert failure.user_failure_data is not None
     assert failure.user_failure_data.metadata["status"].value == "failed"
 
 

@@ -95,7 +95,7 @@ def _asset(
                 metadata=metadata,
             )
         if not result.ok:
-            context.log.warning(f"run {result.run_id} of {job.name} {result.status}: {result.error}")
+            context.log.warning("run %s of %s %s: %s", result.run_id, job.name, result.status, result.error)
         return dg.MaterializeResult(metadata=metadata)
 
     return sync
