@@ -14,6 +14,7 @@ its ``RunResult`` says so (``ok``, ``status``, ``error``, ``exit_code``); ``rais
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -46,6 +47,8 @@ class RunResult:
     detail: dict[str, Any]
     exit_code: int
     record: dict[str, Any] = field(init=False)
+    # What the run reported as it ended (sync.run.report.RunReport): the CLI prints its summary from it.
+    report: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "record", self.detail["run"])
@@ -113,9 +116,13 @@ def run(
     retry: bool = False,
     force: bool = False,
     trigger: str = "api",
+    parent: str | None = None,
+    progress: Any = None,
+    stop: threading.Event | None = None,
 ) -> RunResult:
     """Run ``job`` once now, as ``audience-sync run`` does (``retry``: as ``audience-sync retry``), and return
-    what ``runs show --json`` says of it."""
+    what ``runs show --json`` says of it. ``parent``: the orchestrator's run, ``namespace/name/run-uuid``, for
+    lineage; ``progress`` (a sync.run.delivery.Progress) and ``stop`` (set to stop the run): the CLI's."""
     from sync.audit.queries import run_detail
     from sync.run.alerts import Alerts
     from sync.run.report import RunOptions
@@ -123,10 +130,11 @@ def run(
 
     loaded = load(config, job)
     settings = loaded.job(job)
-    options = RunOptions(full=full, dry_run=dry_run, force=force, trigger="retry" if retry else trigger)
+    options = RunOptions(full=full, dry_run=dry_run, force=force, trigger="retry" if retry else trigger, parent=parent)
     with _store(loaded) as store:
-        report = Runner(store, alerts=Alerts(loaded.notify)).run(settings, options)
-        return RunResult(run_detail(store, report.run_id), report.exit_code)
+        runner = Runner(store, alerts=Alerts(loaded.notify), progress=progress, stop=stop)
+        report = runner.run(settings, options)
+        return RunResult(run_detail(store, report.run_id), report.exit_code, report)
 
 
 def status(config: ConfigLike = None) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
-from sync import logs
+from sync import api, logs
 from sync.audit.display import print_rows
 from sync.audit.queries import CHANGE_FIELDS, change_records
 from sync.cli.common import (
@@ -30,10 +30,8 @@ from sync.cli.common import (
 from sync.dev.chartmogul_account import Account, load_account
 from sync.dev.chartmogul_api import REQUESTS_PER_SECOND, ChartMogulApiReceiver
 from sync.dev.receiver import Faults, Receiver
-from sync.errors import ConfigError
-from sync.run.alerts import Alerts
+from sync.errors import ConfigError, SyncError
 from sync.run.report import EXIT_USAGE, SUMMARY_FIELDS, RunOptions
-from sync.run.runner import Runner
 from sync.store import AuditFilter, Store
 from sync.text import plural
 
@@ -89,26 +87,39 @@ def retry(ctx: click.Context, job: str, dead: bool, as_json: bool) -> None:
 
 
 def _run(ctx: click.Context, job_name: str, options: RunOptions, as_json: bool, show_changes: bool) -> int:
+    """A run through ``sync.api.run``, with a progress bar on a terminal and signals that stop it."""
     config = job_config(ctx, job_name)
     try:
-        job = config.job(job_name)
+        config.job(job_name)
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
     stop = stop_on_signals()
-    with open_store(config.state_url) as store:
-        with _progress() as progress:
-            runner = Runner(store, progress=progress, stop=stop, alerts=Alerts(config.notify))
-            report = runner.run(job, options)
-        extra = {
-            "error": report.error,
-            "skipped_rows": report.skipped_rows,
-            "parked": report.parked,
-            "full_left": report.full_left,
-        }
-        _print_report(report.summary() | extra, as_json)
-        if show_changes:
+    with _progress() as progress:
+        try:
+            result = api.run(
+                config,
+                job_name,
+                full=options.full,
+                dry_run=options.dry_run,
+                force=options.force,
+                trigger=options.trigger,
+                progress=progress,
+                stop=stop,
+            )
+        except SyncError as exc:
+            fail(str(exc))
+    report = result.report
+    extra = {
+        "error": report.error,
+        "skipped_rows": report.skipped_rows,
+        "parked": report.parked,
+        "full_left": report.full_left,
+    }
+    _print_report(report.summary() | extra, as_json)
+    if show_changes:
+        with open_store(config.state_url) as store:
             _print_changes(store, report.run_id)
-    return report.exit_code
+    return result.exit_code
 
 
 def _print_changes(store: Store, run_id: int) -> None:
