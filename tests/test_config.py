@@ -133,8 +133,8 @@ def test_job_level_checks_name_the_field(tmp_path: Path) -> None:
     assert "job 'contacts': audiences[1]: key 'vip' is already used by audiences[0]" in problems
     assert "job 'contacts': audiences[2].name: '!!!' gives an empty key; set key explicitly" in problems
     assert "job 'contacts': audiences[3]: key 'email' is a standard contact field; set another key" in problems
-    assert "job 'contacts': audiences[4]: give exactly one of query, query_file or file" in problems
-    assert "job 'contacts': audiences[5]: give exactly one of query, query_file or file" in problems
+    assert "job 'contacts': audiences[4]: give exactly one of query, query_file, ref or file" in problems
+    assert "job 'contacts': audiences[5]: give exactly one of query, query_file, ref or file" in problems
     assert "job 'contacts': traits[0].file: no such file: missing.csv" in problems
     assert "job 'contacts': traits[1]: key 'vip' is already used by audiences[0]" in problems
 

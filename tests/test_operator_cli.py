@@ -54,7 +54,7 @@ def test_prune_of_an_unknown_job_exits_2(synced: Path) -> None:
 @pytest.mark.parametrize(
     ("url", "package"),
     [
-        ("databricks://token:secret@host?http_path=/sql/1.0/warehouses/x", "databricks-sqlalchemy"),
+        ("mssql+pymssql://me:secret@host/db", "pymssql"),
         ("oracle+oracledb://me@host/db", "oracledb"),
     ],
 )

@@ -70,11 +70,11 @@ def test_queries_in_files_run_as_inline_ones(
         ({"traits": [{"name": "LTV", "query_file": "bin.sql"}]}, {"bin.sql": b"\xff\xfe\x00"},
          "job 'contacts': traits[0].query_file: bin.sql is not UTF-8 text"),
         ({"audiences": [{"name": "VIP", "query": "SELECT 1", "query_file": "a.sql"}]}, {"a.sql": b"SELECT 1"},
-         "job 'contacts': audiences[0]: give exactly one of query, query_file or file"),
+         "job 'contacts': audiences[0]: give exactly one of query, query_file, ref or file"),
         ({"source": {"profiles": "SELECT 1", "profiles_query_file": "p.sql"},
           "audiences": [{"name": "VIP", "query": "SELECT user_id FROM members"}]}, {"p.sql": b"SELECT 1"},
-         "job 'contacts': source: give one of profiles (a query), profiles_query_file (a .sql file) or "
-         "profiles_file (a data file), not profiles and profiles_query_file"),
+         "job 'contacts': source: give one of profiles (a query), profiles_query_file (a .sql file), "
+         "profiles_ref (a dbt model) or profiles_file (a data file), not profiles and profiles_query_file"),
     ],
 )  # fmt: skip
 def test_a_query_file_that_cannot_be_used_is_named(

@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 from sqlalchemy import create_engine, text
 
 from sync import api
+from sync.audit.display import print_run_detail
 from sync.audit.queries import CHANGE_FIELDS, run_detail
 from sync.clock import utc_now
 from sync.dev.receiver import Receiver
@@ -147,6 +149,9 @@ def test_a_failed_write_back_is_recorded_and_done_by_the_next_run(
             assert state.acknowledged("contacts", "u2") is not None
             detail = run_detail(state, first.run_id)["writeback"]
             assert detail["written_at"] is None and detail["error"]
+            shown = Console(record=True, width=200)
+            print_run_detail(shown, run_detail(state, first.run_id))
+            assert "not written yet (the next run tries again): " in shown.export_text()
             assert "hunter2" not in detail["error"] and "hunter2" not in caplog.text
             assert any("could not write run" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
             raw["writeback"]["url"] = postgres_url

@@ -231,6 +231,13 @@ def print_run_detail(console: Console, detail: Mapping[str, Any]) -> None:
     say("alerts sent", style="bold")
     for text in detail["alerts"] or ["none"]:
         say(f"  {text}", markup=False, highlight=False, soft_wrap=True)
+    writeback = detail.get("writeback")
+    if writeback is not None:
+        say("sync log in the warehouse", style="bold")
+        if writeback["written_at"]:
+            say(f"  written at {writeback['written_at']}", markup=False, highlight=False)
+        else:
+            say(f"  not written yet (the next run tries again): {writeback['error']}", markup=False, highlight=False)
     if detail["failure_reasons"]:
         say("why updates were not delivered", style="bold")
         for reason in detail["failure_reasons"]:

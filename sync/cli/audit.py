@@ -65,7 +65,9 @@ def _moment(option: str, text: str | None, now: datetime) -> datetime | None:
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1), help="How many runs to list.")
 @click.option("--status", "statuses", multiple=True, help="Only runs with this status (repeatable).")
 @click.option(
-    "--trigger", help="Only runs started this way: manual, scheduled, retry, full, plan, console, reconcile or api."
+    "--trigger",
+    help="Only runs started this way: manual, scheduled, retry, full, plan, console, reconcile, api, dagster or "
+    "airflow.",
 )
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
 @click.pass_context
