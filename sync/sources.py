@@ -110,8 +110,20 @@ def read_snapshot(job: JobConfig) -> Snapshot:
 
 
 def warehouse_engine(job: JobConfig) -> Engine:
-    """The job's warehouse; each connection runs ``source.session`` first."""
+    """The job's warehouse; each connection runs ``source.session`` first. A driver that fails to connect
+    with an error of its own (PyHive's Thrift transport) fails as its DB-API's OperationalError does."""
     engine = create_engine(job.source.url or "")
+    errors = engine.dialect.loaded_dbapi.Error
+
+    def connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except errors:
+            raise
+        except Exception as exc:
+            raise dialect.loaded_dbapi.OperationalError(f"{type(exc).__name__}: {exc}") from None
+
+    event.listen(engine, "do_connect", connect)
     if job.source.session:
         errors = engine.dialect.loaded_dbapi.Error
 
@@ -280,6 +292,9 @@ def driver_reason(exc: SQLAlchemyError) -> str:
 
 
 def _first_line(exc: BaseException | None, fallback: str) -> str:
-    """The first line of a driver's error message, or ``fallback`` when it has none."""
-    text = str(exc).strip() if exc is not None else ""
+    """The first line of a driver's error message, or ``fallback`` when it has none. PyHive's errors carry the
+    server's whole answer (a Thrift structure, with a Java stack); its ``errorMessage`` is what the server said."""
+    answer = exc.args[0] if exc is not None and exc.args else None
+    said = getattr(getattr(answer, "status", None), "errorMessage", None)
+    text = str(said if said else exc).strip() if exc is not None else ""
     return text.splitlines()[0] if text else fallback

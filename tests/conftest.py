@@ -337,3 +337,52 @@ class AccountWarehouse:
 @pytest.fixture
 def accounts(tmp_path: Path) -> AccountWarehouse:
     return AccountWarehouse(tmp_path / "accounts.db")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def spark_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Spark cluster for the session (scripts/spark.sh: a master, two workers of one core, the Thrift
+    server), on ports of its own; its URL ``hive://127.0.0.1:PORT/default``. AUDIENCE_SYNC_TEST_SPARK_URL
+    names a running one instead. Skipped where Java or pyspark is missing, outside CI only."""
+    import shutil
+
+    if os.environ.get("AUDIENCE_SYNC_TEST_SPARK_URL"):
+        yield os.environ["AUDIENCE_SYNC_TEST_SPARK_URL"]
+        return
+
+    missing = [what for what, ok in (("Java", shutil.which("java")), ("pyspark", _importable("pyspark"))) if not ok]
+    if missing:
+        if os.environ.get("CI"):
+            raise RuntimeError(f"the Spark tests need {' and '.join(missing)} in CI")
+        pytest.skip(f"{' and '.join(missing)} not installed: the Spark tests need both")
+    folder = tmp_path_factory.mktemp("spark")
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "SPARK_DIR": str(folder),
+        "SPARK_THRIFT_PORT": str(port),
+        "SPARK_MASTER_PORT": str(_free_port()),
+        "SPARK_WEBUI_PORT": str(_free_port()),
+    }
+    script = Path(__file__).resolve().parents[1] / "scripts" / "spark.sh"
+    started = subprocess.run(["bash", str(script), "start"], env=env, capture_output=True, text=True, timeout=300)
+    try:
+        assert started.returncode == 0, started.stderr[-3000:]
+        yield f"hive://127.0.0.1:{port}/default"
+    finally:
+        subprocess.run(["bash", str(script), "stop"], env=env, capture_output=True, timeout=120)
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None

@@ -92,3 +92,61 @@ def postgres_warehouse(url: str) -> SqlWarehouse:
     options = make_url(url).query.get("options", "")
     schema = str(options).split("search_path=", 1)[1]
     return SqlWarehouse(url, schema)
+
+
+def _literal(value: Any) -> str:
+    """A value as Spark SQL writes it (strings with backslash escapes)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int | float):
+        return repr(float(value)) if isinstance(value, float) else str(value)
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+class SparkWarehouse(SqlWarehouse):
+    """A database of the session's Spark cluster (its Thrift server, ``hive://``). Spark's Parquet tables take
+    no DELETE: each table is written whole, from what the test set."""
+
+    def __init__(self, url: str, schema: str) -> None:
+        self.url, self.schema = url, schema
+        self.members: dict[str, list[str]] = {}
+        self._execute(
+            "CREATE TABLE profiles (" + ", ".join(f"{c} STRING" for c in PROFILE_COLUMNS) + ") USING parquet",
+            "CREATE TABLE members (audience STRING, user_id STRING) USING parquet",
+        )
+
+    def _overwrite(self, table: str, rows: Sequence[Sequence[Any]]) -> None:
+        if not rows:
+            self._execute(f"TRUNCATE TABLE {table}")
+            return
+        values = ", ".join("(" + ", ".join(_literal(v) for v in row) + ")" for row in rows)
+        self._execute(f"INSERT OVERWRITE TABLE {table} VALUES {values}")
+
+    def set_profiles(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        self._overwrite("profiles", [[row.get(c) for c in PROFILE_COLUMNS] for row in rows])
+
+    def set_members(self, audience: str, user_ids: Sequence[str]) -> None:
+        self.members[audience] = list(user_ids)
+        self._overwrite("members", [[a, u] for a, users in sorted(self.members.items()) for u in users])
+
+    def set_trait(self, trait: str, values: Mapping[str, Any], kind: str = "DOUBLE") -> None:
+        self._execute(
+            f"DROP TABLE IF EXISTS trait_{trait}",
+            f"CREATE TABLE trait_{trait} (user_id STRING, value {kind}) USING parquet",
+        )
+        self._overwrite(f"trait_{trait}", [[u, v] for u, v in values.items()])
+
+
+def spark_warehouse(base_url: str, database: str) -> SparkWarehouse:
+    """A database of its own on the cluster at ``base_url`` (hive://host:port/default), dropped by the caller;
+    the engine keeps its tables in that database too."""
+    engine = create_engine(base_url)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text(f"CREATE DATABASE IF NOT EXISTS {database}"))
+    finally:
+        engine.dispose()
+    url = make_url(base_url).set(database=database).render_as_string(hide_password=False)
+    return SparkWarehouse(url, database)

@@ -33,9 +33,10 @@ from sync.errors import ConfigError
 from sync.keys import snake_case
 from sync.redact import public_label
 
-# Warehouses the warehouse engine runs on (backend names of SQLAlchemy URLs): PostgreSQL and DuckDB are
-# tested against real databases, the others compiled by their own dialects (sync.snapshot.pushdown).
-WAREHOUSE_DIALECTS = ("postgresql", "duckdb", "snowflake", "bigquery", "redshift", "trino")
+# Warehouses the warehouse engine runs on (backend names of SQLAlchemy URLs): PostgreSQL, DuckDB and Spark
+# (hive://, a Spark cluster's Thrift server) are tested against real ones, the others compiled by their own
+# dialects (sync.snapshot.pushdown); what each can do is decided in sync.snapshot.abilities.
+WAREHOUSE_DIALECTS = ("postgresql", "duckdb", "snowflake", "bigquery", "redshift", "trino", "hive", "databricks")
 
 
 _SCHEMA_NAME = r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$"

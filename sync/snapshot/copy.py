@@ -18,18 +18,34 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from sqlalchemy import Connection, Delete, Insert, Table, delete, func, insert, inspect, select
+from sqlalchemy import (
+    Connection,
+    DateTime,
+    MetaData,
+    Table,
+    cast,
+    delete,
+    func,
+    insert,
+    inspect,
+    literal,
+    select,
+    union_all,
+)
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.schema import CreateSchema
 
 from sync.errors import SourceError
 from sync.snapshot import pushdown
+from sync.snapshot.abilities import abilities
 from sync.sources import driver_reason
 
 log = logging.getLogger(__name__)
 
 # Rows sent to the warehouse per statement when the copy is written without a bulk path.
 _CHUNK = 10_000
+# Rows per INSERT ... VALUES statement where that is the bulk path (Spark: each statement is a job).
+_VALUES_CHUNK = 20_000
 
 
 class Fingerprints(Protocol):
@@ -62,7 +78,8 @@ def refresh(
 ) -> dict[str, str]:
     """Bring the copy in line with the state store (see the module's docstring); the column types it
     recorded. ``shapes`` replaces those when given."""
-    copies, copy = pushdown.copies_table(names.schema), names.table("acked")
+    copies = pushdown.copies_table(names.schema, abilities(connection.dialect.name).constraints)
+    copy = names.table("acked")
     try:
         _ensure(connection, names.schema, copies)
         meta = connection.execute(select(copies).where(copies.c.job == job)).mappings().first()
@@ -73,7 +90,7 @@ def refresh(
             and meta["installation"] == installation
             and meta["scheme"] == pushdown.SCHEME
             and meta["copy_table"] == copy.name
-            and inspect(connection).has_table(copy.name, schema=names.schema)
+            and exists(connection, copy)
         )
         if usable and meta is not None and int(meta["as_of_run"]) < last:
             _load(connection, names, store.fingerprint_pieces(job, after_run=int(meta["as_of_run"])), patch=True)
@@ -83,7 +100,8 @@ def refresh(
                     "the warehouse copy of the acknowledged fingerprints does not match the state store; rebuilding it",
                     extra={"job": job},
                 )
-            copy.drop(connection, checkfirst=True)
+            if exists(connection, copy):
+                copy.drop(connection)
             copy.create(connection)
             _load(connection, names, store.fingerprint_pieces(job), patch=False)
             if _facts(connection, copy) != (count, total):
@@ -92,7 +110,8 @@ def refresh(
                     "does not match the state store after it was rebuilt; is another installation writing it?"
                 )
         recorded: dict[str, str] = json.loads(meta["shapes"]) if usable and meta is not None else {}
-        connection.execute(delete(copies).where(copies.c.job == job))
+        for statement in forget(copies, job, connection.dialect):
+            connection.exec_driver_sql(statement)
         connection.execute(
             insert(copies).values(
                 job=job,
@@ -103,7 +122,8 @@ def refresh(
                 row_count=count,
                 checksum=total,
                 shapes=json.dumps(shapes if shapes is not None else recorded, sort_keys=True),
-                written_at=datetime.now(UTC).replace(tzinfo=None),
+                # cast: Spark takes no text for a timestamp, which is how PyHive sends a time
+                written_at=cast(literal(datetime.now(UTC).replace(tzinfo=None)), DateTime()),
             )
         )
         connection.commit()
@@ -116,12 +136,22 @@ def refresh(
     return recorded
 
 
+def exists(connection: Connection, target: Table) -> bool:
+    """Whether ``target`` is in the warehouse. (PyHive's own check knows Hive's answer for a missing table, not
+    Spark's: on Spark, SHOW TABLES says.)"""
+    if connection.dialect.name != "hive":
+        return inspect(connection).has_table(target.name, schema=target.schema)
+    shown = connection.exec_driver_sql(f"SHOW TABLES IN `{target.schema}` LIKE '{target.name}'").fetchall()
+    return any(str(row[1]).lower() == target.name.lower() for row in shown)
+
+
 def _ensure(connection: Connection, schema: str, copies: Table) -> None:
     """The schema and the copies table; tried twice, for two jobs' first runs creating them at once."""
     for attempt in (1, 2):
         try:
             connection.execute(CreateSchema(schema, if_not_exists=True))
-            copies.create(connection, checkfirst=True)
+            if not exists(connection, copies):
+                copies.create(connection)
             connection.commit()
             return
         except SQLAlchemyError:
@@ -135,12 +165,49 @@ def checked(copy: Table) -> pushdown.Rows:
     return select(func.count(), pushdown.checksum(copy.c.fp))
 
 
-def patches(copy: Table, staging: Table) -> tuple[Delete, Insert]:
-    """The copy's rows of the subjects in ``staging`` replaced by the staged ones."""
-    return (
-        delete(copy).where(copy.c.sid.in_(select(staging.c.sid))),
-        insert(copy).from_select(["sid", "fp"], select(staging.c.sid, staging.c.fp)),
-    )
+def patches(copy: Table, staging: Table, dialect: Any) -> list[str]:
+    """The statements that replace the copy's rows of the subjects in ``staging`` by the staged ones, as the
+    warehouse can (``sync.snapshot.abilities``): one MERGE; a DELETE and an INSERT; or, where tables take no
+    DELETE, the copy rewritten as a new table that is swapped in."""
+    can = abilities(dialect.name)
+    name = dialect.identifier_preparer.format_table
+    if can.merge:
+        return [
+            f"MERGE INTO {name(copy)} AS c USING {name(staging)} AS s ON c.sid = s.sid "
+            "WHEN MATCHED THEN UPDATE SET fp = s.fp WHEN NOT MATCHED THEN INSERT (sid, fp) VALUES (s.sid, s.fp)"
+        ]
+    if can.deletes:
+        return [
+            _sql(delete(copy).where(copy.c.sid.in_(select(staging.c.sid))), dialect),
+            _sql(insert(copy).from_select(["sid", "fp"], select(staging.c.sid, staging.c.fp)), dialect),
+        ]
+    c, s = copy.alias("c"), staging.alias("s")
+    kept = select(c.c.sid, c.c.fp).select_from(c.outerjoin(s, s.c.sid == c.c.sid)).where(s.c.sid.is_(None))
+    return rewrite(copy, union_all(kept, select(staging.c.sid, staging.c.fp)), dialect)
+
+
+def rewrite(target: Table, rows: Any, dialect: Any) -> list[str]:
+    """``target`` replaced by a new table of ``rows``: created beside it, then swapped in. Between the drop
+    and the rename a reader finds no table; the copy's facts then do not match and the next run rebuilds it."""
+    name = dialect.identifier_preparer.format_table
+    following = Table(f"{target.name}_next", MetaData(schema=target.schema))
+    return [
+        f"DROP TABLE IF EXISTS {name(following)}",
+        f"CREATE TABLE {name(following)} AS {_sql(rows, dialect)}",
+        f"DROP TABLE {name(target)}",
+        f"ALTER TABLE {name(following)} RENAME TO {name(target)}",
+    ]
+
+
+def _sql(statement: Any, dialect: Any) -> str:
+    return str(statement.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+
+
+def forget(copies: Table, job: str, dialect: Any) -> list[str]:
+    """The statements that remove the job's row from the copies table."""
+    if abilities(dialect.name).deletes:
+        return [_sql(delete(copies).where(copies.c.job == job), dialect)]
+    return rewrite(copies, select(copies).where(copies.c.job != job), dialect)
 
 
 def _facts(connection: Connection, copy: Table) -> tuple[int, int]:
@@ -154,7 +221,8 @@ def _load(connection: Connection, names: Names, pieces: Iterator[pa.Table], patc
     copy, staging = names.table("acked"), names.table("new")
     target = copy
     if patch:
-        staging.drop(connection, checkfirst=True)
+        if exists(connection, staging):
+            staging.drop(connection)
         staging.create(connection)
         target = staging
     for piece in pieces:
@@ -162,21 +230,29 @@ def _load(connection: Connection, names: Names, pieces: Iterator[pa.Table], patc
         fps = pc.if_else(piece.column("known"), piece.column("fp"), pa.nulls(piece.num_rows, pa.int64()))
         _bulk(connection, target, pa.table({"sid": ids, "fp": fps}))
     if patch:
-        for statement in patches(copy, staging):
-            connection.execute(statement)
+        for statement in patches(copy, staging, connection.dialect):
+            connection.exec_driver_sql(statement)
         staging.drop(connection)
 
 
 def _bulk(connection: Connection, target: Table, rows: pa.Table) -> None:
-    """``rows`` (sid, fp) into ``target``: PostgreSQL's COPY, DuckDB's Arrow scan, else INSERTs."""
+    """``rows`` (sid, fp) into ``target``: PostgreSQL's COPY, DuckDB's Arrow scan, multi-row INSERTs of
+    literal values, else batched INSERTs (``sync.snapshot.abilities``)."""
     driver: Any = connection.connection.driver_connection
     name = connection.dialect.identifier_preparer.format_table(target)
-    if connection.dialect.name == "postgresql" and connection.dialect.driver == "psycopg":
+    bulk = abilities(connection.dialect.name).bulk
+    if bulk == "values":
+        values = rows.to_pylist()
+        for start in range(0, len(values), _VALUES_CHUNK):
+            statement = insert(target).values(values[start : start + _VALUES_CHUNK])
+            connection.exec_driver_sql(_sql(statement, connection.dialect))
+        return
+    if bulk == "copy" and connection.dialect.driver == "psycopg":
         with driver.cursor().copy(f"COPY {name} (sid, fp) FROM STDIN") as copying:
             for sid, fp in zip(rows.column("sid").to_pylist(), rows.column("fp").to_pylist(), strict=True):
                 copying.write_row((sid, fp))
         return
-    if connection.dialect.name == "duckdb":
+    if bulk == "arrow":
         driver.register("audience_sync_rows", rows)
         try:
             driver.execute(f"INSERT INTO {name} (sid, fp) SELECT sid, fp FROM audience_sync_rows")

@@ -99,12 +99,17 @@ _HASH52 = {
     "snowflake": f"TO_NUMBER(SUBSTR(MD5({{0}}), {_DIGITS}), '{'X' * HEX_DIGITS}')",
     "bigquery": f"CAST(CONCAT('0x', SUBSTR(TO_HEX(MD5({{0}})), {_DIGITS})) AS INT64)",
     "trino": f"from_base(substr(to_hex(md5(to_utf8({{0}}))), {_DIGITS}), 16)",
+    # Spark SQL (a Spark cluster's Thrift server, hive://; Databricks): conv turns hex text into decimal text.
+    "hive": f"CAST(conv(substr(md5({{0}}), {_DIGITS}), 16, 10) AS BIGINT)",
+    "databricks": f"CAST(conv(substr(md5({{0}}), {_DIGITS}), 16, 10) AS BIGINT)",
 }
 _TEXT = {
     "": "CAST({0} AS VARCHAR)",
     "postgresql": "CAST({0} AS TEXT)",
     "bigquery": "CAST({0} AS STRING)",
     "redshift": "CAST({0} AS VARCHAR(65535))",
+    "hive": "CAST({0} AS STRING)",
+    "databricks": "CAST({0} AS STRING)",
 }
 
 
@@ -116,6 +121,25 @@ def _register(element: type[FunctionElement[Any]], templates: dict[str, str]) ->
             return _template.format(_digits(compiler, element, **kw))
 
         compiles(element, *([dialect] if dialect else []))(render)
+
+
+class keyed(FunctionElement[str]):
+    """``key:`` and a value as text, joined: what a value's hash is taken of."""
+
+    type = String()
+    inherit_cache = True
+    name = "keyed"
+
+    def __init__(self, key: str, value: ColumnElement[Any]) -> None:
+        super().__init__(literal(key + ":", String()), as_text(value))
+
+
+@compiles(keyed)
+def _keyed(element: keyed, compiler: SQLCompiler, **kw: Any) -> str:
+    # Written out rather than as ``+`` on strings: PyHive's compiler of that operator drops the literal
+    # values a statement is compiled with.
+    prefix, value = list(element.clauses)
+    return f"{compiler.process(prefix, **kw)} || {compiler.process(value, **kw)}"
 
 
 _register(hash52, _HASH52)
@@ -176,7 +200,7 @@ def _row_hash(result: Any, query: Query) -> tuple[ColumnElement[Any], ColumnElem
             always = always or item.forced
             continue
         value = result.c[item.value]
-        hashes.append(case((value.is_(None), _zero()), else_=hash52(item.key + ":" + as_text(value))))
+        hashes.append(case((value.is_(None), _zero()), else_=hash52(keyed(item.key, value))))
         if item.forced:
             forced.append(value.is_not(None))
     h = sum(hashes[1:], hashes[0]) if hashes else _zero()
@@ -273,13 +297,14 @@ def copy_table(schema: str | None, name: str) -> Table:
     )
 
 
-def copies_table(schema: str | None) -> Table:
+def copies_table(schema: str | None, keyed: bool = True) -> Table:
     """Which copy each job has, written with it: the installation and hash scheme it belongs to, the last
-    run of the state store it holds, and its size and checksum as the state store had them."""
+    run of the state store it holds, and its size and checksum as the state store had them. ``keyed``: the
+    job is its primary key (Spark's tables take none)."""
     return Table(
         COPIES,
         MetaData(schema=schema),
-        Column("job", String(200), primary_key=True),
+        Column("job", String(200), primary_key=keyed, nullable=False),
         Column("copy_table", String(200), nullable=False),
         Column("installation", String(64), nullable=False),
         Column("scheme", String(100), nullable=False),

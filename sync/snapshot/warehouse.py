@@ -33,13 +33,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from sqlalchemy import Connection, Table, delete, func, inspect, select
+from sqlalchemy import Connection, Table, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from sync.config import JobConfig
 from sync.errors import SourceError
 from sync.model import PROFILE_KIND, SUBJECTS, Computation, profile_key
 from sync.snapshot import copy, pushdown
+from sync.snapshot.abilities import abilities
 from sync.snapshot.columns import Raw, RowIssue
 from sync.snapshot.copy import Fingerprints, Names
 from sync.snapshot.engine import Selection, Snapshot
@@ -119,7 +120,8 @@ def examine(
         found = queries(job, force, profile_columns)
         current, chosen = names.table("cur"), names.table("chg")
         for stale in (current, chosen):
-            stale.drop(connection, checkfirst=True)
+            if copy.exists(connection, stale):
+                stale.drop(connection)
         _create_as(connection, job, current, pushdown.fingerprints(found), "fingerprinting the snapshot")
         acked = pushdown.named(names.schema, f"{names.prefix}_acked")
         _create_as(
@@ -133,7 +135,7 @@ def examine(
         gone = [str(r[0]) for r in _run(connection, job, "reading gone subjects", _gone(names))]
         read = [_read_out(connection, job, q, i, names, computations) for i, q in enumerate(found)]
         for table in (current, chosen):
-            table.drop(connection, checkfirst=True)
+            table.drop(connection)
         connection.commit()
     log.debug(
         "warehouse diff",
@@ -162,12 +164,13 @@ def drop(job: JobConfig) -> list[str]:
     with _connected(job) as connection:
         for suffix in ("acked", "cur", "chg", "new"):
             table = names.table(suffix)
-            if inspect(connection).has_table(table.name, schema=names.schema):
+            if copy.exists(connection, table):
                 table.drop(connection)
                 dropped.append(f"{names.schema}.{table.name}")
-        copies = pushdown.copies_table(names.schema)
-        if inspect(connection).has_table(copies.name, schema=names.schema):
-            connection.execute(delete(copies).where(copies.c.job == job.name))
+        copies = pushdown.copies_table(names.schema, abilities(connection.dialect.name).constraints)
+        if copy.exists(connection, copies):
+            for statement in copy.forget(copies, job.name, connection.dialect):
+                connection.exec_driver_sql(statement)
         connection.commit()
     return dropped
 
@@ -335,7 +338,8 @@ def compiled(job: JobConfig, dialect: Any) -> dict[str, str]:
     def sql(statement: Any) -> str:
         return str(statement.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
 
-    copies, copied, staging = pushdown.copies_table(names.schema), names.table("acked"), names.table("new")
+    copies = pushdown.copies_table(names.schema, abilities(dialect.name).constraints)
+    copied, staging = names.table("acked"), names.table("new")
     current, chosen = names.table("cur"), names.table("chg")
     acked = pushdown.named(names.schema, copied.name)
     statements = {f"session {position}": statement for position, statement in enumerate(job.source.session)}
@@ -344,8 +348,7 @@ def compiled(job: JobConfig, dialect: Any) -> dict[str, str]:
         "create copies table": sql(CreateTable(copies)),
         "create copy": sql(CreateTable(copied)),
         "check copy": sql(copy.checked(copied)),
-        "patch copy: remove": sql(copy.patches(copied, staging)[0]),
-        "patch copy: add": sql(copy.patches(copied, staging)[1]),
+        **{f"patch copy {n}": statement for n, statement in enumerate(copy.patches(copied, staging, dialect))},
         "fingerprint": _create_as_sql(dialect, current, pushdown.fingerprints(found)),
         "compare": _create_as_sql(dialect, chosen, pushdown.changed(pushdown.named(names.schema, current.name), acked)),
         "gone": sql(_gone(names)),
