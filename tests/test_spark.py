@@ -125,7 +125,7 @@ def test_a_spark_that_is_down_or_a_query_it_rejects_is_named(wh: SparkWarehouse,
 
 def test_the_engines_plan_the_same_on_spark(wh: SparkWarehouse, tmp_path: Path) -> None:
     """The property of tests/test_warehouse_engine.py, on fixed steps (each step costs Spark seconds)."""
-    steps = [
+    steps: list[dict[str, Any]] = [
         {"vip": {"u1", "u2"}, "ltv": {"u1": 1.5, "u3": None}, "profiles": {"u1", "u2", "u3"}},
         {"vip": {"u2", "u4"}, "ltv": {"u1": 2, "u4": 0.25}, "profiles": {"u2", "u4"}},
         {"vip": set(), "ltv": {"u4": 0.25}, "profiles": {"u4", "u5"}},
