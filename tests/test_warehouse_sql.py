@@ -75,6 +75,11 @@ DIALECTS = {
     "trino://host/catalog": ("trino", "from_base(substr(to_hex(md5(to_utf8("),
     "postgresql+psycopg://host/db": ("postgres", "CAST(CAST('x' || substr(md5("),
     "duckdb:///w.duckdb": ("duckdb", "CAST('0x' || substr(md5("),
+    "hive://host:10000/default": ("spark", "CAST(conv(substr(md5("),
+    "databricks://token:x@host?http_path=/sql/1.0/warehouses/w&catalog=main&schema=default": (
+        "databricks",
+        "CAST(conv(substr(md5(",
+    ),
 }
 
 
@@ -100,6 +105,23 @@ def test_values_are_cast_to_whole_text_where_a_bare_varchar_is_short() -> None:
     assert "AS VARCHAR(65535))" in redshift["fingerprint"]
     bigquery = compiled(warehouse_job(), make_url("bigquery://project/dataset").get_dialect()())
     assert "AS STRING)" in bigquery["fingerprint"] and "`audience_sync`.`as_contacts_" in bigquery["compare"]
+
+
+def test_what_a_warehouse_cannot_do_decides_how_the_copy_is_patched() -> None:
+    """Spark's plain tables take no DELETE: the copy is rewritten and swapped in; Databricks' Delta tables are
+    patched by one MERGE; the others delete and insert."""
+    spark = compiled(warehouse_job(), make_url("hive://host:10000/default").get_dialect()())
+    patch = [spark[k] for k in sorted(spark) if k.startswith("patch copy")]
+    assert [p.split(" ")[0] for p in patch] == ["DROP", "CREATE", "DROP", "ALTER"]
+    assert "LEFT OUTER JOIN" in patch[1] and "UNION ALL" in patch[1] and "RENAME TO" in patch[3]
+    assert "PRIMARY KEY" not in spark["create copies table"]
+    databricks = compiled(
+        warehouse_job(), make_url("databricks://token:x@host?http_path=/p&catalog=c&schema=s").get_dialect()()
+    )
+    merge = [databricks[k] for k in databricks if k.startswith("patch copy")]
+    assert len(merge) == 1 and merge[0].startswith("MERGE INTO")
+    postgres = compiled(warehouse_job(), make_url("postgresql+psycopg://host/db").get_dialect()())
+    assert [postgres[k].split(" ")[0] for k in sorted(postgres) if k.startswith("patch copy")] == ["DELETE", "INSERT"]
 
 
 def test_another_dialect_is_refused_when_compiling() -> None:
