@@ -212,13 +212,18 @@ def measure(engine: str, users: int) -> dict[str, Any]:
 
 
 def one(engine: str) -> None:
+    print(json.dumps(dry_run(job(engine), state(engine))))
+
+
+def dry_run(found: JobConfig, state_url: str) -> dict[str, Any]:
+    """One incremental dry run of ``found`` (forced past the guard): its seconds, this process's peak RSS,
+    the updates planned and, for the warehouse engine, the seconds inside the warehouse and the rows read out."""
     import logging
 
     from bench.memory import peak_rss_mb
     from sync.run.runner import Runner
     from sync.store import Store
 
-    found = job(engine)
     seconds: dict[str, float] = {}
 
     class Timing(logging.Handler):
@@ -229,23 +234,20 @@ def one(engine: str) -> None:
 
     logging.getLogger("sync.snapshot.warehouse").addHandler(Timing())
     logging.getLogger("sync.snapshot.warehouse").setLevel(logging.DEBUG)
-    store = Store.open(state(engine))
+    store = Store.open(state_url)
     started = time.perf_counter()
     report = Runner(store).run(found, RunOptions(dry_run=True, force=True))
     elapsed = time.perf_counter() - started
+    store.close()
     assert report.status == "planned", report.error
-    print(
-        json.dumps(
-            {
-                "seconds": elapsed,
-                "rss_mb": peak_rss_mb(),
-                "updates": report.updates,
-                "users": report.users,
-                "warehouse_seconds": seconds.get("warehouse"),
-                "rows_read": seconds.get("rows_read"),
-            }
-        )
-    )
+    return {
+        "seconds": elapsed,
+        "rss_mb": peak_rss_mb(),
+        "updates": report.updates,
+        "users": report.users,
+        "warehouse_seconds": seconds.get("warehouse"),
+        "rows_read": seconds.get("rows_read"),
+    }
 
 
 def main() -> None:

@@ -347,17 +347,48 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+class SparkCluster:
+    """The session's Spark cluster: its URL, and (when this session started it) the settings scripts/spark.sh
+    was given, to act on its processes."""
+
+    def __init__(self, url: str, env: dict[str, str] | None) -> None:
+        self.url, self.env = url, env
+
+    def worker_pid(self, number: int) -> int | None:
+        if self.env is None:
+            return None
+        pids = Path(self.env["SPARK_DIR"]) / "pids"
+        found = list(pids.glob(f"*Worker-{number}.pid"))
+        return int(found[0].read_text()) if found else None
+
+    def start_worker(self, number: int) -> None:
+        """A worker started again (the script's start of it, alone)."""
+        assert self.env is not None
+        home = subprocess.run(
+            [self.env["PYTHON"], "-c", "import os, pyspark; print(os.path.dirname(pyspark.__file__))"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        master = f"spark://127.0.0.1:{self.env['SPARK_MASTER_PORT']}"
+        env = {**self.env, "SPARK_HOME": home, "SPARK_LOG_DIR": f"{self.env['SPARK_DIR']}/logs",
+               "SPARK_PID_DIR": f"{self.env['SPARK_DIR']}/pids", "SPARK_IDENT_STRING": "audience-sync",
+               "SPARK_WORKER_DIR": f"{self.env['SPARK_DIR']}/work-{number}"}  # fmt: skip
+        subprocess.run(
+            [f"{home}/sbin/spark-daemon.sh", "start", "org.apache.spark.deploy.worker.Worker", str(number),
+             "--host", "127.0.0.1", "--cores", "1", "--memory", "1g", master],
+            env=env, capture_output=True, check=True, timeout=60,
+        )  # fmt: skip
+
+
 @pytest.fixture(scope="session")
-def spark_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def spark_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkCluster]:
     """A Spark cluster for the session (scripts/spark.sh: a master, two workers of one core, the Thrift
     server), on ports of its own; its URL ``hive://127.0.0.1:PORT/default``. AUDIENCE_SYNC_TEST_SPARK_URL
     names a running one instead. Skipped where Java or pyspark is missing, outside CI only."""
     import shutil
 
     if os.environ.get("AUDIENCE_SYNC_TEST_SPARK_URL"):
-        yield os.environ["AUDIENCE_SYNC_TEST_SPARK_URL"]
+        yield SparkCluster(os.environ["AUDIENCE_SYNC_TEST_SPARK_URL"], None)
         return
-
     missing = [what for what, ok in (("Java", shutil.which("java")), ("pyspark", _importable("pyspark"))) if not ok]
     if missing:
         if os.environ.get("CI"):
@@ -377,7 +408,7 @@ def spark_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     started = subprocess.run(["bash", str(script), "start"], env=env, capture_output=True, text=True, timeout=300)
     try:
         assert started.returncode == 0, started.stderr[-3000:]
-        yield f"hive://127.0.0.1:{port}/default"
+        yield SparkCluster(f"hive://127.0.0.1:{port}/default", env)
     finally:
         subprocess.run(["bash", str(script), "stop"], env=env, capture_output=True, timeout=120)
 

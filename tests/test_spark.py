@@ -7,7 +7,10 @@ through a kill between acknowledging and refreshing the copy. Bad input is an er
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +24,7 @@ from sync.dev.receiver import Receiver
 from sync.run.report import RunOptions
 from sync.run.runner import Runner
 from sync.store import Store
-from tests.conftest import make_config
+from tests.conftest import SparkCluster, make_config
 from tests.test_warehouse_engine import _killed_after_acknowledging, copy_rows, fingerprint, job_raw, seed, sent
 from tests.warehouses import SparkWarehouse, spark_warehouse
 
@@ -29,11 +32,11 @@ pytestmark = pytest.mark.spark
 
 
 @pytest.fixture
-def wh(spark_cluster: str) -> Iterator[SparkWarehouse]:
+def wh(spark_cluster: SparkCluster) -> Iterator[SparkWarehouse]:
     database = f"t_{uuid.uuid4().hex[:10]}"
-    warehouse = spark_warehouse(spark_cluster, database)
+    warehouse = spark_warehouse(spark_cluster.url, database)
     yield warehouse
-    engine = create_engine(spark_cluster)
+    engine = create_engine(spark_cluster.url)
     try:
         with engine.connect() as connection:
             connection.execute(text(f"DROP DATABASE IF EXISTS {database} CASCADE"))
@@ -149,3 +152,54 @@ def test_the_engines_plan_the_same_on_spark(wh: SparkWarehouse, tmp_path: Path) 
     finally:
         for store in stores.values():
             store.close()
+
+
+def test_a_query_with_a_percent_sign_reads_out_as_written(wh: SparkWarehouse, tmp_path: Path) -> None:
+    """A ``%`` in a query (LIKE) reaches Spark as the user wrote it, through every statement of the engine."""
+    seed(wh)
+    audiences = [{"name": "VIP", "query": "SELECT user_id FROM profiles WHERE email LIKE 'u1%' OR email LIKE '%5@%'"}]
+    store = Store.open(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        with Receiver() as receiver:
+            report = Runner(store).run(spark_job(wh, receiver.url, audiences=audiences))
+            assert report.status == "succeeded", report.error
+            assert {u for u, keys in sent(receiver).items() if keys.get("vip")} == {"u1", "u5"}
+    finally:
+        store.close()
+
+
+def test_a_worker_killed_mid_query_leaves_nothing_acknowledged_that_was_not_sent(
+    wh: SparkWarehouse, spark_cluster: SparkCluster, tmp_path: Path
+) -> None:
+    """One of the two workers is killed while the warehouse engine's statements run: Spark runs its tasks
+    again on the other; the run either succeeds or fails cleanly, and what is acknowledged is what was sent."""
+    if spark_cluster.worker_pid(1) is None:
+        pytest.skip("needs a cluster this session started (not AUDIENCE_SYNC_TEST_SPARK_URL)")
+    users = [f"u{i:05d}" for i in range(3000)]
+    wh.set_members("vip", users)
+    wh.set_trait("ltv", {u: i % 7 for i, u in enumerate(users)})
+    wh.set_profiles([])
+    store = Store.open(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        with Receiver() as receiver:
+            job = spark_job(wh, receiver.url, guard={"enabled": False})
+            outcome: dict[str, Any] = {}
+            running = threading.Thread(target=lambda: outcome.update(report=Runner(store).run(job)))
+            running.start()
+            time.sleep(4)  # within the run's Spark statements (they take tens of seconds here)
+            pid = spark_cluster.worker_pid(1)
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            running.join(600)
+            report = outcome["report"]
+            delivered = {b["user_id"] for b in receiver.accepted()}
+        assert report.status in ("succeeded", "failed"), report.error
+        if report.status == "failed":
+            assert "job 'contacts'" in (report.error or "") and "Traceback" not in (report.error or "")
+        acknowledged = {u for u in users if store.acknowledged("contacts", u) is not None}
+        assert acknowledged <= delivered  # nothing acknowledged that was not sent
+        if report.status == "succeeded":
+            assert acknowledged == delivered == set(users)
+    finally:
+        store.close()
+        spark_cluster.start_worker(1)

@@ -107,6 +107,16 @@ def test_initial_incremental_exits_and_vanished_users(
     }
 
 
+def test_a_query_with_a_percent_sign_reads_out_as_written(wh: SqlWarehouse, store: Store, receiver: Receiver) -> None:
+    """A ``%`` in a query (LIKE) reaches the warehouse as the user wrote it, through every statement of the
+    engine, whatever the driver's parameter style."""
+    seed(wh)
+    audiences = [{"name": "VIP", "query": "SELECT user_id FROM profiles WHERE email LIKE 'u1%' OR email LIKE '%5@%'"}]
+    report = Runner(store).run(job_of(wh, receiver.url, audiences=audiences))
+    assert report.status == "succeeded", report.error
+    assert {u for u, keys in sent(receiver).items() if keys.get("vip")} == {"u1", "u5"}
+
+
 def test_dry_run_full_run_and_a_new_audience(wh: SqlWarehouse, store: Store, receiver: Receiver) -> None:
     seed(wh)
     runner, job = Runner(store), job_of(wh, receiver.url)
