@@ -1,7 +1,8 @@
 """What the Python API adds to a run: `python bench/api.py [--users N] [--repeat R]`.
 
 A SQLite warehouse of N users in one audience and a trait, the loopback receiver in a process of its own, and
-three ways of running the same job, interleaved R times, each run a full resync (every user sent):
+three ways of running the same job, interleaved R times (each way in each place of the order in turn), each
+run a full resync (every user sent):
 
 - **runner**: ``Runner.run`` on an open store: the engine alone, the floor;
 - **api**: ``sync.api.run("jobs.yaml", job, full=True)``: loading jobs.yaml, opening the store, the run, and
@@ -75,7 +76,8 @@ def main() -> None:
         loaded = api.load(config)
         job = loaded.job("bench")
         assert api.run(config, "bench").ok  # the initial sync, untimed
-        for _ in range(args.repeat):
+
+        def by_runner() -> None:
             store = Store.open(loaded.state_url)
             try:
                 begun = time.perf_counter()
@@ -84,10 +86,14 @@ def main() -> None:
                 assert report.exit_code == 0 and report.delivered == args.users, report.error
             finally:
                 store.close()
+
+        def by_api() -> None:
             begun = time.perf_counter()
             result = api.run(config, "bench", full=True)
             timings["api"].append(time.perf_counter() - begun)
             assert result.ok and result.counts["delivered"] == args.users, result.error
+
+        def by_cli() -> None:
             begun = time.perf_counter()
             done = subprocess.run(
                 [sys.executable, "-m", "sync", "--config", str(config), "run", "bench", "--full", "--json"],
@@ -97,6 +103,11 @@ def main() -> None:
             )
             timings["cli"].append(time.perf_counter() - begun)
             assert done.returncode == 0, done.stderr[-2000:]
+
+        ways = [by_runner, by_api, by_cli]
+        for number in range(args.repeat):  # each way first, second and third in turn
+            for way in ways[number % 3 :] + ways[: number % 3]:
+                way()
     medians = {name: statistics.median(values) for name, values in timings.items()}
     figures: dict[str, object] = {"users": args.users, "repeat": args.repeat}
     figures |= {f"{name} median s": round(value, 3) for name, value in medians.items()}
