@@ -13,7 +13,8 @@ Measured, interleaved ``--repeat`` times, each an incremental dry run in a proce
 records the plan, sends nothing, leaves the state as it was): the warehouse engine on one worker and on two,
 and the local engine (every row read out through the Thrift server) on two. Reported: medians, the two-worker
 time as a share of the one-worker time, the rows read out, each process's peak RSS, and the seconds spent
-inside Spark (the ``warehouse diff`` part of a run).
+inside Spark (the ``warehouse diff`` part of a run). Beside them, the floor: a query Spark can spread perfectly
+(a distinct count over 30 N generated rows) on one worker and on two, what this machine's two cores can give.
 """
 
 from __future__ import annotations
@@ -182,6 +183,18 @@ def _now() -> Any:
     return datetime.now(UTC)
 
 
+def parallel_floor(url: str, rows: int) -> float:
+    """Seconds of a query Spark can spread perfectly (a distinct count over ``rows`` generated rows): what two
+    one-core workers can gain over one on this machine, beside its own driver and this client."""
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        begun = time.perf_counter()
+        connection.exec_driver_sql(f"SELECT count(DISTINCT pmod(hash(id), 1000003)) FROM range({rows})").fetchall()
+        took = time.perf_counter() - begun
+    engine.dispose()
+    return took
+
+
 def measure(url: str, engine: str) -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--one", engine, "--url", url],
@@ -222,10 +235,13 @@ def main() -> None:
                 measure(url, "warehouse")  # builds that cluster's copy: not measured
             print(f"set up {args.users:,} users in {time.perf_counter() - started:.0f} s", file=sys.stderr)
             runs: dict[str, list[dict[str, Any]]] = {"one worker": [], "two workers": [], "local, two workers": []}
+            floor: dict[str, list[float]] = {"one worker": [], "two workers": []}
             for _ in range(args.repeat):
                 runs["one worker"].append(measure(one_url, "warehouse"))
                 runs["two workers"].append(measure(two_url, "warehouse"))
                 runs["local, two workers"].append(measure(two_url, "local"))
+                floor["one worker"].append(parallel_floor(one_url, args.users * 30))
+                floor["two workers"].append(parallel_floor(two_url, args.users * 30))
         finally:
             for env in (one_env, two_env):
                 subprocess.run(["bash", str(ROOT / "scripts" / "spark.sh"), "stop"], env=env, check=False)
@@ -238,6 +254,11 @@ def main() -> None:
             figures[f"{name}: in Spark s"] = round(statistics.median(r["warehouse_seconds"] for r in rs), 1)
             figures[f"{name}: rows read out"] = int(rs[0]["rows_read"])
     figures["updates planned"] = runs["two workers"][0]["updates"]
+    for name, seconds in floor.items():
+        figures[f"{name}: a query with nothing to do but spread, median s"] = round(statistics.median(seconds), 2)
+    figures["that query: two workers / one worker (the machine's own scale-out)"] = round(
+        statistics.median(floor["two workers"]) / statistics.median(floor["one worker"]), 2
+    )
     figures["two workers / one worker"] = round(medians["two workers"] / medians["one worker"], 2)
     figures["warehouse engine / local engine (two workers)"] = round(
         medians["two workers"] / medians["local, two workers"], 2
