@@ -24,8 +24,7 @@ from sync import api
 from sync.config import parse_config
 from sync.dev.receiver import Receiver
 from sync.lineage import PARENT_ENV, run_uuid
-from tests.conftest import job_dict
-from tests.warehouses import postgres_warehouse
+from tests.warehouses import postgres_warehouse, vip_and_plan_job
 
 pytestmark = pytest.mark.postgres
 
@@ -108,14 +107,7 @@ def lineage_config(postgres_url: str, receiver: Receiver, lineage: dict[str, Any
     warehouse = postgres_warehouse(postgres_url)
     warehouse.set_members("vip", ["u1", "u2"])
     warehouse.set_trait("plan", {"u1": 3.0})
-    raw = job_dict(
-        warehouse,  # type: ignore[arg-type]
-        f"{receiver.url}?token={SECRET}",
-        audiences=[warehouse.audience("VIP", "vip")],
-        traits=[warehouse.trait("Plan", "plan")],
-        profiles=False,
-    )
-    raw["source"] = {"url": postgres_url}
+    raw = vip_and_plan_job(warehouse, f"{receiver.url}?token={SECRET}")
     return parse_config(
         {"state_url": f"sqlite:///{tmp_path / 'state.db'}", "lineage": lineage, "jobs": [raw]}, {}, tmp_path
     )

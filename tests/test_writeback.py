@@ -23,7 +23,7 @@ from sync.run.runner import Runner
 from sync.run.writeback import Tables, write_run
 from sync.store import Store
 from tests.conftest import RecordingSleep, Warehouse, job_dict, make_config
-from tests.warehouses import postgres_warehouse
+from tests.warehouses import postgres_warehouse, vip_and_plan_job
 
 pytestmark = pytest.mark.postgres
 
@@ -53,20 +53,13 @@ def rows(url: str, sql: str) -> list[dict[str, Any]]:
 def test_each_run_and_its_changes_land_in_the_postgresql_warehouse(
     postgres_url: str, log_schema: str, state_url: str
 ) -> None:
-    """On either state store: each reads its run's changes with its own JSON functions."""
+    """On either state store: its run's changes are read through its driver's own cursor."""
     warehouse = postgres_warehouse(postgres_url)
     warehouse.set_members("vip", ["u1", "u2", "tab\there", "back\\slash\nline"])
     warehouse.set_trait("plan", {"u1": 3.5, "u2": 7.0})
     state = state_url
     with Receiver() as receiver:
-        raw = job_dict(
-            warehouse,  # type: ignore[arg-type]
-            f"{receiver.url}?key={WEBHOOK_SECRET}",
-            audiences=[warehouse.audience("VIP", "vip")],
-            traits=[warehouse.trait("Plan", "plan")],
-            profiles=False,
-        )
-        raw["source"] = {"url": postgres_url}
+        raw = vip_and_plan_job(warehouse, f"{receiver.url}?key={WEBHOOK_SECRET}")
         raw["writeback"] = {"schema": log_schema}
         config = make_config(state, [raw])
         first = api.run(config, "contacts")
