@@ -18,6 +18,7 @@ import os
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 from sqlalchemy.engine import make_url
@@ -26,7 +27,7 @@ from sqlalchemy.exc import ArgumentError
 from sync.config import JobConfig, LineageConfig
 from sync.config.destinations import ChartMogulApiConfig, SegmentConfig
 from sync.redact import public_label
-from sync.tables import ColumnSource, TableName, job_reads
+from sync.tables import ColumnSource, Reads, TableName, job_reads
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,11 @@ class Lineage:
         self._client: Any = None
         self._run: str | None = None
 
+    @cached_property
+    def _reads(self) -> Reads:
+        """What the job reads, parsed once for the run's events."""
+        return job_reads(self.job)
+
     def start(self, installation: str, run_id: int, at: datetime) -> None:
         self._run = run_uuid(installation, run_id)
         self._emit("START", at)
@@ -198,7 +204,7 @@ class Lineage:
                 rowCount=delivered
             )
 
-        reads = job_reads(self.job)
+        reads = self._reads
         url = self.job.source.url or ""
         inputs = [input_dataset(url, table) for table in reads.tables]
         inputs += [Dataset("file", path) for path in reads.files]

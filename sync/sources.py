@@ -125,7 +125,6 @@ def warehouse_engine(job: JobConfig) -> Engine:
 
     event.listen(engine, "do_connect", connect)
     if job.source.session:
-        errors = engine.dialect.loaded_dbapi.Error
 
         def set_up(connection: Any, _record: Any) -> None:
             cursor = connection.cursor()

@@ -84,21 +84,10 @@ class SqlWarehouse:
 
 def vip_and_plan_job(warehouse: SqlWarehouse, webhook_url: str) -> dict[str, Any]:
     """A job reading the VIP audience and the Plan trait of ``warehouse``, with no profiles query."""
-    return {
-        "name": "contacts",
-        "space_id": "spa_test",
-        "source": {"url": warehouse.url},
-        "audiences": [warehouse.audience("VIP", "vip")],
-        "traits": [warehouse.trait("Plan", "plan")],
-        "destination": {
-            "type": "chartmogul",
-            "webhook_url": webhook_url,
-            "backoff_initial": "10ms",
-            "backoff_max": "50ms",
-            "timeout": "2s",
-            "requests_per_second": 2000,
-        },
-    }
+    from tests.conftest import job_dict
+
+    audiences, traits = [warehouse.audience("VIP", "vip")], [warehouse.trait("Plan", "plan")]
+    return job_dict(warehouse, webhook_url, audiences=audiences, traits=traits, profiles=False)  # type: ignore[arg-type]
 
 
 def duckdb_warehouse(path: Path) -> SqlWarehouse:

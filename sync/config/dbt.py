@@ -63,6 +63,10 @@ class Manifest:
     def models(self) -> list[Model]:
         return list(self._models)
 
+    def model_of(self, catalog: str, schema: str, name: str) -> Model | None:
+        """The model whose relation is the table a query names (parts empty where it does not say), if any."""
+        return next((m for m in self._models if m.is_table(catalog, schema, name)), None)
+
     def model(self, ref: str) -> Model:
         """The model ``ref`` names (``name`` or ``package.name``); ValueError when it is unknown, disabled,
         ambiguous or has no relation (ephemeral)."""

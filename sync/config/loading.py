@@ -333,13 +333,13 @@ def _parse_job(
     missing.prefix = ""
     # Fields whose variable is missing are reported as such; what their emptiness breaks is not news.
     empty = {where for uses in unset.uses.values() for where in uses}
-    if context.lineage is not None and isinstance(raw, dict) and "lineage" not in raw:
-        raw = {**raw, "lineage": context.lineage.model_dump(by_alias=True)}
     try:
         job = JobConfig.model_validate(raw)
     except ValidationError as exc:
         problems += [_problem(label, error) for error in exc.errors() if _loc(error["loc"]) not in empty]
         return None
+    if context.lineage is not None and isinstance(raw, dict) and "lineage" not in raw:  # its own (or null) stands
+        job = job.model_copy(update={"lineage": context.lineage})
     job_problems = _check_job(job, context.base_dir)
     if context.manifest is not None or not context.dbt_given:  # an unreadable manifest is reported once
         job_problems += _ref_problems(job, context.manifest)

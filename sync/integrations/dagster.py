@@ -21,6 +21,7 @@ import dagster as dg
 from sync import api
 from sync.config import Config, JobConfig
 from sync.config.dbt import Manifest
+from sync.integrations.dbt import refs_of
 from sync.tables import TableName, job_reads
 
 GROUP = "audience_sync"
@@ -53,18 +54,15 @@ def _upstream(
     job: JobConfig, manifest: Manifest | None, custom: Callable[[TableName], dg.AssetKey | None] | None
 ) -> list[dg.AssetKey]:
     keys: dict[str, dg.AssetKey] = {}
-    refs = [item.ref for item in (*job.audiences, *job.traits) if item.ref is not None]
-    if job.source.profiles_ref is not None:
-        refs.append(job.source.profiles_ref)
-    for ref in refs:
-        if manifest is not None:
+    if manifest is not None:
+        for ref in refs_of(job):
             key = dg.AssetKey([manifest.model(ref).name])
             keys[key.to_user_string()] = key
     for table in job_reads(job).tables:
         found = custom(table) if custom is not None else None
-        if found is None and manifest is not None:
-            models = [m for m in manifest.models if m.is_table(table.catalog, table.schema, table.name)]
-            found = dg.AssetKey([models[0].name]) if models else None
+        model = manifest.model_of(table.catalog, table.schema, table.name) if manifest is not None else None
+        if found is None and model is not None:
+            found = dg.AssetKey([model.name])
         if found is None:
             found = dg.AssetKey([part for part in (table.schema, table.name) if part])
         keys[found.to_user_string()] = found

@@ -12,16 +12,21 @@ from sync.keys import snake_case
 from sync.tables import job_reads
 
 
-def job_models(job: JobConfig, manifest: Manifest) -> list[Model]:
-    """The dbt models ``job`` reads, by name."""
+def refs_of(job: JobConfig) -> list[str]:
+    """The dbt models ``job`` names by ``ref`` (its audiences' and traits', then its profiles')."""
     refs = [item.ref for item in (*job.audiences, *job.traits) if item.ref is not None]
     if job.source.profiles_ref is not None:
         refs.append(job.source.profiles_ref)
-    found = {manifest.model(ref).unique_id: manifest.model(ref) for ref in refs}
+    return refs
+
+
+def job_models(job: JobConfig, manifest: Manifest) -> list[Model]:
+    """The dbt models ``job`` reads, by name."""
+    found = {model.unique_id: model for model in map(manifest.model, refs_of(job))}
     for table in job_reads(job).tables:
-        for model in manifest.models:
-            if model.is_table(table.catalog, table.schema, table.name):
-                found[model.unique_id] = model
+        model = manifest.model_of(table.catalog, table.schema, table.name)
+        if model is not None:
+            found[model.unique_id] = model
     return sorted(found.values(), key=lambda m: m.name)
 
 

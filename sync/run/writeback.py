@@ -46,6 +46,7 @@ from sync.model import RUN_COUNTS, change_of
 from sync.sources import driver_reason, warehouse_engine
 from sync.store import Store
 from sync.store.models import Run
+from sync.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +67,10 @@ class Tables:
     """The two tables in the warehouse: in ``schema``, or (SQLite, which has none) prefixed with its name."""
 
     def __init__(self, schema: str, dialect: str) -> None:
-        metadata = MetaData(schema=None if dialect == "sqlite" else schema)
-        prefix = f"{schema}_" if dialect == "sqlite" else ""
-        self.schema = None if dialect == "sqlite" else schema
+        schemaless = dialect == "sqlite"
+        self.schema = None if schemaless else schema
+        metadata = MetaData(schema=self.schema)
+        prefix = f"{schema}_" if schemaless else ""
         self.runs = Table(
             f"{prefix}runs",
             metadata,
@@ -149,7 +151,7 @@ def write_back(store: Store, job: JobConfig, now: datetime) -> list[int]:
     if written:
         log.info(
             "wrote %s to the warehouse's sync log",
-            f"{len(written)} run{'s' if len(written) != 1 else ''}",
+            plural(len(written), "run"),
             extra={"event": "writeback", "job": job.name, "runs": written},
         )
     return written

@@ -17,12 +17,15 @@ class Abilities:
     # statements (Spark: one statement is one job, so rows go in thousands at a time), or batched INSERTs.
     bulk: Literal["copy", "arrow", "values", "insert"] = "insert"
     constraints: bool = True  # NOT NULL and PRIMARY KEY in CREATE TABLE
+    # How to tell that a table exists: the dialect's own inspection, or SHOW TABLES (PyHive's inspection knows
+    # Hive's answer for a missing table, not Spark's).
+    table_check: Literal["inspect", "show tables"] = "inspect"
 
 
 _ABILITIES = {
     "postgresql": Abilities(bulk="copy"),
     "duckdb": Abilities(bulk="arrow"),
-    "hive": Abilities(deletes=False, bulk="values", constraints=False),  # Spark's Thrift server
+    "hive": Abilities(deletes=False, bulk="values", constraints=False, table_check="show tables"),  # Spark
     "databricks": Abilities(merge=True, bulk="values", constraints=False),
 }
 

@@ -137,9 +137,8 @@ def refresh(
 
 
 def exists(connection: Connection, target: Table) -> bool:
-    """Whether ``target`` is in the warehouse. (PyHive's own check knows Hive's answer for a missing table, not
-    Spark's: on Spark, SHOW TABLES says.)"""
-    if connection.dialect.name != "hive":
+    """Whether ``target`` is in the warehouse, asked as the warehouse can answer (``sync.snapshot.abilities``)."""
+    if abilities(connection.dialect.name).table_check == "inspect":
         return inspect(connection).has_table(target.name, schema=target.schema)
     shown = connection.exec_driver_sql(f"SHOW TABLES IN `{target.schema}` LIKE '{target.name}'").fetchall()
     return any(str(row[1]).lower() == target.name.lower() for row in shown)
@@ -178,8 +177,8 @@ def patches(copy: Table, staging: Table, dialect: Any) -> list[str]:
         ]
     if can.deletes:
         return [
-            _sql(delete(copy).where(copy.c.sid.in_(select(staging.c.sid))), dialect),
-            _sql(insert(copy).from_select(["sid", "fp"], select(staging.c.sid, staging.c.fp)), dialect),
+            literal_sql(delete(copy).where(copy.c.sid.in_(select(staging.c.sid))), dialect),
+            literal_sql(insert(copy).from_select(["sid", "fp"], select(staging.c.sid, staging.c.fp)), dialect),
         ]
     c, s = copy.alias("c"), staging.alias("s")
     kept = select(c.c.sid, c.c.fp).select_from(c.outerjoin(s, s.c.sid == c.c.sid)).where(s.c.sid.is_(None))
@@ -193,20 +192,21 @@ def rewrite(target: Table, rows: Any, dialect: Any) -> list[str]:
     following = Table(f"{target.name}_next", MetaData(schema=target.schema))
     return [
         f"DROP TABLE IF EXISTS {name(following)}",
-        f"CREATE TABLE {name(following)} AS {_sql(rows, dialect)}",
+        f"CREATE TABLE {name(following)} AS {literal_sql(rows, dialect)}",
         f"DROP TABLE {name(target)}",
         f"ALTER TABLE {name(following)} RENAME TO {name(target)}",
     ]
 
 
-def _sql(statement: Any, dialect: Any) -> str:
+def literal_sql(statement: Any, dialect: Any) -> str:
+    """``statement`` compiled by ``dialect`` with its values written in."""
     return str(statement.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
 
 
 def forget(copies: Table, job: str, dialect: Any) -> list[str]:
     """The statements that remove the job's row from the copies table."""
     if abilities(dialect.name).deletes:
-        return [_sql(delete(copies).where(copies.c.job == job), dialect)]
+        return [literal_sql(delete(copies).where(copies.c.job == job), dialect)]
     return rewrite(copies, select(copies).where(copies.c.job != job), dialect)
 
 
@@ -245,7 +245,7 @@ def _bulk(connection: Connection, target: Table, rows: pa.Table) -> None:
         values = rows.to_pylist()
         for start in range(0, len(values), _VALUES_CHUNK):
             statement = insert(target).values(values[start : start + _VALUES_CHUNK])
-            connection.exec_driver_sql(_sql(statement, connection.dialect))
+            connection.exec_driver_sql(literal_sql(statement, connection.dialect))
         return
     if bulk == "copy" and connection.dialect.driver == "psycopg":
         with driver.cursor().copy(f"COPY {name} (sid, fp) FROM STDIN") as copying:

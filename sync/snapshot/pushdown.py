@@ -297,14 +297,14 @@ def copy_table(schema: str | None, name: str) -> Table:
     )
 
 
-def copies_table(schema: str | None, keyed: bool = True) -> Table:
+def copies_table(schema: str | None, primary_key: bool = True) -> Table:
     """Which copy each job has, written with it: the installation and hash scheme it belongs to, the last
-    run of the state store it holds, and its size and checksum as the state store had them. ``keyed``: the
-    job is its primary key (Spark's tables take none)."""
+    run of the state store it holds, and its size and checksum as the state store had them. ``primary_key``:
+    the job is its primary key (Spark's tables take none)."""
     return Table(
         COPIES,
         MetaData(schema=schema),
-        Column("job", String(200), primary_key=keyed, nullable=False),
+        Column("job", String(200), primary_key=primary_key, nullable=False),
         Column("copy_table", String(200), nullable=False),
         Column("installation", String(64), nullable=False),
         Column("scheme", String(100), nullable=False),

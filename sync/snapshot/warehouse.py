@@ -336,7 +336,7 @@ def compiled(job: JobConfig, dialect: Any) -> dict[str, str]:
     found = queries(job, set(), profile_fields(job))  # as if the profiles query returned every field
 
     def sql(statement: Any) -> str:
-        return str(statement.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+        return copy.literal_sql(statement, dialect)
 
     copies = pushdown.copies_table(names.schema, abilities(dialect.name).constraints)
     copied, staging = names.table("acked"), names.table("new")

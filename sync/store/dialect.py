@@ -122,29 +122,23 @@ def _sqlite_pragmas(connection: Any, _record: Any) -> None:
 
 
 # A run's updates for the sync log, in the run's order: ``user_id, message_id, changes, status, http_status, error,
-# finished_at`` (``dead`` for a parked one; the time as text with its zone on SQLite, which keeps none).
-_RUN_UPDATE_ROWS = {
-    "sqlite": """
-        SELECT u.user_id, u.message_id, u.changes, CASE WHEN f.dead THEN 'dead' ELSE u.status END,
-               u.http_status, u.error, u.finished_at || '+00:00'
-        FROM run_updates AS u
-        LEFT JOIN failed_updates AS f
-               ON f.job = :job AND f.user_id = u.user_id AND f.message_id = u.message_id AND f.dead
-        WHERE u.run_id = :run_id
-        ORDER BY u.id
-    """,
-    "postgresql": """
-        SELECT u.user_id, u.message_id, u.changes, CASE WHEN f.dead THEN 'dead' ELSE u.status END,
-               u.http_status, u.error, u.finished_at
-        FROM run_updates AS u
-        LEFT JOIN failed_updates AS f
-               ON f.job = %(job)s AND f.user_id = u.user_id AND f.message_id = u.message_id AND f.dead
-        WHERE u.run_id = %(run_id)s
-        ORDER BY u.id
-    """,
+# finished_at`` (``dead`` for a parked one), for the driver's own cursor: its parameters in the driver's style,
+# and the time as text with its zone on SQLite, which keeps none.
+_RUN_UPDATE_ROWS = """
+    SELECT u.user_id, u.message_id, u.changes, CASE WHEN f.dead THEN 'dead' ELSE u.status END,
+           u.http_status, u.error, {finished_at}
+    FROM run_updates AS u
+    LEFT JOIN failed_updates AS f
+           ON f.job = {job} AND f.user_id = u.user_id AND f.message_id = u.message_id AND f.dead
+    WHERE u.run_id = {run_id}
+    ORDER BY u.id
+"""
+_RUN_UPDATE_PARTS = {
+    "sqlite": {"finished_at": "u.finished_at || '+00:00'", "job": ":job", "run_id": ":run_id"},
+    "postgresql": {"finished_at": "u.finished_at", "job": "%(job)s", "run_id": "%(run_id)s"},
 }
 
 
 def run_update_rows_sql(engine: Engine) -> str:
     """The statement that reads a run's updates for the sync log, for the driver's own cursor."""
-    return _RUN_UPDATE_ROWS[engine.dialect.name]
+    return _RUN_UPDATE_ROWS.format(**_RUN_UPDATE_PARTS[engine.dialect.name])
